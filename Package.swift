@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
     ],
     targets: [
         // The C layer: module map + one header of static inline shims and constants. No logic.
@@ -31,8 +32,9 @@ let package = Package(
         .target(
             name: "LazyPagesEngine",
             dependencies: [
-                "Userfaultfd", "CRIUImages",
+                "Userfaultfd", "CUserfaultfd",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // Front end: CRIU's lazy-pages socket protocol and the daemon's run logic.

@@ -1,0 +1,89 @@
+import Foundation
+import LazyPagesEngine
+import Logging
+
+/// One `criu lazy-pages`-style restore: listen on `lazy-pages.socket` in the work directory, take the restorer's
+/// uffds, serve every page from a CRIU image directory, and end when every process has all its pages.
+public final class LazyPagesSession: @unchecked Sendable {
+    public static let socketName = "lazy-pages.socket"
+
+    public let engine: RestoreEngine
+    public let source: CRIUImageSource
+    public let listener: UnixListener
+    private let logger: Logger
+    private var connection: RestorerConnection?
+
+    /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
+    public init(
+        imagesDirectory: String, workDirectory: String? = nil,
+        configuration: EngineConfiguration = EngineConfiguration(), logger: Logger
+    ) throws {
+        self.logger = logger
+        listener = try UnixListener(directory: workDirectory ?? imagesDirectory, name: Self.socketName)
+        do {
+            source = try CRIUImageSource(directory: imagesDirectory)
+        } catch {
+            listener.close()
+            throw error
+        }
+        engine = try RestoreEngine(configuration: configuration, logger: logger)
+        try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptRestorer() }
+        logger.info("listening", metadata: [
+            "socket": "\(listener.path)", "images": "\(imagesDirectory)", "tasks": "\(source.taskPids)",
+        ])
+    }
+
+    public var statistics: RestoreStatistics { engine.statistics }
+
+    private func acceptRestorer() {
+        do {
+            let fd = try listener.accept()
+            // CRIU's restorer connects once; a second connection has nothing to say to us.
+            engine.unwatch(descriptor: listener.descriptor)
+            listener.close()
+            let connection = RestorerConnection(descriptor: fd, engine: engine, source: source, logger: logger)
+            self.connection = connection
+            try engine.watch(descriptor: fd) { [unowned connection] in connection.readable() }
+            logger.info("restorer connected")
+        } catch {
+            engine.fail("accepting the restorer failed: \(error)")
+        }
+    }
+
+    /// Runs the restore on the calling thread until it ends.
+    public func run() -> RestoreOutcome {
+        defer { listener.close() }
+        return engine.run()
+    }
+
+    /// Runs the restore on a dedicated thread (never on Swift's cooperative pool) and waits for it.
+    public func runOnDedicatedThread() async -> RestoreOutcome {
+        await withCheckedContinuation { continuation in
+            let thread = Thread { continuation.resume(returning: self.run()) }
+            thread.name = "lazy-pages restore"
+            thread.start()
+        }
+    }
+
+    /// The one-line summary `criu lazy-pages` users expect at the end.
+    public func summary() -> String {
+        RestoreSummary(statistics: statistics).line
+    }
+}
+
+/// The end-of-restore line: processes, pages copied / zero-filled / faulted, seconds, GiB/s.
+public struct RestoreSummary: Sendable {
+    public let statistics: RestoreStatistics
+    public init(statistics: RestoreStatistics) { self.statistics = statistics }
+
+    public var line: String {
+        let s = statistics
+        let seconds = s.elapsedSeconds
+        let bytes = Double(s.pagesCopied * pageSize)
+        let rate = seconds > 0 ? bytes / seconds / Double(1 << 30) : 0
+        return "lazy-pages: \(s[.tasksAnnounced]) tasks, \(s[.forks]) forked children, "
+            + "\(s.pagesCopied) pages copied (\(s[.pagesCopiedOnFault]) on fault, \(s[.pagesCopiedInBackground]) in background), "
+            + "\(s[.pagesZeroed]) zero-filled, \(s[.faults]) faults, \(s[.eagainRetries]) EAGAIN retries, "
+            + String(format: "%.3f s, %.2f GiB/s", seconds, rate)
+    }
+}

@@ -1,0 +1,71 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A listening unix stream socket bound to a path (a stale file there is unlinked first). Closing it unlinks the
+/// path again.
+public final class UnixListener: @unchecked Sendable {
+    public let path: String
+    public private(set) var descriptor: Int32
+
+    /// Binds `directory/name` and listens. Paths longer than `sun_path` are reached through `/proc/self/fd`.
+    public init(directory: String, name: String, backlog: Int32 = 16) throws(SocketError) {
+        path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SocketError("socket(AF_UNIX)", errno: errno) }
+        descriptor = fd
+        unlink(path)
+        var directoryFD: Int32 = -1
+        defer { if directoryFD >= 0 { close(directoryFD) } }
+        var bindPath = path
+        if path.utf8.count >= 108 {
+            directoryFD = open(directory, O_PATH | O_DIRECTORY | O_CLOEXEC)
+            guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
+            bindPath = "/proc/self/fd/\(directoryFD)/\(name)"
+        }
+        let bound = withSocketAddress(bindPath) { bind(fd, $0, $1) }
+        guard bound == 0 else { throw closing(SocketError("bind \(path)", errno: errno)) }
+        guard listen(fd, backlog) == 0 else { throw closing(SocketError("listen \(path)", errno: errno)) }
+    }
+
+    private func closing(_ error: SocketError) -> SocketError {
+        close(descriptor)
+        descriptor = -1
+        return error
+    }
+
+    deinit { close() }
+
+    /// Stops listening and removes the socket file.
+    public func close() {
+        if descriptor >= 0 {
+            Glibc.close(descriptor)
+            descriptor = -1
+            unlink(path)
+        }
+    }
+
+    /// Accepts one connection (close-on-exec, non-blocking).
+    public func accept() throws(SocketError) -> Int32 {
+        while true {
+            let fd = accept4(descriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
+            if fd >= 0 { return fd }
+            if errno != EINTR { throw SocketError("accept", errno: errno) }
+        }
+    }
+}
+
+/// Calls `body` with a `sockaddr_un` for `path`.
+func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    precondition(bytes.count < MemoryLayout.size(ofValue: address.sun_path), "socket path too long: \(path)")
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}

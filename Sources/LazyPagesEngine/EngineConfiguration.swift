@@ -1,0 +1,13 @@
+/// Tunables of one restore's engine.
+public struct EngineConfiguration: Sendable {
+    /// Pages copied in answer to one fault: the faulting page plus the pending pages right after it.
+    public var faultAroundPages: Int = 16
+    /// Pages the background fill copies per call before it looks for faults again.
+    public var fillChunkPages: Int = 64
+    /// Whether to copy the remaining pages in the background once every task is announced.
+    public var backgroundFill: Bool = true
+    /// How long (ms) to wait before retrying a copy the kernel refused when no event was readable yet.
+    public var refusedCopyRetryMilliseconds: Int32 = 1
+
+    public init() {}
+}

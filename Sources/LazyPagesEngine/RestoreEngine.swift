@@ -1,0 +1,415 @@
+import CUserfaultfd
+import Logging
+import Synchronization
+import SystemPackage
+import Userfaultfd
+
+/// The monitor of one restore: one event loop, on one thread, over every uffd of the restored process tree, the
+/// front end's descriptors, and a wake-up eventfd.
+///
+/// It serves page faults from the first uffd on, follows fork/mremap/madvise/munmap, copies the remaining pages in
+/// the background once every task is announced, and returns when every tracked process has all its pages or has
+/// exited. Everything except `cancel(reason:)` and `statistics` must be called on the loop's thread (front-end
+/// handlers registered with `watch` run there).
+public final class RestoreEngine: @unchecked Sendable {
+    public let statistics = RestoreStatistics()
+    public let configuration: EngineConfiguration
+    let logger: Logger
+
+    private let epoll: Epoll
+    private let wakeUp: WakeUpEvent
+    private var batch = EventBatch(capacity: 64)
+    private var processes: [Int: TrackedProcess] = [:]
+    /// Ids in fill order (round robin).
+    private var fillOrder: [Int] = []
+    private var fillNext = 0
+    private var nextID = 1
+    private var watchers: [Int32: () -> Void] = [:]
+    private var allAnnounced = false
+    private var outcome: RestoreOutcome?
+    private let cancelReason = CancelReason()
+
+    private static let wakeUpTag: UInt64 = 0
+    private static let watcherTagBit: UInt64 = 1 << 40
+
+    public init(configuration: EngineConfiguration = EngineConfiguration(), logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        epoll = try Epoll()
+        wakeUp = try WakeUpEvent()
+        try epoll.add(wakeUp.descriptor, tag: Self.wakeUpTag)
+    }
+
+    // MARK: What the front end tells the engine
+
+    /// A task of the restore handed over its uffd. Faults on it are served from now on.
+    public func addTask(imagePid: Int32, uffd: Userfaultfd, space: AddressSpace) throws {
+        statistics.add(.tasksAnnounced)
+        statistics.add(.pagesExpected, space.pendingPages)
+        let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        logger.info("task announced", metadata: [
+            "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
+            "ranges": "\(space.extents.count)", "process": "\(process.id)",
+        ])
+    }
+
+    /// A zombie task (negative pid on CRIU's socket): nothing to serve.
+    public func addZombie(pid: Int32) {
+        statistics.add(.tasksAnnounced)
+        logger.info("zombie announced", metadata: ["pid": "\(pid)"])
+    }
+
+    /// Every task is announced (CRIU's `RSTF`): the background fill may start, and the restore ends when every
+    /// tracked process is complete.
+    public func allTasksAnnounced() {
+        allAnnounced = true
+        logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
+        for process in Array(processes.values) { retireIfComplete(process) }
+    }
+
+    /// Ends the restore with an error (e.g. the restorer hung up before `RSTF`).
+    public func fail(_ reason: String) {
+        if outcome == nil {
+            outcome = .failed(reason: reason)
+            logger.error("restore failed", metadata: ["reason": "\(reason)"])
+        }
+    }
+
+    /// Calls `handler` on the loop thread whenever `descriptor` is readable.
+    public func watch(descriptor: Int32, handler: @escaping () -> Void) throws {
+        try epoll.add(descriptor, tag: Self.watcherTagBit | UInt64(UInt32(bitPattern: descriptor)))
+        watchers[descriptor] = handler
+    }
+
+    public func unwatch(descriptor: Int32) {
+        epoll.remove(descriptor)
+        watchers[descriptor] = nil
+    }
+
+    /// Asks the loop to stop; safe from any thread.
+    public func cancel(reason: String) {
+        cancelReason.set(reason)
+        wakeUp.signal()
+    }
+
+    /// Processes tracked right now (announced tasks and forked children, minus the retired).
+    public var trackedProcessCount: Int { processes.count }
+
+    // MARK: The loop
+
+    /// Runs the loop on the calling thread until the restore completes, fails or is cancelled.
+    public func run() -> RestoreOutcome {
+        while outcome == nil {
+            if allAnnounced && processes.isEmpty {
+                outcome = .completed
+                break
+            }
+            let fillWaiting = allAnnounced && configuration.backgroundFill && hasFillWork
+            let awaiting = processes.values.contains { $0.awaitingEvents }
+            let timeout: Int32 = fillWaiting ? 0 : (awaiting ? configuration.refusedCopyRetryMilliseconds : -1)
+            let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
+            if ready == 0 {
+                if awaiting { retryDeferredFaults() }
+                if fillWaiting { fillOneChunk() }
+            }
+        }
+        let result = outcome ?? .completed
+        logger.info("restore finished", metadata: ["outcome": "\(result)", "statistics": "\(statistics.snapshot)"])
+        return result
+    }
+
+    private func dispatch(_ tag: UInt64) {
+        if tag == Self.wakeUpTag {
+            wakeUp.reset()
+            if let reason = cancelReason.get(), outcome == nil { outcome = .cancelled(reason: reason) }
+        } else if tag & Self.watcherTagBit != 0 {
+            let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
+            watchers[fd]?()
+        } else if let process = processes[Int(tag)] {
+            service(process)
+        }
+    }
+
+    // MARK: Processes
+
+    @discardableResult
+    private func track(imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace) throws
+        -> TrackedProcess
+    {
+        let process = TrackedProcess(id: nextID, imagePid: imagePid, parentID: parentID, uffd: uffd, space: space)
+        nextID += 1
+        try epoll.add(uffd.descriptor, tag: UInt64(process.id))
+        processes[process.id] = process
+        fillOrder.append(process.id)
+        return process
+    }
+
+    private enum Retirement: String { case completed, exited }
+
+    private func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
+        guard !process.retired else { return }
+        process.retired = true
+        epoll.remove(process.uffd.descriptor)
+        process.uffd.close()
+        processes[process.id] = nil
+        statistics.add(why == .completed ? .processesCompleted : .processesExited)
+        logger.debug("process retired", metadata: [
+            "process": "\(process.id)", "pid": "\(process.imagePid)", "why": "\(why.rawValue)",
+            "pending": "\(process.space.pendingPages)", "detail": "\(detail)",
+        ])
+    }
+
+    /// Once every task is announced, a process with nothing left to deliver is done: read what is queued one
+    /// last time (a fork may be waiting), then close its uffd — the kernel zero-fills anything it still touches,
+    /// which is exactly what an address without image data must read.
+    private func retireIfComplete(_ process: TrackedProcess) {
+        guard allAnnounced, !process.retired, process.space.isComplete, process.deferredFaults.isEmpty else { return }
+        drainEvents(process)
+        serveQueuedFaults(process)
+        if !process.retired && process.space.isComplete && process.deferredFaults.isEmpty {
+            retire(process, .completed)
+        }
+    }
+
+    // MARK: Messages
+
+    /// Reads everything queued on the process's uffd: applies events at once, queues faults, then serves them.
+    private func service(_ process: TrackedProcess) {
+        let applied = drainEvents(process)
+        if process.awaitingEvents && applied > 0 {
+            process.awaitingEvents = false
+            process.queuedFaults.append(contentsOf: process.deferredFaults)
+            process.deferredFaults.removeAll(keepingCapacity: true)
+        }
+        serveQueuedFaults(process)
+        retireIfComplete(process)
+    }
+
+    /// Reads every queued message. Non-cooperative events are applied immediately (so the removes and unmaps of a
+    /// batch take effect before its faults are served); faults are queued. Returns the number of events applied.
+    @discardableResult
+    private func drainEvents(_ process: TrackedProcess) -> Int {
+        var applied = 0
+        while !process.retired {
+            let count: Int
+            do {
+                count = try batch.read(from: process.uffd)
+            } catch {
+                retire(process, .exited, detail: "\(error)")
+                break
+            }
+            for i in 0..<count {
+                switch batch[i] {
+                case .success(.pageFault(let address, _, _)):
+                    process.queuedFaults.append(address)
+                case .success(let event):
+                    apply(event, to: process)
+                    applied += 1
+                case .failure(let unknown):
+                    logger.error("ignoring message", metadata: ["process": "\(process.id)", "error": "\(unknown)"])
+                }
+            }
+            if count < batch.capacity { break }
+        }
+        return applied
+    }
+
+    private func apply(_ event: Event, to process: TrackedProcess) {
+        switch event {
+        case .fork(let childDescriptor):
+            statistics.add(.forks)
+            // The child has exactly the parent's missing pages at this moment: copies made before the event was
+            // read landed in both, and the kernel refused every copy since the fork began.
+            let uffd = Userfaultfd(adopting: childDescriptor)
+            do {
+                let child = try track(imagePid: process.imagePid, parentID: process.id, uffd: uffd,
+                                      space: process.space)
+                child.fillCursor = process.fillCursor
+                logger.debug("fork", metadata: [
+                    "parent": "\(process.id)", "child": "\(child.id)", "pending": "\(child.space.pendingPages)",
+                ])
+            } catch {
+                fail("cannot watch the uffd of a forked child of pid \(process.imagePid): \(error)")
+            }
+        case .remap(let from, let to, let length):
+            statistics.add(.remaps)
+            process.space.remap(from: from, to: to, length: length)
+        case .remove(let start, let end):
+            statistics.add(.removes)
+            process.space.remove(start, end)
+        case .unmap(let start, let end):
+            statistics.add(.unmaps)
+            process.space.unmap(start, end)
+        case .pageFault:
+            break
+        }
+    }
+
+    // MARK: Faults
+
+    private func serveQueuedFaults(_ process: TrackedProcess) {
+        var i = 0
+        while i < process.queuedFaults.count && !process.retired {
+            let address = process.queuedFaults[i]
+            i += 1
+            serveFault(process, at: address)
+        }
+        process.queuedFaults.removeAll(keepingCapacity: true)
+    }
+
+    private func retryDeferredFaults() {
+        for process in Array(processes.values) where process.awaitingEvents {
+            process.awaitingEvents = false
+            process.queuedFaults.append(contentsOf: process.deferredFaults)
+            process.deferredFaults.removeAll(keepingCapacity: true)
+            serveQueuedFaults(process)
+            retireIfComplete(process)
+        }
+    }
+
+    /// Serves one fault: the pending run starting at the faulting page (fault-around), or a zero page when the page
+    /// has no image data left to deliver. Every path ends with the faulting threads woken (by the fill itself or by
+    /// `UFFDIO_WAKE`), deferred until the event that blocks copies is read, or the process retired.
+    private func serveFault(_ process: TrackedProcess, at address: UInt64) {
+        let page = address & ~UInt64(pageSize - 1)
+        statistics.add(.faults)
+        for _ in 0..<64 {
+            if process.retired { return }
+            if let run = process.space.pendingRun(at: page, maxPages: configuration.faultAroundPages) {
+                let outcome = copy(run, into: process)
+                switch outcome {
+                case .done(let bytes), .partial(let bytes):
+                    // The faulting page leads the run, so it is home and its waiters are woken.
+                    let pages = bytes / pageSize
+                    process.space.markDelivered(run.address, pages: pages)
+                    statistics.add(.pagesCopiedOnFault, pages)
+                    return
+                case .retryAfterEvents:
+                    statistics.add(.eagainRetries)
+                    if drainEvents(process) == 0 { return deferFault(process, page) }
+                case .alreadyPresent:
+                    statistics.add(.alreadyPresent)
+                    process.space.markDelivered(run.address, pages: 1)
+                    return wake(process, page)
+                case .rangeGone(let errno):
+                    if drainEvents(process) > 0 { continue }
+                    drop(run, of: process, because: errno)
+                    return wake(process, page)
+                case .processGone(let errno):
+                    return retire(process, .exited, detail: "\(errno)")
+                case .failed(let errno):
+                    return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
+                }
+            } else {
+                switch process.uffd.zeroPage(at: page, length: pageSize) {
+                case .done, .partial:
+                    statistics.add(.pagesZeroed)
+                    return
+                case .retryAfterEvents:
+                    statistics.add(.eagainRetries)
+                    if drainEvents(process) == 0 { return deferFault(process, page) }
+                case .alreadyPresent:
+                    statistics.add(.alreadyPresent)
+                    return wake(process, page)
+                case .rangeGone:
+                    return wake(process, page)
+                case .processGone(let errno):
+                    return retire(process, .exited, detail: "\(errno)")
+                case .failed(let errno):
+                    logger.error("zero page failed", metadata: ["address": "\(hex(page))", "errno": "\(errno)"])
+                    return wake(process, page)
+                }
+            }
+        }
+        logger.error("fault not settled after 64 attempts; waking the thread", metadata: ["address": "\(hex(page))"])
+        wake(process, page)
+    }
+
+    private func deferFault(_ process: TrackedProcess, _ page: UInt64) {
+        process.deferredFaults.append(page)
+        process.awaitingEvents = true
+    }
+
+    private func wake(_ process: TrackedProcess, _ page: UInt64) {
+        // Errors here mean the range or the process is gone; the thread then is too.
+        try? process.uffd.wake(AddressRange(start: page, length: UInt64(pageSize)))
+    }
+
+    private func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
+        let dropped = process.space.markDelivered(run.address, pages: run.pageCount)
+        statistics.add(.pagesDropped, dropped)
+        logger.warning("range refused by the kernel; dropping it", metadata: [
+            "pid": "\(process.imagePid)", "address": "\(hex(run.address))", "pages": "\(run.pageCount)",
+            "errno": "\(errno)",
+        ])
+    }
+
+    @inline(__always)
+    private func copy(_ run: AddressSpace.Run, into process: TrackedProcess) -> CopyOutcome {
+        guard let data = run.data else {
+            return .failed(Errno.ioError)
+        }
+        return process.uffd.copy(to: run.address, from: data, length: run.length)
+    }
+
+    // MARK: Background fill
+
+    private var hasFillWork: Bool {
+        processes.values.contains { !$0.awaitingEvents && !$0.space.isComplete }
+    }
+
+    /// Copies one chunk for the next process in round-robin order.
+    private func fillOneChunk() {
+        var tries = fillOrder.count
+        while tries > 0 {
+            tries -= 1
+            if fillNext >= fillOrder.count { fillNext = 0 }
+            let id = fillOrder[fillNext]
+            guard let process = processes[id] else {
+                fillOrder.remove(at: fillNext)
+                continue
+            }
+            fillNext += 1
+            guard !process.awaitingEvents, !process.space.isComplete else { continue }
+            fill(process)
+            return
+        }
+    }
+
+    private func fill(_ process: TrackedProcess) {
+        guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: configuration.fillChunkPages)
+        else { return retireIfComplete(process) }
+        switch copy(run, into: process) {
+        case .done(let bytes), .partial(let bytes):
+            let pages = bytes / pageSize
+            process.space.markDelivered(run.address, pages: pages)
+            statistics.add(.pagesCopiedInBackground, pages)
+            process.fillCursor = run.address + UInt64(bytes)
+        case .retryAfterEvents:
+            statistics.add(.eagainRetries)
+            if drainEvents(process) == 0 { process.awaitingEvents = true }
+            serveQueuedFaults(process)
+        case .alreadyPresent:
+            statistics.add(.alreadyPresent)
+            process.space.markDelivered(run.address, pages: 1)
+            process.fillCursor = run.address + UInt64(pageSize)
+        case .rangeGone(let errno):
+            if drainEvents(process) == 0 { drop(run, of: process, because: errno) }
+            serveQueuedFaults(process)
+        case .processGone(let errno):
+            retire(process, .exited, detail: "\(errno)")
+        case .failed(let errno):
+            fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
+        }
+        retireIfComplete(process)
+    }
+}
+
+/// A cancel request handed from any thread to the loop.
+private final class CancelReason: Sendable {
+    private let reason = Mutex<String?>(nil)
+    func set(_ value: String) { reason.withLock { if $0 == nil { $0 = value } } }
+    func get() -> String? { reason.withLock { $0 } }
+}
+
+func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }

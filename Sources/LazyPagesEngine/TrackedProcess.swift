@@ -1,0 +1,31 @@
+import Userfaultfd
+
+/// One process (or forked child) of a restore: its uffd and what it still needs.
+final class TrackedProcess {
+    /// Engine-wide identifier, also the epoll tag.
+    let id: Int
+    /// The image pid its pages are read under (a forked child reads under its ancestor's, as CRIU does).
+    let imagePid: Int32
+    /// The engine id of the process whose fork created this one, if any.
+    let parentID: Int?
+    let uffd: Userfaultfd
+    var space: AddressSpace
+    /// Where the background fill continues.
+    var fillCursor: UInt64 = 0
+    /// Faults read but not yet served (a batch, plus faults read while draining events).
+    var queuedFaults: [UInt64] = []
+    /// Faults whose copy the kernel refused (EAGAIN) before the event that caused it was readable.
+    var deferredFaults: [UInt64] = []
+    /// True while a copy was refused and the event behind it has not been read yet.
+    var awaitingEvents = false
+    /// Set once the process has been retired (completed, exited, or failed).
+    var retired = false
+
+    init(id: Int, imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace) {
+        self.id = id
+        self.imagePid = imagePid
+        self.parentID = parentID
+        self.uffd = uffd
+        self.space = space
+    }
+}
