@@ -16,10 +16,10 @@ public final class UnixListener: @unchecked Sendable {
         descriptor = fd
         unlink(path)
         var directoryFD: Int32 = -1
-        defer { if directoryFD >= 0 { close(directoryFD) } }
+        defer { if directoryFD >= 0 { Glibc.close(directoryFD) } }
         var bindPath = path
         if path.utf8.count >= 108 {
-            directoryFD = open(directory, O_PATH | O_DIRECTORY | O_CLOEXEC)
+            directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
             bindPath = "/proc/self/fd/\(directoryFD)/\(name)"
         }
@@ -29,7 +29,7 @@ public final class UnixListener: @unchecked Sendable {
     }
 
     private func closing(_ error: SocketError) -> SocketError {
-        close(descriptor)
+        Glibc.close(descriptor)
         descriptor = -1
         return error
     }
@@ -48,8 +48,12 @@ public final class UnixListener: @unchecked Sendable {
     /// Accepts one connection (close-on-exec, non-blocking).
     public func accept() throws(SocketError) -> Int32 {
         while true {
-            let fd = accept4(descriptor, nil, nil, Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
-            if fd >= 0 { return fd }
+            let fd = Glibc.accept(descriptor, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                return fd
+            }
             if errno != EINTR { throw SocketError("accept", errno: errno) }
         }
     }

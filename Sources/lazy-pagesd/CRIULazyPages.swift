@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import LazyPagesCRIU
+import LazyPagesEngine
+import Logging
+
+/// The drop-in for `criu lazy-pages`, with CRIU's own option spellings for the local case.
+struct CRIULazyPages: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lazy-pages",
+        abstract: "Serve one `criu restore --lazy-pages` from a CRIU image directory (like `criu lazy-pages`).")
+
+    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Directory of the CRIU images.")
+    var imagesDirectory: String = "."
+
+    @Option(name: [.customShort("W"), .customLong("work-dir")],
+            help: "Where lazy-pages.socket is created and relative log files go (default: the images directory).")
+    var workDirectory: String?
+
+    @Option(name: [.customShort("o"), .customLong("log-file")],
+            help: "Write the log to this file (relative to the work directory) instead of stderr.")
+    var logFile: String?
+
+    @Flag(name: .customShort("v"), help: "More verbose logging (repeat, or -vN as in CRIU: 1 errors ... 4 debug, 5 trace).")
+    var verbose: Int
+
+    @Option(name: .customLong("log-level"), help: .hidden)
+    var logLevel: Int?
+
+    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Detach and run in the background.")
+    var daemon = false
+
+    @Option(name: .customLong("pidfile"), help: "Write the daemon's pid to this file.")
+    var pidFile: String?
+
+    @Option(name: .customLong("status-fd"), help: "Write one byte to this descriptor (then close it) once listening.")
+    var statusFD: Int32?
+
+    @Option(name: .customLong("fault-around"), help: "Pages delivered per fault, the faulting one first.")
+    var faultAround = 16
+
+    @Option(name: .customLong("fill-chunk"), help: "Pages per background copy.")
+    var fillChunk = 64
+
+    @Flag(name: .customLong("no-background"), help: "Serve faults only; never copy pages in the background.")
+    var noBackground = false
+
+    func validate() throws {
+        guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
+        guard fillChunk >= 1 else { throw ValidationError("--fill-chunk must be at least 1") }
+        if let level = logLevel, !(0...5).contains(level) { throw ValidationError("-v takes a level from 0 to 5") }
+    }
+
+    func run() throws {
+        let workDirectory = self.workDirectory ?? imagesDirectory
+        let level = criuLogLevel(logLevel ?? (2 + verbose))
+        let logPath = logFile.map { $0.hasPrefix("/") ? $0 : workDirectory + "/" + $0 }
+        try bootstrapLogging(level: level, file: logPath)
+        let logger = Logger(label: "lazy-pagesd")
+
+        var configuration = EngineConfiguration()
+        configuration.faultAroundPages = faultAround
+        configuration.fillChunkPages = fillChunk
+        configuration.backgroundFill = !noBackground
+
+        let session: LazyPagesSession
+        do {
+            session = try LazyPagesSession(
+                imagesDirectory: imagesDirectory, workDirectory: workDirectory,
+                configuration: configuration, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            printError("lazy-pagesd: \(error)")
+            throw ExitCode.failure
+        }
+        if daemon { try detach() }
+        if let pidFile {
+            try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+        }
+        if let statusFD {
+            var ready: UInt8 = 0
+            _ = write(statusFD, &ready, 1)
+            close(statusFD)
+        }
+        let outcome = session.run()
+        let summary = session.summary()
+        switch outcome {
+        case .completed:
+            logger.info("\(summary)")
+            print(summary)
+        case .cancelled(let reason), .failed(let reason):
+            logger.error("restore failed: \(reason)")
+            printError("lazy-pagesd: restore failed: \(reason)\n\(summary)")
+            throw ExitCode.failure
+        }
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
