@@ -28,6 +28,7 @@ public final class RestoreEngine: @unchecked Sendable {
     private var allAnnounced = false
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
+    private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -92,6 +93,12 @@ public final class RestoreEngine: @unchecked Sendable {
         wakeUp.signal()
     }
 
+    /// Runs `work` on the loop's thread, soon; safe from any thread.
+    public func execute(_ work: @escaping @Sendable (RestoreEngine) -> Void) {
+        inbox.withLock { $0.append(work) }
+        wakeUp.signal()
+    }
+
     /// Processes tracked right now (announced tasks and forked children, minus the retired).
     public var trackedProcessCount: Int { processes.count }
 
@@ -121,6 +128,7 @@ public final class RestoreEngine: @unchecked Sendable {
     private func dispatch(_ tag: UInt64) {
         if tag == Self.wakeUpTag {
             wakeUp.reset()
+            for work in inbox.withLock({ items in defer { items.removeAll() }; return items }) { work(self) }
             if let reason = cancelReason.get(), outcome == nil { outcome = .cancelled(reason: reason) }
         } else if tag & Self.watcherTagBit != 0 {
             let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))

@@ -1,0 +1,120 @@
+import Foundation
+import Logging
+import Testing
+import Userfaultfd
+@testable import LazyPagesEngine
+
+/// The engine serving a uffd whose registered memory is this test process's own: threads of the test fault, the
+/// engine (on its own thread) serves them and fills the rest. Real kernel, real faults; the multi-process scenarios
+/// (fork, mremap in a restored task) live in the restore tests.
+@Suite(.serialized) struct EngineInProcessTests {
+    /// An anonymous mapping registered MISSING with a fresh uffd, plus a source buffer with known bytes.
+    final class Fixture {
+        let pages: Int
+        let region: UnsafeMutableRawPointer
+        let source: UnsafeMutableRawPointer
+        let uffd: Userfaultfd
+
+        init(pages: Int) throws {
+            self.pages = pages
+            let length = pages * pageSize
+            region = try #require(mmapAnonymous(length))
+            source = try #require(mmapAnonymous(length))
+            for p in 0..<pages {
+                let words = (source + p * pageSize).assumingMemoryBound(to: UInt64.self)
+                for w in 0..<(pageSize / 8) { words[w] = UInt64(p + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(w) }
+            }
+            uffd = try Userfaultfd.open(required: Features.nonCooperativeEvents)
+            try uffd.register(AddressRange(start: address, length: UInt64(length)))
+        }
+
+        var address: UInt64 { UInt64(UInt(bitPattern: region)) }
+
+        func space(skipping skipped: Range<Int> = 0..<0) -> AddressSpace {
+            var extents: [LazyExtent] = []
+            if skipped.lowerBound > 0 {
+                extents.append(LazyExtent(start: address, dumpAddress: address, data: source, pageCount: skipped.lowerBound))
+            }
+            if skipped.upperBound < pages {
+                let offset = skipped.upperBound * pageSize
+                extents.append(LazyExtent(start: address + UInt64(offset), dumpAddress: address + UInt64(offset),
+                                          data: source + offset, pageCount: pages - skipped.upperBound))
+            }
+            return AddressSpace(extents: extents)
+        }
+
+        deinit {
+            munmap(region, pages * pageSize)
+            munmap(source, pages * pageSize)
+        }
+    }
+
+    static func mmapAnonymous(_ length: Int) -> UnsafeMutableRawPointer? {
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        return p == MAP_FAILED ? nil : p
+    }
+
+    /// Runs `engine` on a dedicated thread; the returned closure waits for its outcome.
+    static func start(_ engine: RestoreEngine) -> () -> RestoreOutcome {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var outcome: RestoreOutcome = .failed(reason: "did not run")
+        let thread = Thread {
+            outcome = engine.run()
+            done.signal()
+        }
+        thread.start()
+        return {
+            done.wait()
+            return outcome
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func faultsThenBackgroundFillDeliverEveryByte() throws {
+        let fixture = try Fixture(pages: 512)
+        var configuration = EngineConfiguration()
+        configuration.fillChunkPages = 16
+        let engine = try RestoreEngine(configuration: configuration, logger: Logger(label: "test"))
+        try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space(skipping: 100..<110))
+        let wait = Self.start(engine)
+        // Faults before "RSTF": served from the first fd on, no background fill yet.
+        for p in stride(from: 3, to: 512, by: 37) {
+            let got = (fixture.region + p * pageSize).load(as: UInt64.self)
+            #expect(got == (fixture.source + p * pageSize).load(as: UInt64.self) || (100..<110).contains(p))
+        }
+        #expect(engine.statistics[.faults] > 0)
+        #expect(engine.statistics[.pagesCopiedInBackground] == 0)
+        engine.execute { $0.allTasksAnnounced() }
+        #expect(wait() == .completed)
+        #expect(engine.statistics[.pagesCopiedInBackground] > 0)
+        // Every page home: the image pages match byte for byte, the skipped ones read zero (kernel zero-fill
+        // after the engine closed the uffd).
+        for p in 0..<512 {
+            let page = UnsafeRawBufferPointer(start: fixture.region + p * pageSize, count: pageSize)
+            if (100..<110).contains(p) {
+                #expect(page.allSatisfy { $0 == 0 }, "page \(p) should read zeros")
+            } else {
+                #expect(memcmp(page.baseAddress!, fixture.source + p * pageSize, pageSize) == 0, "page \(p) differs")
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func removedRangeReadsZerosNeverImageData() throws {
+        let fixture = try Fixture(pages: 64)
+        var configuration = EngineConfiguration()
+        configuration.backgroundFill = false
+        let engine = try RestoreEngine(configuration: configuration, logger: Logger(label: "test"))
+        try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
+        let wait = Self.start(engine)
+        // Page 8 is delivered, then dropped; 9 was never touched. Both must read zeros after MADV_DONTNEED.
+        #expect((fixture.region + 8 * pageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 8 * pageSize, as: UInt64.self))
+        #expect(madvise(fixture.region + 8 * pageSize, 2 * pageSize, MADV_DONTNEED) == 0)
+        #expect((fixture.region + 8 * pageSize).load(as: UInt64.self) == 0)
+        #expect((fixture.region + 9 * pageSize).load(as: UInt64.self) == 0)
+        #expect((fixture.region + 10 * pageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 10 * pageSize, as: UInt64.self))
+        #expect(engine.statistics[.removes] == 1)
+        #expect(engine.statistics[.pagesZeroed] >= 2)
+        engine.cancel(reason: "test over")
+        #expect(wait() == .cancelled(reason: "test over"))
+    }
+}
+
