@@ -33,7 +33,7 @@ func pageMatches(_ page: [UInt8], seed: UInt64, p: UInt64) -> Bool {
 final class TemporaryDirectory {
     let path: String
     init() throws {
-        var template = Array((NSTemporaryDirectory() + "/criu-images-test.XXXXXX").utf8CString)
+        var template = Array((URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("criu-images-test.XXXXXX").path).utf8CString)
         guard let made = mkdtemp(&template) else { throw ImageError(file: "mkdtemp", problem: "failed") }
         path = String(cString: made)
     }
@@ -95,7 +95,7 @@ func editPagemapEntries(_ path: String, _ body: (inout [Criu_pagemap_entry]) thr
     try editMessages(path, kind: .pagemap) { messages in
         var entries = try messages.dropFirst().map { try Criu_pagemap_entry(serializedBytes: $0) }
         try body(&entries)
-        messages = [messages[0]] + (try entries.map { try $0.serializedBytes() as [UInt8] })
+        messages = [messages[0]] + (try entries.map { try $0.serializedBytes(partial: true) as [UInt8] })
     }
 }
 
@@ -103,13 +103,17 @@ func editPagemapEntries(_ path: String, _ body: (inout [Criu_pagemap_entry]) thr
 @discardableResult
 func expectImageError(
     file: String, _ problem: String, sourceLocation: SourceLocation = #_sourceLocation,
-    _ body: () throws(ImageError) -> Void
+    _ body: () throws -> Void
 ) -> ImageError? {
     do {
         try body()
         Issue.record("expected an ImageError about \(file): \(problem)", sourceLocation: sourceLocation)
         return nil
     } catch {
+        guard let error = error as? ImageError else {
+            Issue.record("expected an ImageError, got \(error)", sourceLocation: sourceLocation)
+            return nil
+        }
         #expect(error.file == file, sourceLocation: sourceLocation)
         #expect(error.problem.contains(problem), "\(error)", sourceLocation: sourceLocation)
         return error
