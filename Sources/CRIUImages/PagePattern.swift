@@ -4,7 +4,7 @@ public enum PagePattern {
     /// Word `word` of page `pageIndex` under `seed`.
     @inlinable
     public static func word(seed: UInt64, pageIndex: UInt64, word: UInt64) -> UInt64 {
-        (((pageIndex &+ 1) &* 0x9E37_79B9_7F4A_7C15) ^ seed) &+ (word &* 0x1_0000_01B3)
+        (((pageIndex &+ 1) &* 0x9E37_79B9_7F4A_7C15) ^ seed) &+ (word &* 0x100_0000_01B3)
     }
 
     /// Fills `into` (normally one 4 KiB page) with page `pageIndex` of the pattern; a trailing partial word
@@ -13,7 +13,7 @@ public enum PagePattern {
     public static func fill(seed: UInt64, pageIndex: UInt64, into buffer: UnsafeMutableRawBufferPointer) {
         let base = ((pageIndex &+ 1) &* 0x9E37_79B9_7F4A_7C15) ^ seed
         for w in 0 ..< buffer.count / 8 {
-            buffer.storeBytes(of: (base &+ UInt64(w) &* 0x1_0000_01B3).littleEndian, toByteOffset: w * 8, as: UInt64.self)
+            buffer.storeBytes(of: (base &+ UInt64(w) &* 0x100_0000_01B3).littleEndian, toByteOffset: w * 8, as: UInt64.self)
         }
     }
 
@@ -22,7 +22,7 @@ public enum PagePattern {
         let base = ((pageIndex &+ 1) &* 0x9E37_79B9_7F4A_7C15) ^ seed
         for w in 0 ..< bytes.count / 8 {
             let value = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: w * 8, as: UInt64.self))
-            if value != base &+ UInt64(w) &* 0x1_0000_01B3 { return false }
+            if value != base &+ UInt64(w) &* 0x100_0000_01B3 { return false }
         }
         return true
     }

@@ -1,3 +1,18 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The symlink-free absolute path of `path`, or nil if it cannot be resolved (e.g. `ELOOP`).
+private func canonicalPath(_ path: String) -> String? {
+    guard let resolved = realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}
+
 /// Resolves `PE_PARENT` pages of one process through its chain of parent image sets: each set's `parent`
 /// entry (usually a symlink relative to the set's directory) leads to the previous dump, whose
 /// `pagemap-<pid>.img` says where the page is — in that set's pages file, or again in its parent.
@@ -8,10 +23,13 @@ struct ParentChain {
     let pid: Int32
     /// `levels[0]` is the process's own pagemap; `levels[k]` that of the k-th ancestor, loaded on first use.
     private var levels: [PagemapFile]
+    /// Canonical paths of the directories in `levels`, to detect `parent` links that form a cycle.
+    private var canonicalDirectories: Set<String>
 
     init(pid: Int32, pagemap: PagemapFile) {
         self.pid = pid
         self.levels = [pagemap]
+        self.canonicalDirectories = [canonicalPath(pagemap.directory) ?? pagemap.directory]
     }
 
     /// Appends runs covering `[address, end)` — pages that entry `entryNumber` of the level-`level` pagemap
@@ -63,6 +81,10 @@ struct ParentChain {
         }
         guard case .directory = try fileStatus(parentDirectory) else {
             throw ImageError(file: parentDirectory, problem: "parent link does not lead to a directory")
+        }
+        guard let canonical = canonicalPath(parentDirectory), canonicalDirectories.insert(canonical).inserted else {
+            throw ImageError(
+                file: parentDirectory, problem: "parent link cycle: the chain of parent image sets loops back")
         }
         guard level + 1 <= Self.maxDepth else {
             throw ImageError(
