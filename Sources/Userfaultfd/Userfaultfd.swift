@@ -129,7 +129,9 @@ public final class Userfaultfd: @unchecked Sendable {
     }
 
     /// Creates a uffd and negotiates exactly `required` plus whatever of `optional` the kernel offers.
-    /// Fails naming the missing features or ioctls.
+    /// Fails naming the missing features or ioctls. `requiredIoctls` is checked against what `UFFDIO_API` reports,
+    /// which is only `register`, `unregister` and `api`; range ioctls (`copy`, `zeroPage`, `move`...) are reported
+    /// per registration by `register(_:mode:)`.
     public static func open(
         flags: OpenFlags = [.closeOnExec, .nonBlocking],
         required: Features = [],
