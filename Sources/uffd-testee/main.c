@@ -20,8 +20,9 @@
  * Every call that raises a non-cooperative event (fork, mremap, madvise, munmap) blocks until the test has read
  * that event, so a reply proves the event was consumed. Errors are reported as "error WHAT ERRNO\n" and end the
  * testee with status 2. Nothing here sleeps to synchronize: the socket drives every step. The only timeouts are
- * safety nets: a command not arriving within 30 s, or the whole run exceeding 120 s (alarm), end the testee, and
- * it dies with the test process (PR_SET_PDEATHSIG).
+ * safety nets: a command not arriving within 30 s, or the whole run exceeding 120 s (alarm), end the testee.
+ * If the test process dies, its uffd and socket close: a waiting fault is released and the next recv sees EOF.
+ * (No PR_SET_PDEATHSIG: it fires when the spawning *thread* exits, and test threads come and go.)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,7 +36,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -178,7 +178,6 @@ int main(int argc, char **argv) {
     sock = atoi(argv[1]);
     pages = strtoul(argv[2], NULL, 10);
     page_size = (size_t)sysconf(_SC_PAGESIZE);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
     alarm(RUN_TIMEOUT_S);
     if (pages == 0 || pages > 4096) {
         errno = EINVAL;
