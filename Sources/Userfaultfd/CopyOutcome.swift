@@ -7,12 +7,15 @@ import SystemPackage
 public enum CopyOutcome: Sendable, Hashable {
     /// The whole range was filled (`bytes` = the requested length).
     case done(bytes: Int)
-    /// Only a prefix of `bytes` was filled; retry the rest (the kernel stopped early, e.g. at a present page).
+    /// Only a prefix of `bytes` was filled; retry the rest. The kernel stops at the first page it cannot fill (e.g.
+    /// one already present) and reports what it did as `EAGAIN` with the byte count in the result field (seen on
+    /// 6.18: a 4-page copy whose third page was present gave `EAGAIN`, `copy` = 8192).
     case partial(bytes: Int)
     /// `EAGAIN` with nothing done: a non-cooperative event (fork, mremap, madvise, munmap) is queued and unread.
     /// Read and apply every queued event, then retry. Also covers kernels that leave the result field untouched.
     case retryAfterEvents
-    /// `EEXIST`: a page in the range is already present. Nothing was filled by this call.
+    /// `EEXIST`: the *first* page of the range is already present, so nothing was filled by this call (result field
+    /// `-EEXIST`). A present page later in the range gives `.partial` instead. Wake waiters if the fault is pending.
     case alreadyPresent
     /// `ENOENT`/`EINVAL`: the range is no longer (or never was) a registered mapping of the process.
     case rangeGone(Errno)
@@ -42,6 +45,7 @@ public enum CopyOutcome: Sendable, Hashable {
             // (result -EAGAIN on current kernels, left at 0 by older ones).
             return result > 0 ? .partial(bytes: Int(result)) : .retryAfterEvents
         case .fileExists:
+            // The kernel only says EEXIST when it filled nothing; a positive count would be a partial fill.
             return result > 0 ? .partial(bytes: Int(result)) : .alreadyPresent
         case .noSuchFileOrDirectory, .invalidArgument:
             return .rangeGone(error)

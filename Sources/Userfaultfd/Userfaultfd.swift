@@ -30,12 +30,21 @@ public enum OpenPath: String, Sendable {
     case syscall = "userfaultfd(2)"
 }
 
-/// What `UFFDIO_API` reported.
+/// What `UFFDIO_API` reported, and what was asked for.
 public struct APIInfo: Sendable, Hashable {
-    /// Features the kernel offers (asked with `features = 0`) or granted (asked for a set).
+    /// Every feature the kernel offers. The kernel reports the full set whatever was asked for, so this is *not*
+    /// what is enabled on the descriptor; see `enabled`.
     public var features: Features
-    /// Ioctls available on the descriptor.
+    /// The features requested and accepted by this `UFFDIO_API` call: the ones in force on the descriptor.
+    public var enabled: Features
+    /// Ioctls available on the descriptor (`register`, `unregister`, `api`; range ioctls come from `register`).
     public var ioctls: Ioctls
+
+    public init(features: Features, enabled: Features, ioctls: Ioctls) {
+        self.features = features
+        self.enabled = enabled
+        self.ioctls = ioctls
+    }
 }
 
 /// An owning handle to a userfaultfd. The descriptor is closed when the handle is closed or deinitialized.
@@ -85,26 +94,44 @@ public final class Userfaultfd: @unchecked Sendable {
     /// Creates a uffd without negotiating: `/dev/userfaultfd` + `USERFAULTFD_IOC_NEW` first, then the system call.
     public static func create(flags: OpenFlags = [.closeOnExec, .nonBlocking]) throws(UserfaultfdError) -> Userfaultfd {
         let deviceError: Errno
-        let dev = valueOrErrno(retryOnInterrupt: true) { Glibc.open("/dev/userfaultfd", O_RDWR | O_CLOEXEC) }
-        switch dev {
-        case .success(let devfd):
-            let made = valueOrErrno(retryOnInterrupt: true) { CUserfaultfd_ioctl_new(devfd, flags.rawValue) }
-            _ = Glibc.close(devfd)
-            switch made {
-            case .success(let fd): return Userfaultfd(descriptor: fd, openPath: .device)
-            case .failure(let e): deviceError = e
-            }
-        case .failure(let e):
-            deviceError = e
+        switch descriptor(via: .device, flags: flags) {
+        case .success(let fd): return Userfaultfd(descriptor: fd, openPath: .device)
+        case .failure(let e): deviceError = e
         }
-        switch valueOrErrno(retryOnInterrupt: true, { CUserfaultfd_syscall(flags.rawValue) }) {
+        switch descriptor(via: .syscall, flags: flags) {
         case .success(let fd): return Userfaultfd(descriptor: fd, openPath: .syscall)
         case .failure(let e): throw .unavailable(device: deviceError, syscall: e)
         }
     }
 
+    /// Creates a uffd without negotiating, through `path` only (no fallback). Fails with `.systemCall` naming the
+    /// path and its errno: the `/dev/userfaultfd` open or `USERFAULTFD_IOC_NEW` error, or the system call's.
+    public static func create(via path: OpenPath, flags: OpenFlags = [.closeOnExec, .nonBlocking])
+        throws(UserfaultfdError) -> Userfaultfd
+    {
+        switch descriptor(via: path, flags: flags) {
+        case .success(let fd): return Userfaultfd(descriptor: fd, openPath: path)
+        case .failure(let e): throw .systemCall(path.rawValue, e)
+        }
+    }
+
+    /// A new uffd descriptor made through `path`.
+    private static func descriptor(via path: OpenPath, flags: OpenFlags) -> Result<Int32, Errno> {
+        switch path {
+        case .device:
+            let dev = valueOrErrno(retryOnInterrupt: true) { Glibc.open("/dev/userfaultfd", O_RDWR | O_CLOEXEC) }
+            guard case .success(let devfd) = dev else { return dev }
+            defer { _ = Glibc.close(devfd) }
+            return valueOrErrno(retryOnInterrupt: true) { CUserfaultfd_ioctl_new(devfd, flags.rawValue) }
+        case .syscall:
+            return valueOrErrno(retryOnInterrupt: true) { CUserfaultfd_syscall(flags.rawValue) }
+        }
+    }
+
     /// Creates a uffd and negotiates exactly `required` plus whatever of `optional` the kernel offers.
-    /// Fails naming the missing features or ioctls.
+    /// Fails naming the missing features or ioctls. `requiredIoctls` is checked against what `UFFDIO_API` reports,
+    /// which is only `register`, `unregister` and `api`; range ioctls (`copy`, `zeroPage`, `move`...) are reported
+    /// per registration by `register(_:mode:)`.
     public static func open(
         flags: OpenFlags = [.closeOnExec, .nonBlocking],
         required: Features = [],
@@ -128,7 +155,8 @@ public final class Userfaultfd: @unchecked Sendable {
     public func negotiate(features: Features) throws(UserfaultfdError) -> APIInfo {
         var arg = uffdio_api(api: CUserfaultfd_UFFD_API, features: features.rawValue, ioctls: 0)
         if CUserfaultfd_ioctl_api(descriptor, &arg) != 0 { throw .apiFailed(Errno(rawValue: errno)) }
-        let info = APIInfo(features: Features(rawValue: arg.features), ioctls: Ioctls(rawValue: arg.ioctls))
+        let info = APIInfo(
+            features: Features(rawValue: arg.features), enabled: features, ioctls: Ioctls(rawValue: arg.ioctls))
         api = info
         return info
     }

@@ -1,0 +1,71 @@
+import Glibc
+
+/// Runs a program to completion with `posix_spawn` (the test process is never forked) and captures its output.
+enum Spawn {
+    struct Output {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        var exitCode: Int32? { status & 0x7f == 0 ? (status >> 8) & 0xff : nil }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func run(_ argv: [String], timeoutMilliseconds: Int32 = 30_000) throws -> Output {
+        var out: [Int32] = [-1, -1]
+        var err: [Int32] = [-1, -1]
+        // Socket pairs stand in for pipes: they can be made close-on-exec atomically (pipe2 is not imported).
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        guard socketpair(AF_UNIX, type, 0, &out) == 0, socketpair(AF_UNIX, type, 0, &err) == 0 else {
+            throw Failure(description: "socketpair: errno \(errno)")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, err[1], 2)
+        var pid: pid_t = 0
+        let rc = withCStrings(argv) { posix_spawnp(&pid, argv[0], &actions, nil, $0, environ) }
+        close(out[1])
+        close(err[1])
+        defer {
+            close(out[0])
+            close(err[0])
+        }
+        guard rc == 0 else { throw Failure(description: "posix_spawn \(argv[0]): errno \(rc)") }
+
+        var captured: [Int32: [UInt8]] = [out[0]: [], err[0]: []]
+        var open = [out[0], err[0]]
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !open.isEmpty {
+            var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else {
+                kill(pid, SIGKILL)
+                _ = waitpidRetrying(pid)
+                throw Failure(description: "\(argv) produced no output within the timeout")
+            }
+            for entry in fds where entry.revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    captured[entry.fd]! += buffer[..<n]
+                } else if n == 0 || errno != EINTR {
+                    open.removeAll { $0 == entry.fd }
+                }
+            }
+        }
+        guard let status = waitpidRetrying(pid) else { throw Failure(description: "waitpid: errno \(errno)") }
+        return Output(
+            status: status, stdout: String(decoding: captured[out[0]]!, as: UTF8.self),
+            stderr: String(decoding: captured[err[0]]!, as: UTF8.self))
+    }
+
+    /// The first of `candidates` that is an executable file.
+    static func tool(_ candidates: String...) -> String? {
+        candidates.first { access($0, X_OK) == 0 }
+    }
+}
