@@ -10,7 +10,8 @@
  * ---- Plan file (text, one directive per line; '#' starts a comment; numbers are decimal or 0x-hex) ----------
  *
  *   task  VPID                        the virtual pid (names the task in every report line)
- *   file  INDEX PATH                  a pages file, opened and mmapped read-only (INDEX 0, 1, ... in order)
+ *   file  INDEX PATH                  a pages file, mmapped read-only (INDEX 0, 1, ... in order; PATH is the
+ *                                     rest of the line)
  *   vma   START END PROT FLAGS        a VMA of the image ([START, END), page-aligned)
  *   lazy  ADDR NPAGES INDEX OFFSET    pages the daemon delivers; their data is at OFFSET in file INDEX
  *   lazy  ADDR NPAGES remote          pages the daemon delivers from a page server (touched, not compared)

@@ -29,6 +29,18 @@ void plan_read(const char *path, struct plan *plan) {
     int line = 0;
     while (fgets(buf, sizeof buf, f)) {
         line++;
+        /* "file INDEX PATH": PATH is the rest of the line (it may hold blanks, not '#' or a newline). */
+        if (!strncmp(buf, "file ", 5)) {
+            char *end;
+            long index = strtol(buf + 5, &end, 10);
+            while (*end == ' ' || *end == '\t') end++;
+            end[strcspn(end, "\r\n")] = 0;
+            if (end == buf + 5 || !*end) die("%s:%d: expected 'file INDEX PATH'", path, line);
+            if (index != plan->nfiles) die("%s:%d: files must be numbered 0, 1, ...", path, line);
+            GROW(plan->files, plan->nfiles);
+            plan->files[plan->nfiles++] = (struct pages_file){.path = strdup(end)};
+            continue;
+        }
         char *hash = strchr(buf, '#');
         if (hash) *hash = 0;
         char *word[6];
@@ -38,10 +50,6 @@ void plan_read(const char *path, struct plan *plan) {
         if (n == 0) continue;
         if (!strcmp(word[0], "task") && n == 2) {
             plan->vpid = (int)number(word[1], path, line);
-        } else if (!strcmp(word[0], "file") && n == 3) {
-            if ((int)number(word[1], path, line) != plan->nfiles) die("%s:%d: files must be numbered 0, 1, ...", path, line);
-            GROW(plan->files, plan->nfiles);
-            plan->files[plan->nfiles++] = (struct pages_file){.path = strdup(word[2])};
         } else if (!strcmp(word[0], "vma") && n == 5) {
             GROW(plan->vmas, plan->nvmas);
             plan->vmas[plan->nvmas++] = (struct plan_vma){

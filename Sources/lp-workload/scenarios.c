@@ -11,8 +11,9 @@
  *                   and folds in every child's exit status.
  *   mremap-move     touches a quarter of the largest region, moves its middle third elsewhere (MREMAP_FIXED) and the
  *                   whole second-largest region too; then every page at its new address.
- *   mremap-grow     grows the largest region twice with MREMAP_MAYMOVE (the first time with a guard page after it,
- *                   so it must move); data is kept, each grown tail reads zeros; then every page.
+ *   mremap-grow     grows the largest region twice with MREMAP_MAYMOVE: first with a guard page after it (so it
+ *                   must move), then, after moving it where there is room, in place (the kernel extends the
+ *                   registered VMA); data is kept, each grown tail reads zeros; then every page.
  *   mremap-shrink   shrinks the largest region to half in place (an UNMAP for the tail), maps the freed tail again
  *                   as plain memory (must read zeros: nothing may be copied there); then every page.
  *   mremap-swap     swaps two equal-size regions with three mremap(MREMAP_MAYMOVE|MREMAP_FIXED) through a spare
@@ -259,14 +260,19 @@ static int scenario_mremap_grow(void) {
     uint64_t first = grow(addr, len, extra);
     if (guard != MAP_FAILED) munmap(guard, LP_PAGE);
     touch_some(&r, first, (len + extra) / LP_PAGE, (len + extra) / LP_PAGE / 4 + 1);
-    uint64_t second = grow(first, len + extra, extra);
+    /* Make room after the region (move it to the start of a reservation, free the reservation's tail), so the
+     * second grow can happen in place: the kernel then extends the registered VMA itself. */
+    uint64_t room = (uint64_t)reserve(len + 2 * extra);
+    uint64_t placed = move_fixed(first, len + extra, room);
+    munmap((void *)(placed + len + extra), extra);
+    uint64_t second = grow(placed, len + extra, extra);
     verify_all(2);
     char details[256];
-    snprintf(details, sizeof details, "grew=0x%llx+%llu->0x%llx+%llu(%s) grew=0x%llx->0x%llx+%llu(%s)",
+    snprintf(details, sizeof details, "grew=0x%llx+%llu->0x%llx+%llu(%s) moved=0x%llx->0x%llx grew=0x%llx+%llu(%s)",
              (unsigned long long)addr, (unsigned long long)npages, (unsigned long long)first,
              (unsigned long long)((len + extra) / LP_PAGE), first == addr ? "in-place" : "moved",
-             (unsigned long long)first, (unsigned long long)second,
-             (unsigned long long)((len + 2 * extra) / LP_PAGE), second == first ? "in-place" : "moved");
+             (unsigned long long)first, (unsigned long long)placed, (unsigned long long)second,
+             (unsigned long long)((len + 2 * extra) / LP_PAGE), second == placed ? "in-place" : "moved");
     return finish(0, NULL, details);
 }
 
