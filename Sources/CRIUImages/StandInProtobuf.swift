@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 enum StandInWire {
-    static let commonMagic: UInt32 = 0x5476_4319
+    static let commonMagic: UInt32 = 0x5456_4319
     static let inventoryMagic: UInt32 = 0x5831_3116
     static let pagemapMagic: UInt32 = 0x5608_4025
     static let mmMagic: UInt32 = 0x5749_2820
