@@ -345,6 +345,30 @@ struct SimulatorTests {
         })
     }
 
+    static let fixture = "/work/shared/fixtures/criu-treeproc"
+
+    @Test("a real CRIU dump (criu-treeproc, two tasks) restores through the simulator, served by the test",
+          .enabled(if: FileManager.default.fileExists(atPath: fixture + "/pstree.img"), "fixture missing"))
+    func realDump() throws {
+        let work = try makeTemporaryDirectory()
+        let listener = try TestListener(directory: work)
+        let simulation = try RestoreSimulation(
+            options: SimulationOptions(imagesDirectory: Self.fixture, workDirectory: work, scenario: "verify", seed: 2))
+        try simulation.start()
+        let connection = try listener.accept()
+        defer { close(connection) }
+        let handover = try receiveHandover(connection, taskCount: 2)
+        #expect(handover.pids.sorted() == [13288, 13290])
+        #expect(handover.trailer == [0x46, 0x54, 0x53, 0x52])
+        let server = FaultServer(
+            try handover.uffds.sorted { $0.key < $1.key }.map { pid, fd in
+                (Userfaultfd(adopting: fd), try TestImages.lazyPages(directory: Self.fixture, pid: pid))
+            })
+        let report = try simulation.wait()
+        server.stop()
+        #expect(report.allPassed, "\(describe(report))")
+    }
+
     @Test("every scenario's own bookkeeping holds when all memory is eager (no uffd range registered)",
           arguments: SimulationOptions.scenarios)
     func eagerOnly(scenario: String) throws {
