@@ -345,6 +345,25 @@ struct SimulatorTests {
         })
     }
 
+    @Test("a workload whose faults nobody serves is killed at the timeout and reported as failed")
+    func timeout() throws {
+        let directory = try makeTemporaryDirectory()
+        try TestImages.write(to: directory, pids: [1])
+        let listener = try TestListener(directory: directory)
+        let simulation = try RestoreSimulation(
+            options: SimulationOptions(imagesDirectory: directory, scenario: "verify", timeout: .seconds(2)))
+        try simulation.start()
+        let connection = try listener.accept()
+        defer { close(connection) }
+        let handover = try receiveHandover(connection, taskCount: 1)
+        defer { handover.uffds.values.forEach { close($0) } }  // held, never served: the workload hangs in a fault
+        let report = try simulation.wait()
+        let task = try #require(report.tasks.first)
+        #expect(!task.passed)
+        #expect(task.exitStatus == -SIGKILL)
+        #expect(task.output.contains { $0.hasPrefix("simulator: timed out") })
+    }
+
     static let fixture = "/work/shared/fixtures/criu-treeproc"
 
     @Test("a real CRIU dump (criu-treeproc, two tasks) restores through the simulator, served by the test",
