@@ -5,8 +5,9 @@ import ArgumentParser
 struct LazyPages: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lazy-pages",
-        abstract: "A userfaultfd post-copy monitor (a drop-in for `criu lazy-pages`).",
+        abstract: "Tools around lazy-pagesd, the userfaultfd post-copy monitor.",
         subcommands: [
-            Probe.self
+            Probe.self,
+            RestoreSim.self,
         ])
 }
