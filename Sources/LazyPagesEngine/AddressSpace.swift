@@ -7,13 +7,23 @@ public struct AddressSpace: Sendable {
     public private(set) var extents: [LazyExtent] = []
     /// Pages still to deliver, over all extents.
     public private(set) var pendingPages: Int = 0
+    /// The size of every page of this space (4096, or the huge page size of a hugetlbfs-backed process): faults,
+    /// copies and zero fills happen in these units, and `pendingPages` counts them.
+    public let pageSize: Int
 
-    public init() {}
+    public init(pageSize: Int = LazyPagesEngine.pageSize) {
+        self.pageSize = pageSize
+    }
 
-    /// Builds the space from extents; they must be page-aligned and must not overlap.
-    public init(extents: [LazyExtent]) {
+    /// Builds the space from extents; they must be aligned to `pageSize`, be made of pages of that size, and must
+    /// not overlap.
+    public init(extents: [LazyExtent], pageSize: Int = LazyPagesEngine.pageSize) {
+        self.pageSize = pageSize
         self.extents = extents.sorted { $0.start < $1.start }
         pendingPages = self.extents.reduce(0) { $0 + $1.pending.setCount }
+        for extent in self.extents {
+            precondition(extent.pageSize == pageSize && extent.start % UInt64(pageSize) == 0, "misaligned extent")
+        }
         for i in self.extents.indices.dropFirst() {
             precondition(self.extents[i - 1].end <= self.extents[i].start, "overlapping lazy extents")
         }
@@ -51,6 +61,8 @@ public struct AddressSpace: Sendable {
         public var pageCount: Int
         public var dumpAddress: UInt64
         public var data: UnsafeRawPointer?
+        /// The space's page size.
+        public var pageSize: Int
         public var length: Int { pageCount * pageSize }
     }
 
@@ -65,7 +77,7 @@ public struct AddressSpace: Sendable {
         let n = extent.pending.runLength(from: page, limit: maxPages)
         let offset = UInt64(page * pageSize)
         return Run(address: extent.start + offset, pageCount: n, dumpAddress: extent.dumpAddress + offset,
-                   data: extent.source(ofPage: page))
+                   data: extent.source(ofPage: page), pageSize: pageSize)
     }
 
     /// The first pending run at or after `address` (wrapping around to the lowest address once), at most
@@ -83,7 +95,7 @@ public struct AddressSpace: Sendable {
                 let n = extent.pending.runLength(from: page, limit: maxPages)
                 let offset = UInt64(page * pageSize)
                 return Run(address: extent.start + offset, pageCount: n, dumpAddress: extent.dumpAddress + offset,
-                           data: extent.source(ofPage: page))
+                           data: extent.source(ofPage: page), pageSize: pageSize)
             }
         }
         return nil
@@ -137,6 +149,7 @@ public struct AddressSpace: Sendable {
     /// Inserts extents that must not overlap anything in the space (callers carve first).
     public mutating func insert(_ pieces: [LazyExtent]) {
         for piece in pieces where piece.pageCount > 0 {
+            precondition(piece.pageSize == pageSize, "inserting an extent of another page size")
             let at = firstExtent(endingAfter: piece.start)
             precondition(at == extents.count || extents[at].start >= piece.end, "inserting over a live extent")
             extents.insert(piece, at: at)

@@ -1,4 +1,5 @@
-/// The page size a lazy restore moves pages in.
+/// The base page size a lazy restore moves pages in (and the unit of every page counter in `RestoreStatistics`).
+/// An address space may use a larger page size (hugetlbfs: 2 MiB); see `AddressSpace.pageSize`.
 public let pageSize = 4096
 
 /// A run of pages a process still expects from the image: where it lives now (runtime address), where it lived at
@@ -14,12 +15,17 @@ public struct LazyExtent: @unchecked Sendable {
     public var data: UnsafeRawPointer?
     /// Pages still to deliver.
     public var pending: PageBitmap
+    /// The size of one page of this extent: 4096, or a huge page size for hugetlbfs memory.
+    public let pageSize: Int
 
-    public init(start: UInt64, dumpAddress: UInt64, data: UnsafeRawPointer?, pageCount: Int) {
+    public init(start: UInt64, dumpAddress: UInt64, data: UnsafeRawPointer?, pageCount: Int,
+                pageSize: Int = LazyPagesEngine.pageSize) {
+        precondition(pageSize >= LazyPagesEngine.pageSize && pageSize & (pageSize - 1) == 0, "bad page size")
         self.start = start
         self.dumpAddress = dumpAddress
         self.data = data
         self.pending = PageBitmap(count: pageCount, filled: true)
+        self.pageSize = pageSize
     }
 
     public var pageCount: Int { pending.count }

@@ -29,6 +29,7 @@ public final class RestoreEngine: @unchecked Sendable {
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
+    private let zeroSource = ZeroSource()
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -46,7 +47,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// A task of the restore handed over its uffd. Faults on it are served from now on.
     public func addTask(imagePid: Int32, uffd: Userfaultfd, space: AddressSpace) throws {
         statistics.add(.tasksAnnounced)
-        statistics.add(.pagesExpected, space.pendingPages)
+        statistics.add(.pagesExpected, space.pendingPages * space.basePagesPerPage)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
@@ -66,6 +67,12 @@ public final class RestoreEngine: @unchecked Sendable {
         allAnnounced = true
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
         for process in Array(processes.values) { retireIfComplete(process) }
+    }
+
+    /// Every task of the restore has exited (the front end learned it, e.g. from a pidfd): stop serving them. The
+    /// restore then completes once every task is announced.
+    public func tasksExited(detail: String) {
+        for process in Array(processes.values) { retire(process, .exited, detail: detail) }
     }
 
     /// Ends the restore with an error (e.g. the restorer hung up before `RSTF`).
@@ -279,18 +286,20 @@ public final class RestoreEngine: @unchecked Sendable {
     /// has no image data left to deliver. Every path ends with the faulting threads woken (by the fill itself or by
     /// `UFFDIO_WAKE`), deferred until the event that blocks copies is read, or the process retired.
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
-        let page = address & ~UInt64(pageSize - 1)
+        let size = process.space.pageSize
+        let page = address & ~UInt64(size - 1)
+        let faultAround = max(1, configuration.faultAroundPages / process.space.basePagesPerPage)
         statistics.add(.faults)
         for _ in 0..<64 {
             if process.retired { return }
-            if let run = process.space.pendingRun(at: page, maxPages: configuration.faultAroundPages) {
+            if let run = process.space.pendingRun(at: page, maxPages: faultAround) {
                 let outcome = copy(run, into: process)
                 switch outcome {
                 case .done(let bytes), .partial(let bytes):
                     // The faulting page leads the run, so it is home and its waiters are woken.
-                    let pages = bytes / pageSize
+                    let pages = bytes / size
                     process.space.markDelivered(run.address, pages: pages)
-                    statistics.add(.pagesCopiedOnFault, pages)
+                    statistics.add(.pagesCopiedOnFault, pages * process.space.basePagesPerPage)
                     return
                 case .retryAfterEvents:
                     statistics.add(.eagainRetries)
@@ -309,9 +318,9 @@ public final class RestoreEngine: @unchecked Sendable {
                     return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
                 }
             } else {
-                switch process.uffd.zeroPage(at: page, length: pageSize) {
+                switch zeroFill(process, at: page) {
                 case .done, .partial:
-                    statistics.add(.pagesZeroed)
+                    statistics.add(.pagesZeroed, process.space.basePagesPerPage)
                     return
                 case .retryAfterEvents:
                     statistics.add(.eagainRetries)
@@ -340,12 +349,21 @@ public final class RestoreEngine: @unchecked Sendable {
 
     private func wake(_ process: TrackedProcess, _ page: UInt64) {
         // Errors here mean the range or the process is gone; the thread then is too.
-        try? process.uffd.wake(AddressRange(start: page, length: UInt64(pageSize)))
+        try? process.uffd.wake(AddressRange(start: page, length: UInt64(process.space.pageSize)))
+    }
+
+    /// Maps zeros over one page: `UFFDIO_ZEROPAGE` for base pages; hugetlbfs has no zero-page ioctl, so a huge page
+    /// is copied from a read-only zero mapping instead.
+    private func zeroFill(_ process: TrackedProcess, at page: UInt64) -> CopyOutcome {
+        let size = process.space.pageSize
+        if size == pageSize { return process.uffd.zeroPage(at: page, length: size) }
+        guard let zeros = zeroSource.bytes(size) else { return .failed(Errno.noMemory) }
+        return process.uffd.copy(to: page, from: zeros, length: size)
     }
 
     private func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
         let dropped = process.space.markDelivered(run.address, pages: run.pageCount)
-        statistics.add(.pagesDropped, dropped)
+        statistics.add(.pagesDropped, dropped * process.space.basePagesPerPage)
         logger.warning("range refused by the kernel; dropping it", metadata: [
             "pid": "\(process.imagePid)", "address": "\(hex(run.address))", "pages": "\(run.pageCount)",
             "errno": "\(errno)",
@@ -385,13 +403,14 @@ public final class RestoreEngine: @unchecked Sendable {
     }
 
     private func fill(_ process: TrackedProcess) {
-        guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: configuration.fillChunkPages)
+        let chunk = max(1, configuration.fillChunkPages / process.space.basePagesPerPage)
+        guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: chunk)
         else { return retireIfComplete(process) }
         switch copy(run, into: process) {
         case .done(let bytes), .partial(let bytes):
-            let pages = bytes / pageSize
+            let pages = bytes / run.pageSize
             process.space.markDelivered(run.address, pages: pages)
-            statistics.add(.pagesCopiedInBackground, pages)
+            statistics.add(.pagesCopiedInBackground, pages * process.space.basePagesPerPage)
             process.fillCursor = run.address + UInt64(bytes)
         case .retryAfterEvents:
             statistics.add(.eagainRetries)
@@ -400,7 +419,7 @@ public final class RestoreEngine: @unchecked Sendable {
         case .alreadyPresent:
             statistics.add(.alreadyPresent)
             process.space.markDelivered(run.address, pages: 1)
-            process.fillCursor = run.address + UInt64(pageSize)
+            process.fillCursor = run.address + UInt64(run.pageSize)
         case .rangeGone(let errno):
             if drainEvents(process) == 0 { drop(run, of: process, because: errno) }
             serveQueuedFaults(process)
@@ -418,6 +437,11 @@ private final class CancelReason: Sendable {
     private let reason = Mutex<String?>(nil)
     func set(_ value: String) { reason.withLock { if $0 == nil { $0 = value } } }
     func get() -> String? { reason.withLock { $0 } }
+}
+
+extension AddressSpace {
+    /// How many base (4 KiB) pages one page of this space is: the factor from its pages to the statistics' pages.
+    var basePagesPerPage: Int { pageSize / LazyPagesEngine.pageSize }
 }
 
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
