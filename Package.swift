@@ -41,18 +41,29 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: ["LazyPagesEngine", "CRIUImages", "Userfaultfd", .product(name: "Logging", package: "swift-log")]),
+        // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.
+        .systemLibrary(name: "CPidfd"),
+        // Front end: Firecracker's UFFD memory backend (JSON mappings + uffd handshake, snapshot memory file).
+        .target(
+            name: "LazyPagesFirecracker",
+            dependencies: [
+                "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CPidfd",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
             dependencies: ["CRIUImages", "LazyPagesCRIU"]),
         // The workload process the simulator starts (C: it must fault, fork, mremap and madvise for real).
         .executableTarget(name: "lp-workload", path: "Sources/lp-workload"),
+        // Does what Firecracker does with a UFFD memory backend, then acts as the guest and checks every byte (C).
+        .executableTarget(name: "fc-emulator", path: "Sources/fc-emulator", linkerSettings: [.linkedLibrary("pthread")]),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", path: "Sources/uffd-testee"),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
-                "LazyPagesCRIU", "LazyPagesEngine",
+                "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesFirecracker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -64,6 +75,9 @@ let package = Package(
             ]),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(
+            name: "FirecrackerTests",
+            dependencies: ["LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd"]),
         .testTarget(
             name: "LazyPagesTests",
             dependencies: ["LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd"]),

@@ -1,0 +1,187 @@
+import Foundation
+import LazyPagesCRIU
+import LazyPagesEngine
+import Logging
+import Userfaultfd
+
+/// One Firecracker snapshot restore with a UFFD memory backend: listen on the socket Firecracker was told about,
+/// take its one handshake (the guest memory mappings as JSON plus its uffd), and serve every guest page from the
+/// snapshot memory file, mapped read-only. Balloon removals read zeros from then on.
+///
+/// Firecracker hangs forever on a fault nobody answers, so when the restore fails or is cancelled while the VM is
+/// still running, the session kills it (`SIGKILL` through a pidfd for the peer learned with `SO_PEERCRED`).
+/// The restore ends when the VM exits, or, with background fill, once every page is home (the uffd is then closed
+/// and the kernel zero-fills whatever the balloon gives back).
+public final class FirecrackerSession: @unchecked Sendable {
+    /// The largest handshake message accepted.
+    public static let maxMessageBytes = 64 << 10
+
+    public let engine: RestoreEngine
+    public let memory: MappedFile
+    public let listener: UnixListener
+    /// Kill the VM when the restore fails or is cancelled while it runs (Firecracker's guidance). On by default.
+    public var killPeerOnFailure = true
+    private let logger: Logger
+    private var connection: Int32 = -1
+    /// The connected VM process, once there is one.
+    public private(set) var peer: PeerProcess?
+    /// The validated mappings, once the handshake is done.
+    public private(set) var mappings: [GuestMemoryMapping] = []
+    /// Set when `run()` killed the peer.
+    public private(set) var killedPeer = false
+    private var peerGone = false
+
+    /// Maps the memory file, then listens on `socketPath` (a stale socket file there is replaced).
+    public init(
+        socketPath: String, memoryFile: String, configuration: EngineConfiguration = EngineConfiguration(),
+        logger: Logger
+    ) throws {
+        self.logger = logger
+        memory = try MappedFile(path: memoryFile)
+        let url = URL(fileURLWithPath: socketPath)
+        listener = try UnixListener(directory: url.deletingLastPathComponent().path, name: url.lastPathComponent,
+                                    backlog: 1)
+        engine = try RestoreEngine(configuration: configuration, logger: logger)
+        try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptFirecracker() }
+        logger.info("listening for Firecracker", metadata: [
+            "socket": "\(listener.path)", "memory-file": "\(memoryFile)", "bytes": "\(memory.size)",
+        ])
+    }
+
+    deinit {
+        if connection >= 0 { close(connection) }
+    }
+
+    public var statistics: RestoreStatistics { engine.statistics }
+
+    /// Runs the restore on the calling thread until it ends; kills a still-running VM if it failed or was cancelled.
+    public func run() -> RestoreOutcome {
+        defer {
+            listener.close()
+            closeConnection()
+        }
+        let outcome = engine.run()
+        switch outcome {
+        case .completed:
+            break
+        case .failed(let reason), .cancelled(let reason):
+            if killPeerOnFailure, let peer, peer.isAlive {
+                killedPeer = peer.send(SIGKILL)
+                logger.error("killed the VM so that it does not hang on faults nobody serves", metadata: [
+                    "pid": "\(peer.pid)", "reason": "\(reason)",
+                ])
+            }
+        }
+        peer?.close()
+        return outcome
+    }
+
+    /// Runs the restore on a dedicated thread (never on Swift's cooperative pool) and waits for it.
+    public func runOnDedicatedThread() async -> RestoreOutcome {
+        await withCheckedContinuation { continuation in
+            let thread = Thread { continuation.resume(returning: self.run()) }
+            thread.name = "firecracker restore"
+            thread.start()
+        }
+    }
+
+    // MARK: The handshake
+
+    private func acceptFirecracker() {
+        do {
+            let fd = try listener.accept()
+            // Firecracker connects once; nobody else has anything to say on this socket.
+            engine.unwatch(descriptor: listener.descriptor)
+            listener.close()
+            connection = fd
+            let peer = try PeerProcess(socket: fd)
+            self.peer = peer
+            try engine.watch(descriptor: fd) { [unowned self] in self.receiveHandshake() }
+            try engine.watch(descriptor: peer.descriptor) { [unowned self] in self.peerExited() }
+            logger.info("Firecracker connected", metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)"])
+        } catch {
+            engine.fail("accepting Firecracker's connection failed: \(error)")
+        }
+    }
+
+    private func receiveHandshake() {
+        do {
+            try takeHandshake()
+        } catch {
+            engine.fail("\(error)")
+        }
+    }
+
+    private func takeHandshake() throws(HandshakeError) {
+        let received: DescriptorPassing.Received
+        do {
+            received = try DescriptorPassing.receive(
+                socket: connection, maxBytes: Self.maxMessageBytes, maxDescriptors: 4)
+        } catch {
+            if error.errno == EAGAIN { return }
+            throw HandshakeError(.socket, "\(error)")
+        }
+        // Nothing else ever comes on this socket: stop listening to it whatever the message holds.
+        closeConnection()
+        var descriptors = received.descriptors
+        defer { descriptors.forEach { close($0) } }
+        guard !received.bytes.isEmpty else {
+            throw HandshakeError(.hungUp, "Firecracker closed the socket without sending its guest memory mappings")
+        }
+        guard !received.truncated else {
+            throw HandshakeError(
+                .tooLarge, "the handshake carries more than \(Self.maxMessageBytes) bytes or more than 4 descriptors")
+        }
+        guard descriptors.count == 1 else {
+            throw descriptors.isEmpty
+                ? HandshakeError(.noDescriptor, "no userfaultfd came with the mappings (expected one SCM_RIGHTS descriptor)")
+                : HandshakeError(.tooManyDescriptors, "expected one descriptor (the uffd), got \(descriptors.count)")
+        }
+        let fd = descriptors[0]
+        guard DescriptorCheck.isUserfaultfd(fd) else {
+            throw HandshakeError(
+                .notUserfaultfd, "the descriptor sent is \(DescriptorCheck.kernelName(of: fd) ?? "unknown"), "
+                    + "not \(DescriptorCheck.userfaultfdLink)")
+        }
+        let mappings = try GuestMemoryMapping.validate(
+            GuestMemoryMapping.decodeList(received.bytes), fileSize: UInt64(memory.size))
+        descriptors.removeAll()
+        let uffd = Userfaultfd(adopting: fd)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        self.mappings = mappings
+        let pageSize = Int(mappings[0].pageSize)
+        let extents = mappings.map { m in
+            LazyExtent(start: m.baseHostVirtAddr, dumpAddress: m.offset, data: memory.base! + Int(m.offset),
+                       pageCount: Int(m.size) / pageSize, pageSize: pageSize)
+        }
+        do {
+            try engine.addTask(imagePid: peer?.pid ?? 0, uffd: uffd, space: AddressSpace(extents: extents, pageSize: pageSize))
+        } catch {
+            throw HandshakeError(.socket, "cannot watch the uffd: \(error)")
+        }
+        // There is no further announcement in this protocol: the one VM is the whole restore.
+        engine.allTasksAnnounced()
+        if peerGone, let peer { engine.tasksExited(detail: "VM process \(peer.pid) exited") }
+        logger.info("guest memory received", metadata: [
+            "regions": "\(mappings.count)", "page-size": "\(pageSize)",
+            "bytes": "\(mappings.reduce(0) { $0 + $1.size })",
+        ])
+    }
+
+    private func peerExited() {
+        guard let peer else { return }
+        engine.unwatch(descriptor: peer.descriptor)
+        peerGone = true
+        logger.info("the VM process exited", metadata: ["pid": "\(peer.pid)"])
+        // Before the handshake, the socket still says what happens (a queued message, or end of file).
+        if !mappings.isEmpty { engine.tasksExited(detail: "VM process \(peer.pid) exited") }
+    }
+
+    private func closeConnection() {
+        if connection >= 0 {
+            engine.unwatch(descriptor: connection)
+            close(connection)
+            connection = -1
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import CPidfd
+import LazyPagesCRIU
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The process at the other end of a unix socket, learned with `SO_PEERCRED` and held by a pidfd, so that it can be
+/// watched for exit and killed without ever hitting a reused pid.
+public final class PeerProcess: @unchecked Sendable {
+    public let pid: pid_t
+    public let uid: uid_t
+    public let gid: gid_t
+    /// The pidfd (readable once the process exits), or -1 once closed.
+    public private(set) var descriptor: Int32
+
+    /// The credentials of `socket`'s peer at `connect` time, and a pidfd for it.
+    public init(socket: Int32) throws(SocketError) {
+        var credentials = PeerCredentials()
+        var length = socklen_t(MemoryLayout<PeerCredentials>.size)
+        guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 else {
+            throw SocketError("getsockopt(SO_PEERCRED)", errno: errno)
+        }
+        pid = credentials.pid
+        uid = credentials.uid
+        gid = credentials.gid
+        let fd = CPidfd_open(pid, 0)
+        guard fd >= 0 else { throw SocketError("pidfd_open(\(pid))", errno: errno) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        descriptor = fd
+    }
+
+    deinit { close() }
+
+    public func close() {
+        if descriptor >= 0 {
+            _ = Glibc.close(descriptor)
+            descriptor = -1
+        }
+    }
+
+    /// True while the process has not exited (its pidfd is not readable yet).
+    public var isAlive: Bool {
+        guard descriptor >= 0 else { return false }
+        var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&poller, 1, 0) == 0
+    }
+
+    /// Sends `signal` to exactly this process. Returns false when it is already gone.
+    @discardableResult
+    public func send(_ signal: Int32) -> Bool {
+        descriptor >= 0 && CPidfd_send_signal(descriptor, signal, 0) == 0
+    }
+}
+
+/// `struct ucred` (Glibc hides it behind `_GNU_SOURCE`): what `SO_PEERCRED` fills in.
+private struct PeerCredentials {
+    var pid: pid_t = 0
+    var uid: uid_t = 0
+    var gid: gid_t = 0
+}
