@@ -77,7 +77,7 @@ let package = Package(
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
         .testTarget(
             name: "FirecrackerTests",
-            dependencies: ["LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd"]),
+            dependencies: ["LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CUserfaultfd"]),
         .testTarget(
             name: "LazyPagesTests",
             dependencies: ["LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd"]),

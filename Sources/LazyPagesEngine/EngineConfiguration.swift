@@ -8,6 +8,11 @@ public struct EngineConfiguration: Sendable {
     public var backgroundFill: Bool = true
     /// How long (ms) to wait before retrying a copy the kernel refused when no event was readable yet.
     public var refusedCopyRetryMilliseconds: Int32 = 1
+    /// Whether a process with every page home is retired (its uffd closed) once every task is announced. Right
+    /// when the restored process no longer holds its own uffd (CRIU's restorer closes it): the kernel then
+    /// zero-fills what it touches. A Firecracker VM keeps its uffd, so balloon removals would fault with nobody
+    /// answering: there the process is served until it exits.
+    public var retireCompletedProcesses: Bool = true
 
     public init() {}
 }

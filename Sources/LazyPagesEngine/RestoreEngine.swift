@@ -178,7 +178,9 @@ public final class RestoreEngine: @unchecked Sendable {
     /// last time (a fork may be waiting), then close its uffd — the kernel zero-fills anything it still touches,
     /// which is exactly what an address without image data must read.
     private func retireIfComplete(_ process: TrackedProcess) {
-        guard allAnnounced, !process.retired, process.space.isComplete, process.deferredFaults.isEmpty else { return }
+        guard configuration.retireCompletedProcesses, allAnnounced, !process.retired, process.space.isComplete,
+              process.deferredFaults.isEmpty
+        else { return }
         drainEvents(process)
         serveQueuedFaults(process)
         if !process.retired && process.space.isComplete && process.deferredFaults.isEmpty {

@@ -8,10 +8,10 @@ import Userfaultfd
 /// take its one handshake (the guest memory mappings as JSON plus its uffd), and serve every guest page from the
 /// snapshot memory file, mapped read-only. Balloon removals read zeros from then on.
 ///
-/// Firecracker hangs forever on a fault nobody answers, so when the restore fails or is cancelled while the VM is
-/// still running, the session kills it (`SIGKILL` through a pidfd for the peer learned with `SO_PEERCRED`).
-/// The restore ends when the VM exits, or, with background fill, once every page is home (the uffd is then closed
-/// and the kernel zero-fills whatever the balloon gives back).
+/// Firecracker hangs forever on a fault nobody answers, so when the restore fails (a refused handshake included) or
+/// is cancelled while the VM is still running, the session kills it (`SIGKILL` through a pidfd for the peer learned with `SO_PEERCRED`).
+/// The restore ends when the VM exits: Firecracker keeps its uffd open, so even with every page home the session
+/// goes on answering the faults that follow balloon removals (with zeros).
 public final class FirecrackerSession: @unchecked Sendable {
     /// The largest handshake message accepted.
     public static let maxMessageBytes = 64 << 10
@@ -30,6 +30,7 @@ public final class FirecrackerSession: @unchecked Sendable {
     /// Set when `run()` killed the peer.
     public private(set) var killedPeer = false
     private var peerGone = false
+    private var handshakeReceived = false
 
     /// Maps the memory file, then listens on `socketPath` (a stale socket file there is replaced).
     public init(
@@ -37,6 +38,9 @@ public final class FirecrackerSession: @unchecked Sendable {
         logger: Logger
     ) throws {
         self.logger = logger
+        // The VM keeps its own uffd open: serve it (balloon removals, late faults) until it exits.
+        var configuration = configuration
+        configuration.retireCompletedProcesses = false
         memory = try MappedFile(path: memoryFile)
         let url = URL(fileURLWithPath: socketPath)
         listener = try UnixListener(directory: url.deletingLastPathComponent().path, name: url.lastPathComponent,
@@ -65,7 +69,8 @@ public final class FirecrackerSession: @unchecked Sendable {
         case .completed:
             break
         case .failed(let reason), .cancelled(let reason):
-            if killPeerOnFailure, let peer, peer.isAlive {
+            // Only a peer that sent its handshake waits on us; one that hung up before has nothing to hang on.
+            if killPeerOnFailure, handshakeReceived, let peer, peer.isAlive {
                 killedPeer = peer.send(SIGKILL)
                 logger.error("killed the VM so that it does not hang on faults nobody serves", metadata: [
                     "pid": "\(peer.pid)", "reason": "\(reason)",
@@ -121,11 +126,13 @@ public final class FirecrackerSession: @unchecked Sendable {
             if error.errno == EAGAIN { return }
             throw HandshakeError(.socket, "\(error)")
         }
-        // Nothing else ever comes on this socket: stop listening to it whatever the message holds.
-        closeConnection()
+        // Nothing else ever comes on this socket: stop listening to it whatever the message holds. It is closed only
+        // when the restore ends, after a refused peer has been killed, so the peer never runs on after a refusal.
+        engine.unwatch(descriptor: connection)
         var descriptors = received.descriptors
         defer { descriptors.forEach { close($0) } }
-        guard !received.bytes.isEmpty else {
+        handshakeReceived = !received.bytes.isEmpty
+        guard handshakeReceived else {
             throw HandshakeError(.hungUp, "Firecracker closed the socket without sending its guest memory mappings")
         }
         guard !received.truncated else {

@@ -39,7 +39,11 @@ public struct GuestMemoryMapping: Sendable, Hashable, Codable {
             throw HandshakeError(
                 .malformedJSON, "\(path(context)) is not an unsigned 64-bit integer or the array is not one of objects")
         } catch let DecodingError.dataCorrupted(context) {
-            throw HandshakeError(.malformedJSON, "not valid JSON (\(context.debugDescription))")
+            throw HandshakeError(
+                .malformedJSON,
+                context.codingPath.isEmpty
+                    ? "not valid JSON (\(context.debugDescription))"
+                    : "\(path(context)) is not valid (\(context.debugDescription))")
         } catch {
             throw HandshakeError(.malformedJSON, "\(error)")
         }

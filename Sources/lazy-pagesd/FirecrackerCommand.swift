@@ -13,7 +13,7 @@ struct FirecrackerCommand: ParsableCommand {
         discussion: """
             Listen on --socket (give the same path to Firecracker's PUT /snapshot/load as the backend_path), take \
             Firecracker's guest memory mappings and uffd, and serve every page fault from --mem-file. Balloon \
-            removals read zeros. Exit 0 when the VM exits (or, with --background-fill, once every page is home). \
+            removals read zeros. Exit 0 when the VM exits. \
             On a fatal error the VM is killed rather than left hanging on faults nobody serves.
             """)
 

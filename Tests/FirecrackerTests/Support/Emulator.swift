@@ -1,0 +1,146 @@
+import Foundation
+
+/// One running `fc-emulator` (see `Sources/fc-emulator/main.c`): Firecracker's handshake, then a guest that checks
+/// every byte. stdin and stdout are socket pairs held by the test.
+final class Emulator {
+    let pid: pid_t
+    private var input: Int32
+    private var output: Int32
+    private var buffered: [UInt8] = []
+    private(set) var lines: [String] = []
+    private var reaped = false
+
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    /// How the emulator ended: its exit code, or the signal that killed it.
+    enum Ending: Equatable, CustomStringConvertible {
+        case exited(Int32)
+        case signalled(Int32)
+        var description: String {
+            switch self {
+            case .exited(let code): "exit \(code)"
+            case .signalled(let signal): "signal \(signal)"
+            }
+        }
+    }
+
+    init(socket: String, memoryFile: String, regions: [String], handshake: String = "normal",
+         balloons: [String] = [], threads: Int = 1, wait: Bool = false) throws
+    {
+        var arguments = ["--socket", socket, "--mem-file", memoryFile, "--handshake", handshake,
+                         "--threads", "\(threads)"]
+        for region in regions { arguments += ["--region", region] }
+        for balloon in balloons { arguments += ["--balloon", balloon] }
+        if wait { arguments.append("--wait") }
+        let path = try BuiltProducts.path(of: "fc-emulator")
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        var stdinPair: [Int32] = [-1, -1]
+        var stdoutPair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, type, 0, &stdinPair) == 0, socketpair(AF_UNIX, type, 0, &stdoutPair) == 0 else {
+            throw Failure(description: "socketpair: errno \(errno)")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, stdinPair[1], 0)
+        posix_spawn_file_actions_adddup2(&actions, stdoutPair[1], 1)
+        // Default dispositions and an empty mask: the test runner's threads block signals the emulator must obey.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([path] + arguments).map { strdup($0) }
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = (argv + [nil]).withUnsafeBufferPointer {
+            posix_spawn(&child, path, &actions, &attributes, $0.baseAddress!, environ)
+        }
+        close(stdinPair[1])
+        close(stdoutPair[1])
+        guard rc == 0 else {
+            close(stdinPair[0])
+            close(stdoutPair[0])
+            throw Failure(description: "posix_spawn \(path): errno \(rc)")
+        }
+        pid = child
+        input = stdinPair[0]
+        output = stdoutPair[0]
+    }
+
+    deinit {
+        if !reaped {
+            kill(pid, SIGKILL)
+            _ = reap()
+        }
+        if input >= 0 { close(input) }
+        if output >= 0 { close(output) }
+    }
+
+    /// Reads stdout until a line starting with `prefix` (or end of file / `timeout` seconds, as a safety net).
+    @discardableResult
+    func waitForLine(startingWith prefix: String, timeout: Int32 = 60) throws -> String {
+        while true {
+            if let line = lines.first(where: { $0.hasPrefix(prefix) }) { return line }
+            guard readMore(timeout: timeout) else {
+                throw Failure(description: "fc-emulator printed no \"\(prefix)\" line; it printed \(lines)")
+            }
+        }
+    }
+
+    /// Lets a `--wait` emulator go on to act as the guest.
+    func go() {
+        var byte = UInt8(ascii: "\n")
+        _ = write(input, &byte, 1)
+    }
+
+    /// Reads everything the emulator prints until it exits (killing it after `timeout` seconds, a safety net),
+    /// and returns how it ended.
+    func finish(timeout: Int32 = 120) -> Ending {
+        while readMore(timeout: timeout) {}
+        return reap()
+    }
+
+    /// One read from stdout into `lines`; false at end of file, or when nothing came within `timeout` seconds
+    /// (then the emulator is killed).
+    private func readMore(timeout: Int32) -> Bool {
+        guard output >= 0 else { return false }
+        var entry = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&entry, 1, timeout * 1000)
+        if ready < 0 && errno == EINTR { return true }
+        guard ready > 0 else {
+            kill(pid, SIGKILL)
+            close(output)
+            output = -1
+            return false
+        }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let n = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { return true }
+        guard n > 0 else {
+            close(output)
+            output = -1
+            return false
+        }
+        buffered += chunk[..<n]
+        while let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+            lines.append(String(decoding: buffered[..<newline], as: UTF8.self))
+            buffered.removeSubrange(...newline)
+        }
+        return true
+    }
+
+    @discardableResult
+    func reap() -> Ending {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        reaped = true
+        let signal = status & 0x7F
+        return signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal)
+    }
+}
