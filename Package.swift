@@ -50,6 +50,10 @@ let package = Package(
                 "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CPidfd",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // systemd's protocols, service side: sd_notify over NOTIFY_SOCKET and socket activation (LISTEN_FDS).
+        .target(name: "SystemdSupport"),
+        // A minimal socket-activated Type=notify service the SystemdSupport tests start the way systemd does.
+        .executableTarget(name: "sd-activation-testee", dependencies: ["SystemdSupport"]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
@@ -75,6 +79,7 @@ let package = Package(
             ]),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport"]),
         .testTarget(
             name: "FirecrackerTests",
             dependencies: ["LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CUserfaultfd"]),

@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+
+/// A real process started the way systemd starts a socket-activated `Type=notify` service: a pre-bound listening
+/// socket as fd 3, `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`, and `NOTIFY_SOCKET` naming a datagram socket the test
+/// reads. `LISTEN_PID` is the service's own pid: a shell sets it to `$$` and `exec`s the service, as systemd sets it
+/// between fork and exec.
+@Suite(.serialized) struct ActivatedServiceTests {
+    /// With a path notify socket and a named descriptor; with an abstract one and no `LISTEN_FDNAMES`.
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true])
+    func theServiceTakesItsSocketAndReportsReadyThenStopping(abstractNotify: Bool) throws {
+        let name = abstractNotify ? "unknown" : "control"
+        let directory = try TemporaryDirectory()
+        let notify = abstractNotify
+            ? try NotifySocket(abstractName: "lazy-pages-activation-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            : try NotifySocket(path: directory.path + "/notify")
+        let listenPath = directory.path + "/control.sock"
+        let listener = try listeningSocket(at: listenPath)
+        defer { close(listener) }
+        let testee = try BuiltProducts.path(of: "sd-activation-testee")
+        let service = try Service(
+            shell: "LISTEN_PID=$$ exec \"$0\"", argument: testee, listener: listener,
+            environment: ["LISTEN_FDS=1", "NOTIFY_SOCKET=\(notify.address)"]
+                + (abstractNotify ? [] : ["LISTEN_FDNAMES=control"]))
+        #expect(try notify.receive() == "STATUS=listening on 1 socket(s)\n")
+        #expect(try notify.receive() == "READY=1\n")
+        // The service accepts on the socket we bound: a client connects by path as it would to /run/lazy-pagesd.
+        let reply = try connectAndRead(listenPath)
+        #expect(reply == "hello \(name) fds=1 cloexec=1\n")
+        #expect(try notify.receive() == "STOPPING=1\nSTATUS=done\n")
+        #expect(service.wait() == 0)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func variablesMeantForAnotherPidAreIgnored() throws {
+        let directory = try TemporaryDirectory()
+        let listener = try listeningSocket(at: directory.path + "/control.sock")
+        defer { close(listener) }
+        let testee = try BuiltProducts.path(of: "sd-activation-testee")
+        // LISTEN_PID names the shell's parent (this test), not the service.
+        let service = try Service(
+            shell: "LISTEN_PID=$PPID exec \"$0\"", argument: testee, listener: listener,
+            environment: ["LISTEN_FDS=1"])
+        #expect(service.wait() == 3)
+        #expect(service.output == "no activated sockets\n")
+    }
+}
+
+/// A process spawned through `/bin/sh -c SCRIPT ARGUMENT` with `listener` as fd 3, `/dev/null` as stdin, stdout on
+/// a pipe and `environment` added to ours.
+final class Service {
+    let pid: pid_t
+    private var stdoutRead: Int32
+    private(set) var output = ""
+
+    init(shell script: String, argument: String, listener: Int32, environment: [String]) throws {
+        var pipeEnds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pipeEnds) == 0 else {
+            throw TestFailure("socketpair: errno \(errno)")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, listener, 3)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let inherited = ProcessInfo.processInfo.environment
+            .filter { !["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"].contains($0.key) }
+            .map { "\($0.key)=\($0.value)" }
+        let argv = ["/bin/sh", "-c", script, argument].map { strdup($0) }
+        let envp = (inherited + environment).map { strdup($0) }
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var child: pid_t = 0
+        let rc = (argv + [nil]).withUnsafeBufferPointer { argvBuffer in
+            (envp + [nil]).withUnsafeBufferPointer { envBuffer in
+                posix_spawn(&child, "/bin/sh", &actions, &attributes, argvBuffer.baseAddress!, envBuffer.baseAddress!)
+            }
+        }
+        close(pipeEnds[1])
+        guard rc == 0 else {
+            close(pipeEnds[0])
+            throw TestFailure("posix_spawn /bin/sh: errno \(rc)")
+        }
+        pid = child
+        stdoutRead = pipeEnds[0]
+    }
+
+    deinit {
+        if stdoutRead >= 0 { close(stdoutRead) }
+    }
+
+    /// Reads stdout to its end, then reaps the process; its exit code, or -signal.
+    func wait() -> Int32 {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(stdoutRead, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            bytes += chunk[..<n]
+        }
+        output = String(decoding: bytes, as: UTF8.self)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status & 0x7F == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+    }
+}
