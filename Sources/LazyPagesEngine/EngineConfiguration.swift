@@ -8,6 +8,10 @@ public struct EngineConfiguration: Sendable {
     public var backgroundFill: Bool = true
     /// How long (ms) to wait before retrying a copy the kernel refused when no event was readable yet.
     public var refusedCopyRetryMilliseconds: Int32 = 1
+    /// Without background fill, a process that exits with pages pending would go unnoticed (exit raises no uffd
+    /// event). After this long without activity the engine copies one pending page per process: the kernel answers
+    /// ESRCH for a process that is gone.
+    public var livenessProbeMilliseconds: Int32 = 1000
 
     public init() {}
 }

@@ -112,12 +112,17 @@ public final class RestoreEngine: @unchecked Sendable {
                 break
             }
             let fillWaiting = allAnnounced && configuration.backgroundFill && hasFillWork
+            let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = processes.values.contains { $0.awaitingEvents }
-            let timeout: Int32 = fillWaiting ? 0 : (awaiting ? configuration.refusedCopyRetryMilliseconds : -1)
+            let timeout: Int32 =
+                fillWaiting ? 0
+                : awaiting ? configuration.refusedCopyRetryMilliseconds
+                : probing ? configuration.livenessProbeMilliseconds : -1
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
                 if awaiting { retryDeferredFaults() }
                 if fillWaiting { fillOneChunk() }
+                if probing && !awaiting { probeLiveness() }
             }
         }
         let result = outcome ?? .completed
@@ -384,8 +389,17 @@ public final class RestoreEngine: @unchecked Sendable {
         }
     }
 
-    private func fill(_ process: TrackedProcess) {
-        guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: configuration.fillChunkPages)
+    /// Copies one pending page into each process: cheap, and the only way to learn that a process has exited when
+    /// nothing else copies into it.
+    private func probeLiveness() {
+        for process in Array(processes.values) where !process.awaitingEvents && !process.space.isComplete {
+            fill(process, maxPages: 1)
+        }
+    }
+
+    private func fill(_ process: TrackedProcess, maxPages: Int? = nil) {
+        guard let run = process.space.nextPendingRun(
+            from: process.fillCursor, maxPages: maxPages ?? configuration.fillChunkPages)
         else { return retireIfComplete(process) }
         switch copy(run, into: process) {
         case .done(let bytes), .partial(let bytes):

@@ -73,7 +73,7 @@ import Userfaultfd
         let fixture = try Fixture(pages: 512)
         var configuration = EngineConfiguration()
         configuration.fillChunkPages = 16
-        let engine = try RestoreEngine(configuration: configuration, logger: Logger(label: "test"))
+        let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
         try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space(skipping: 100..<110))
         let wait = Self.start(engine)
         // Faults before "RSTF": served from the first fd on, no background fill yet.
@@ -102,7 +102,7 @@ import Userfaultfd
         let fixture = try Fixture(pages: 64)
         var configuration = EngineConfiguration()
         configuration.backgroundFill = false
-        let engine = try RestoreEngine(configuration: configuration, logger: Logger(label: "test"))
+        let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
         try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
         let wait = Self.start(engine)
         // Page 8 is delivered, then dropped; 9 was never touched. Both must read zeros after MADV_DONTNEED.
