@@ -59,7 +59,8 @@ let package = Package(
         .executableTarget(
             name: "lazy-pages",
             dependencies: [
-                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU",
+                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd"]),

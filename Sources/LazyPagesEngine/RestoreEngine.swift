@@ -45,6 +45,7 @@ public final class RestoreEngine: @unchecked Sendable {
 
     /// A task of the restore handed over its uffd. Faults on it are served from now on.
     public func addTask(imagePid: Int32, uffd: Userfaultfd, space: AddressSpace) throws {
+        statistics.markStarted()
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
@@ -56,6 +57,7 @@ public final class RestoreEngine: @unchecked Sendable {
 
     /// A zombie task (negative pid on CRIU's socket): nothing to serve.
     public func addZombie(pid: Int32) {
+        statistics.markStarted()
         statistics.add(.tasksAnnounced)
         logger.info("zombie announced", metadata: ["pid": "\(pid)"])
     }
@@ -126,6 +128,7 @@ public final class RestoreEngine: @unchecked Sendable {
             }
         }
         let result = outcome ?? .completed
+        statistics.markFinished()
         logger.info("restore finished", metadata: ["outcome": "\(result)", "statistics": "\(statistics.snapshot)"])
         return result
     }
