@@ -101,6 +101,14 @@ public final class RestoreEngine: @unchecked Sendable {
         wakeUp.signal()
     }
 
+    /// After `run()` returned: closes the uffd of every process still tracked. The kernel then unregisters their
+    /// ranges and zero-fills whatever they touch next, so call it only when that is right (the processes are gone,
+    /// or were killed) — or when the alternative is worse: a process whose uffd stays open but unread blocks forever
+    /// in its next fork/mremap/madvise/munmap.
+    public func closeAll() {
+        for process in Array(processes.values) { retire(process, .exited, detail: "closed after the restore ended") }
+    }
+
     /// Processes tracked right now (announced tasks and forked children, minus the retired).
     public var trackedProcessCount: Int { processes.count }
 

@@ -112,9 +112,12 @@ import Userfaultfd
         #expect((fixture.region + 9 * pageSize).load(as: UInt64.self) == 0)
         #expect((fixture.region + 10 * pageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 10 * pageSize, as: UInt64.self))
         #expect(engine.statistics[.removes] == 1)
-        #expect(engine.statistics[.pagesZeroed] >= 2)
+        #expect(engine.statistics[.pagesZeroed] >= 1)
         engine.cancel(reason: "test over")
         #expect(wait() == .cancelled(reason: "test over"))
+        // The engine stopped reading: release the uffd, or unmapping the region would wait forever for the
+        // monitor to read the UNMAP event.
+        engine.closeAll()
     }
 }
 
