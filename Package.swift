@@ -63,11 +63,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd"]),
+        // Helpers shared by the test targets: finding built executables, running them.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
         .testTarget(
             name: "LazyPagesTests",
-            dependencies: ["LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd"]),
+            dependencies: [
+                "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd", "TestSupport",
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )
