@@ -6,6 +6,8 @@ public struct BenchConfiguration: Sendable {
     public var touches: Int
     /// Passes of each ceiling chunk size.
     public var ceilingRepeats: Int
+    /// Which steps run: "ceiling", "floor", "a", "b", "c", "d", "f" (empty: all).
+    public var scenarios: Set<String> = []
     /// Interleaved rounds of the floor and scenario (a); each pools its rounds.
     public var latencyRounds: Int = 3
     /// Scenario (f): how many restores at once, and the size of each.

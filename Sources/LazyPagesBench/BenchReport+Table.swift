@@ -45,6 +45,7 @@ extension BenchReport {
         var out: [String] = []
         let gib = Double(imageBytes) / Double(1 << 30)
         out.append("lazy-pages bench: \(imageBytes >> 20) MiB image, \(machine.cpus) CPUs (\(machine.cpu)), kernel \(machine.kernel), \(machine.date)")
+        out.append("load average: \(machine.loadAtStart) at start, \(machine.loadAtEnd) at end (\(machine.cpus) CPUs; other load skews every number)")
         out.append("daemon tunables: fault-around \(tunables.faultAround.map(String.init) ?? "default"), fill-chunk \(tunables.fillChunk.map(String.init) ?? "default")")
         out.append("")
         out.append("baselines (C)")

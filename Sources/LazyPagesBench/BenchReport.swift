@@ -30,6 +30,9 @@ public struct MachineInfo: Sendable, Codable {
     public var cpus: Int
     public var memoryMiB: Int
     public var date: String
+    /// /proc/loadavg when the run started and ended: other load on the machine skews every number.
+    public var loadAtStart: String
+    public var loadAtEnd: String = ""
 }
 
 /// A scenario timed in the faulting process.

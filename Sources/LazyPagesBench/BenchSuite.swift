@@ -30,6 +30,8 @@ public final class BenchSuite {
         let baselines = Baselines(binary: configuration.binaries.baseline, scratch: scratch.path)
 
         func attempt(_ name: String, _ body: () throws -> Void) {
+            let key = name.prefix { $0 != "-" && $0 != " " }
+            guard configuration.scenarios.isEmpty || configuration.scenarios.contains(String(key)) else { return }
             progress(name)
             do { try body() } catch { report.failures[name] = "\(error)" }
         }
@@ -96,6 +98,7 @@ public final class BenchSuite {
         attempt("f-concurrent") {
             report.concurrent = try concurrentScenario(scratch: scratch.path, latencyFile: latencies + "/concurrent.txt")
         }
+        report.machine.loadAtEnd = currentLoad()
         return report
     }
 
@@ -259,6 +262,11 @@ func writeLatencies(_ values: [UInt64], to path: String) throws {
     try (values.map(String.init).joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
 }
 
+/// The three load averages of /proc/loadavg.
+func currentLoad() -> String {
+    readText("/proc/loadavg").split(separator: " ").prefix(3).joined(separator: " ")
+}
+
 /// `key=value` from a result line.
 func field(_ line: String, _ key: String) -> String? {
     for word in line.split(separator: " ") where word.hasPrefix(key + "=") {
@@ -280,6 +288,6 @@ extension MachineInfo {
         let formatter = ISO8601DateFormatter()
         return MachineInfo(
             kernel: kernel, cpu: cpu, cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), memoryMiB: memory / 1024,
-            date: formatter.string(from: Date()))
+            date: formatter.string(from: Date()), loadAtStart: currentLoad())
     }
 }

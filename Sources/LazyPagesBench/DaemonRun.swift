@@ -58,11 +58,19 @@ final class DaemonRun {
         let ends = try makePipe()
         let pipeFDs = [ends.read, ends.write]
         defer { close(pipeFDs[0]) }
-        let arguments = ["-D", imagesDirectory, "-W", workDirectory, "--status-fd", "3", "-v3", "-o", "daemon.log"]
+        let daemonArguments = ["-D", imagesDirectory, "-W", workDirectory, "--status-fd", "3", "-v3", "-o", "daemon.log"]
             + tunables.arguments
+        // Profiling hook: $LP_BENCH_DAEMON_PREFIX (e.g. "/usr/bin/strace -c -o /tmp/s") runs the daemon under a tool.
+        var path = binary
+        var arguments = daemonArguments
+        if let prefix = ProcessInfo.processInfo.environment["LP_BENCH_DAEMON_PREFIX"], !prefix.isEmpty {
+            let words = prefix.split(separator: " ").map(String.init)
+            path = words[0]
+            arguments = Array(words.dropFirst()) + [binary] + arguments
+        }
         do {
             process = try ChildProcess(
-                path: binary, arguments: arguments, stdoutPath: workDirectory + "/daemon.out",
+                path: path, arguments: arguments, stdoutPath: workDirectory + "/daemon.out",
                 stderrPath: workDirectory + "/daemon.err", descriptors: [(pipeFDs[1], 3)])
         } catch {
             close(pipeFDs[1])

@@ -30,6 +30,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Passes per ceiling chunk size (default 3; --quick 1).")
     var repeats: Int?
 
+    @Option(help: "Run only these steps, comma-separated: ceiling, floor, a, b, c, d, f (default: all).")
+    var only: String = ""
+
     @Option(help: "Interleaved rounds of the floor and scenario (a), pooled (default 3; --quick 1).")
     var rounds: Int?
 
@@ -60,6 +63,10 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard size >= 1 << 20, size % 4096 == 0 else { throw ValidationError("--size must be at least 1M and a multiple of 4K") }
         if let touches, touches < 1 { throw ValidationError("--touches must be positive") }
+        let known: Set<Substring> = ["ceiling", "floor", "a", "b", "c", "d", "f"]
+        for step in only.split(separator: ",") where !known.contains(step) {
+            throw ValidationError("unknown step '\(step)' in --only; known: ceiling, floor, a, b, c, d, f")
+        }
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be positive") }
         if let repeats, repeats < 1 { throw ValidationError("--repeats must be positive") }
         guard concurrent >= 1 else { throw ValidationError("--concurrent must be positive") }
@@ -82,6 +89,7 @@ struct Bench: ParsableCommand {
             seed: seed, latencyDirectory: latencyDir, timeout: Double(timeout),
             binaries: .init(directory: ProcessInfo.processInfo.environment["LP_BENCH_BIN_DIR"] ?? directory))
         configuration.latencyRounds = rounds ?? (quick ? 1 : 3)
+        configuration.scenarios = Set(only.split(separator: ",").map { String($0) })
         let suite = BenchSuite(configuration: configuration) { step in
             FileHandle.standardError.write(Data("bench: \(step)\n".utf8))
         }
