@@ -49,6 +49,14 @@ let package = Package(
         .executableTarget(name: "lp-workload", path: "Sources/lp-workload"),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", path: "Sources/uffd-testee"),
+        // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
+        .executableTarget(name: "lp-bench-baseline", path: "Sources/lp-bench-baseline"),
+        // The restored task the benchmark times faults in (speaks lp-workload's plan/fd-3 protocol).
+        .executableTarget(name: "lp-bench-workload", path: "Sources/lp-bench-workload"),
+        // `lazy-pages bench`: images, daemons, baselines and workloads run side by side; report and ratios.
+        .target(
+            name: "LazyPagesBench",
+            dependencies: ["CRIUImages", "RestoreSimulator"]),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
@@ -59,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "lazy-pages",
             dependencies: [
-                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine",
+                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),

@@ -10,5 +10,6 @@ struct LazyPages: ParsableCommand {
             Probe.self,
             RestoreSim.self,
             Demo.self,
+            Bench.self,
         ])
 }
