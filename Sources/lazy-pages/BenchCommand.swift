@@ -112,14 +112,8 @@ struct Bench: ParsableCommand {
 
 /// "1G", "16M", "64K" or plain bytes.
 func parseSize(_ text: String) throws -> Int {
-    let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-    var body = text.uppercased()
-    if body.hasSuffix("IB") { body.removeLast(2) } else if body.hasSuffix("B") && body.count > 1 && units[body[body.index(body.endIndex, offsetBy: -2)]] != nil { body.removeLast() }
-    var multiplier = 1
-    if let last = body.last, let unit = units[last] {
-        multiplier = unit
-        body.removeLast()
+    guard let size = ByteCount(argument: text), size.bytes <= UInt64(Int.max) else {
+        throw ValidationError("cannot read size '\(text)' (try 1G, 64M, 4096)")
     }
-    guard let value = Int(body), value > 0 else { throw ValidationError("cannot read size '\(text)' (try 1G, 64M, 4096)") }
-    return value * multiplier
+    return Int(size.bytes)
 }
