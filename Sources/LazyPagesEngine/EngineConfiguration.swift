@@ -1,7 +1,9 @@
 /// Tunables of one restore's engine.
 public struct EngineConfiguration: Sendable {
-    /// Pages copied in answer to one fault: the faulting page plus the pending pages right after it.
-    public var faultAroundPages: Int = 16
+    /// Pages copied in answer to one fault: the faulting page plus the pending pages right after it. Every extra
+    /// page delays the faulting thread (about 0.7 µs each here, see BENCHMARKS.md), and the background fill brings
+    /// the rest anyway, so the default is the faulting page alone.
+    public var faultAroundPages: Int = 1
     /// Pages the background fill copies per call before it looks for faults again.
     public var fillChunkPages: Int = 64
     /// Whether to copy the remaining pages in the background once every task is announced.

@@ -20,9 +20,8 @@ public final class RestoreEngine: @unchecked Sendable {
     private let wakeUp: WakeUpEvent
     private var batch = EventBatch(capacity: 64)
     private var processes: [Int: TrackedProcess] = [:]
-    /// Ids in fill order (round robin).
-    private var fillOrder: [Int] = []
-    private var fillNext = 0
+    /// Counts served faults; each process remembers the count at its last fault, so the fill can follow the faults.
+    private var faultClock: UInt64 = 0
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
     private var allAnnounced = false
@@ -164,7 +163,6 @@ public final class RestoreEngine: @unchecked Sendable {
         nextID += 1
         try epoll.add(uffd.descriptor, tag: UInt64(process.id))
         processes[process.id] = process
-        fillOrder.append(process.id)
         return process
     }
 
@@ -297,6 +295,8 @@ public final class RestoreEngine: @unchecked Sendable {
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
         let page = address & ~UInt64(pageSize - 1)
         statistics.add(.faults)
+        faultClock &+= 1
+        process.lastFault = faultClock
         for _ in 0..<64 {
             if process.retired { return }
             if let run = process.space.pendingRun(at: page, maxPages: configuration.faultAroundPages) {
@@ -382,22 +382,20 @@ public final class RestoreEngine: @unchecked Sendable {
         processes.values.contains { !$0.awaitingEvents && !$0.space.isComplete }
     }
 
-    /// Copies one chunk for the next process in round-robin order.
+    /// Copies one chunk for the process that faulted most recently (it is running and will touch more), or else the
+    /// oldest one: the fill follows the faults, and short-lived children that never fault are served last.
     private func fillOneChunk() {
-        var tries = fillOrder.count
-        while tries > 0 {
-            tries -= 1
-            if fillNext >= fillOrder.count { fillNext = 0 }
-            let id = fillOrder[fillNext]
-            guard let process = processes[id] else {
-                fillOrder.remove(at: fillNext)
+        var best: TrackedProcess?
+        for process in processes.values where !process.awaitingEvents && !process.space.isComplete {
+            guard let current = best else {
+                best = process
                 continue
             }
-            fillNext += 1
-            guard !process.awaitingEvents, !process.space.isComplete else { continue }
-            fill(process)
-            return
+            if process.lastFault > current.lastFault || (process.lastFault == current.lastFault && process.id < current.id) {
+                best = process
+            }
         }
+        if let best { fill(best) }
     }
 
     /// Copies one pending page into each process: cheap, and the only way to learn that a process has exited when

@@ -12,6 +12,8 @@ final class TrackedProcess {
     var space: AddressSpace
     /// Where the background fill continues.
     var fillCursor: UInt64 = 0
+    /// The engine's fault count at this process's latest fault (0: never faulted); the fill prefers recent faulters.
+    var lastFault: UInt64 = 0
     /// Faults read but not yet served (a batch, plus faults read while draining events).
     var queuedFaults: [UInt64] = []
     /// Faults whose copy the kernel refused (EAGAIN) before the event that caused it was readable.

@@ -37,7 +37,7 @@ struct CRIULazyPages: ParsableCommand {
     var statusFD: Int32?
 
     @Option(name: .customLong("fault-around"), help: "Pages delivered per fault, the faulting one first.")
-    var faultAround = 16
+    var faultAround = 1
 
     @Option(name: .customLong("fill-chunk"), help: "Pages per background copy.")
     var fillChunk = 64
