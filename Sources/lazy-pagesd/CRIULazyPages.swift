@@ -77,11 +77,7 @@ struct CRIULazyPages: ParsableCommand {
         if let pidFile {
             try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         }
-        if let statusFD {
-            var ready: UInt8 = 0
-            _ = write(statusFD, &ready, 1)
-            close(statusFD)
-        }
+        if let statusFD { signalReady(on: statusFD) }
         let outcome = session.run()
         let summary = session.summary()
         switch outcome {
@@ -93,6 +89,22 @@ struct CRIULazyPages: ParsableCommand {
             printError("lazy-pagesd: restore failed: \(reason)\n\(summary)")
             throw ExitCode.failure
         }
+    }
+}
+
+/// CRIU's `--status-fd` contract: one zero byte once listening, then the descriptor is closed. A standard
+/// descriptor is pointed at /dev/null instead, so later output cannot land in whatever reuses its number.
+func signalReady(on descriptor: Int32) {
+    var ready: UInt8 = 0
+    _ = write(descriptor, &ready, 1)
+    if descriptor <= 2 {
+        let null = open("/dev/null", O_RDWR)
+        if null >= 0 {
+            dup2(null, descriptor)
+            close(null)
+        }
+    } else {
+        close(descriptor)
     }
 }
 
