@@ -73,11 +73,12 @@ struct CRIULazyPages: ParsableCommand {
             printError("lazy-pagesd: \(error)")
             throw ExitCode.failure
         }
-        if daemon { try detach() }
+        let detached = daemon ? try detach() : nil
         if let pidFile {
             try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         }
         if let statusFD { signalReady(on: statusFD) }
+        detached?()
         let outcome = session.run()
         let summary = session.summary()
         switch outcome {

@@ -121,6 +121,40 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: work + "/lazy-pages.socket"))
     }
 
+    @Test(.timeLimit(.minutes(1))) func detachesWithDashDAndWritesThePidfile() throws {
+        let (images, work) = try Self.fixtureCopy()
+        let pidFile = work + "/daemon.pid"
+        // The parent returns at once; the detached daemon keeps serving.
+        let launched = try Spawn.run([
+            try BuiltProducts.path(of: "lazy-pagesd"), "-D", images, "-W", work, "-d", "--pidfile", pidFile,
+            "-o", "daemon.log", "-v3",
+        ])
+        #expect(launched.exitCode == 0, "\(launched.stderr)")
+        try Self.waitForSocket(work)
+        let pid = try #require(Int32(try String(contentsOfFile: pidFile, encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(kill(pid, 0) == 0, "the detached daemon is not running")
+        let simulation = try RestoreSimulation(options: SimulationOptions(
+            imagesDirectory: images, workDirectory: work, scenario: "verify"))
+        try simulation.start()
+        let report = try simulation.wait()
+        #expect(report.allPassed, "\(describe(report))")
+        // The daemon exits once every page is home (it is not our child: watch /proc).
+        let deadline = Date().addingTimeInterval(30)
+        while FileManager.default.fileExists(atPath: "/proc/\(pid)") && Date() < deadline { usleep(5000) }
+        #expect(!FileManager.default.fileExists(atPath: "/proc/\(pid)"), "the detached daemon did not exit")
+        #expect(try String(contentsOfFile: work + "/daemon.log", encoding: .utf8).contains("restore finished"))
+    }
+
+    @Test(.timeLimit(.minutes(2))) func demoRunsAndVerifiesEveryByte() throws {
+        let output = try Spawn.run(
+            [try BuiltProducts.path(of: "lazy-pages"), "demo", "--size", "16M", "--scenario", "fork-storm"],
+            timeoutMilliseconds: 100_000)
+        #expect(output.exitCode == 0, "\(output.stdout)\n\(output.stderr)")
+        #expect(output.stdout.contains("every byte of 2 tasks verified"), "\(output.stdout)")
+        #expect(output.stdout.contains("lazy-pages: 2 tasks"), "\(output.stdout)")
+    }
+
     @Test func unknownOptionsAreUsageErrors() throws {
         let output = try Spawn.run([try BuiltProducts.path(of: "lazy-pagesd"), "--no-such-option"])
         #expect(output.exitCode == 64)
