@@ -41,6 +41,11 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: ["LazyPagesEngine", "CRIUImages", "Userfaultfd", .product(name: "Logging", package: "swift-log")]),
+        // CRIU's page-server protocol: wire format, the server (serves an image directory) and the client (a remote
+        // page source for the engine).
+        .target(
+            name: "PageServer",
+            dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
@@ -52,18 +57,25 @@ let package = Package(
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
-                "LazyPagesCRIU", "LazyPagesEngine",
+                "LazyPagesCRIU", "LazyPagesEngine", "PageServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "lazy-pages",
             dependencies: [
-                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU",
+                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "PageServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(
+            name: "PageServerTests",
+            dependencies: [
+                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "LazyPagesTests",
             dependencies: ["LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd"]),

@@ -19,7 +19,7 @@ public final class RestoreEngine: @unchecked Sendable {
     private let epoll: Epoll
     private let wakeUp: WakeUpEvent
     private var batch = EventBatch(capacity: 64)
-    private var processes: [Int: TrackedProcess] = [:]
+    private(set) var processes: [Int: TrackedProcess] = [:]
     /// Ids in fill order (round robin).
     private var fillOrder: [Int] = []
     private var fillNext = 0
@@ -29,6 +29,8 @@ public final class RestoreEngine: @unchecked Sendable {
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
+    /// Pages fetched from a remote source, when there is one (`useRemotePages`).
+    var remote: RemoteFetches?
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -152,9 +154,9 @@ public final class RestoreEngine: @unchecked Sendable {
         return process
     }
 
-    private enum Retirement: String { case completed, exited }
+    enum Retirement: String { case completed, exited }
 
-    private func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
+    func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
         guard !process.retired else { return }
         process.retired = true
         epoll.remove(process.uffd.descriptor)
@@ -170,8 +172,10 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Once every task is announced, a process with nothing left to deliver is done: read what is queued one
     /// last time (a fork may be waiting), then close its uffd — the kernel zero-fills anything it still touches,
     /// which is exactly what an address without image data must read.
-    private func retireIfComplete(_ process: TrackedProcess) {
-        guard allAnnounced, !process.retired, process.space.isComplete, process.deferredFaults.isEmpty else { return }
+    func retireIfComplete(_ process: TrackedProcess) {
+        guard allAnnounced, !process.retired, process.space.isComplete, process.deferredFaults.isEmpty,
+              process.parkedFaults.isEmpty
+        else { return }
         drainEvents(process)
         serveQueuedFaults(process)
         if !process.retired && process.space.isComplete && process.deferredFaults.isEmpty {
@@ -196,7 +200,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Reads every queued message. Non-cooperative events are applied immediately (so the removes and unmaps of a
     /// batch take effect before its faults are served); faults are queued. Returns the number of events applied.
     @discardableResult
-    private func drainEvents(_ process: TrackedProcess) -> Int {
+    func drainEvents(_ process: TrackedProcess) -> Int {
         var applied = 0
         while !process.retired {
             let count: Int
@@ -279,11 +283,16 @@ public final class RestoreEngine: @unchecked Sendable {
     /// has no image data left to deliver. Every path ends with the faulting threads woken (by the fill itself or by
     /// `UFFDIO_WAKE`), deferred until the event that blocks copies is read, or the process retired.
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
-        let page = address & ~UInt64(pageSize - 1)
         statistics.add(.faults)
+        settleFault(process, at: address & ~UInt64(pageSize - 1))
+    }
+
+    /// Settles the fault on `page` (see `serveFault`); also resumes a fault parked for remote pages.
+    func settleFault(_ process: TrackedProcess, at page: UInt64) {
         for _ in 0..<64 {
             if process.retired { return }
             if let run = process.space.pendingRun(at: page, maxPages: configuration.faultAroundPages) {
+                if run.data == nil, remote != nil { return fetchForFault(process, run: run, page: page) }
                 let outcome = copy(run, into: process)
                 switch outcome {
                 case .done(let bytes), .partial(let bytes):
@@ -338,12 +347,12 @@ public final class RestoreEngine: @unchecked Sendable {
         process.awaitingEvents = true
     }
 
-    private func wake(_ process: TrackedProcess, _ page: UInt64) {
+    func wake(_ process: TrackedProcess, _ page: UInt64) {
         // Errors here mean the range or the process is gone; the thread then is too.
         try? process.uffd.wake(AddressRange(start: page, length: UInt64(pageSize)))
     }
 
-    private func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
+    func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
         let dropped = process.space.markDelivered(run.address, pages: run.pageCount)
         statistics.add(.pagesDropped, dropped)
         logger.warning("range refused by the kernel; dropping it", metadata: [
@@ -363,7 +372,7 @@ public final class RestoreEngine: @unchecked Sendable {
     // MARK: Background fill
 
     private var hasFillWork: Bool {
-        processes.values.contains { !$0.awaitingEvents && !$0.space.isComplete }
+        processes.values.contains { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
     }
 
     /// Copies one chunk for the next process in round-robin order.
@@ -378,7 +387,7 @@ public final class RestoreEngine: @unchecked Sendable {
                 continue
             }
             fillNext += 1
-            guard !process.awaitingEvents, !process.space.isComplete else { continue }
+            guard !process.awaitingEvents, !process.fillWaitsForRemote, !process.space.isComplete else { continue }
             fill(process)
             return
         }
@@ -387,6 +396,7 @@ public final class RestoreEngine: @unchecked Sendable {
     private func fill(_ process: TrackedProcess) {
         guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: configuration.fillChunkPages)
         else { return retireIfComplete(process) }
+        if run.data == nil, remote != nil { return fillFromRemote(process, run: run) }
         switch copy(run, into: process) {
         case .done(let bytes), .partial(let bytes):
             let pages = bytes / pageSize
