@@ -82,19 +82,22 @@ extension RestoreEngine {
 
     /// The remote source gave up (or broke the protocol): the pages still pending can never be delivered. Every
     /// one of them is poisoned (`UFFDIO_POISON`: touching it raises SIGBUS, and the threads waiting on it are woken
-    /// into that), every uffd is closed (addresses the image never held read zeros, as they should), and the restore
-    /// fails with `reason`. A process is killed rather than left hung or handed zeros for its data.
+    /// into that) and every uffd is closed (addresses the image never held read zeros, as they should): a process is
+    /// killed rather than left hung or handed zeros for its data. Tasks announced later get the same at once. The
+    /// restore fails with `reason` as soon as every task is announced.
     public func failRemotePages(_ reason: String) {
-        var poisoned = 0
-        for process in Array(processes.values) where !process.retired {
-            poisoned += poisonPending(process)
-            process.parkedFaults.removeAll()
-            if !process.retired { retire(process, .exited, detail: "restore failed: remote pages unavailable") }
-        }
-        logger.error("remote pages unavailable: poisoned what was still pending", metadata: [
-            "pages": "\(poisoned)", "reason": "\(reason)",
-        ])
-        fail(reason)
+        guard remoteFailure == nil else { return }
+        remoteFailure = reason
+        logger.error("remote pages unavailable: poisoning what is still pending", metadata: ["reason": "\(reason)"])
+        for process in Array(processes.values) where !process.retired { abandon(process) }
+        if allAnnounced { fail(reason) }
+    }
+
+    /// Poisons every pending page of `process` and stops tracking it.
+    func abandon(_ process: TrackedProcess) {
+        let poisoned = poisonPending(process)
+        process.parkedFaults.removeAll()
+        if !process.retired { retire(process, .exited, detail: "remote pages unavailable; \(poisoned) pages poisoned") }
     }
 
     private func poisonPending(_ process: TrackedProcess) -> Int {

@@ -25,12 +25,14 @@ public final class RestoreEngine: @unchecked Sendable {
     private var fillNext = 0
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
-    private var allAnnounced = false
+    private(set) var allAnnounced = false
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
     /// Pages fetched from a remote source, when there is one (`useRemotePages`).
     var remote: RemoteFetches?
+    /// Set when the remote source gave up before every task was announced: later tasks are poisoned on arrival.
+    var remoteFailure: String?
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -50,6 +52,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        if remoteFailure != nil { return abandon(process) }
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
             "ranges": "\(space.extents.count)", "process": "\(process.id)",
@@ -66,6 +69,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// tracked process is complete.
     public func allTasksAnnounced() {
         allAnnounced = true
+        if let remoteFailure { return fail(remoteFailure) }
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
         for process in Array(processes.values) { retireIfComplete(process) }
     }

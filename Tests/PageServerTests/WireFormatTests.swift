@@ -14,7 +14,7 @@ struct WireFormatTests {
         #expect(Array(bytes[0..<4]) == [0x06, 0x00, 0x04, 0x00])
         #expect(Array(bytes[4..<8]) == [0, 0, 0, 0])
         #expect(Array(bytes[8..<16]) == [0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01])
-        #expect(Array(bytes[16..<24]) == [0x00, 0x50, 0x23, 0x01, 0x00, 0x7f, 0x00, 0x00])
+        #expect(Array(bytes[16..<24]) == [0x00, 0x50, 0x34, 0x12, 0x00, 0x7f, 0x00, 0x00])
         #expect(Array(bytes[24..<32]) == [42, 0, 0, 0, 0, 0, 0, 0])
         #expect(PageServerMessage(decoding: bytes) == message)
     }
