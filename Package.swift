@@ -41,6 +41,11 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: ["LazyPagesEngine", "CRIUImages", "Userfaultfd", .product(name: "Logging", package: "swift-log")]),
+        // CRIU's page-server protocol: wire format, the server (serves an image directory) and the client (a remote
+        // page source for the engine).
+        .target(
+            name: "PageServer",
+            dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
@@ -60,7 +65,7 @@ let package = Package(
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
-                "LazyPagesCRIU", "LazyPagesEngine",
+                "LazyPagesCRIU", "LazyPagesEngine", "PageServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -68,13 +73,20 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                .product(name: "Logging", package: "swift-log"),
+                "PageServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         // Helpers shared by the test targets: finding built executables, running them.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(
+            name: "PageServerTests",
+            dependencies: [
+                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "LazyPagesTests",
             dependencies: [

@@ -19,15 +19,19 @@ public final class RestoreEngine: @unchecked Sendable {
     private let epoll: Epoll
     private let wakeUp: WakeUpEvent
     private var batch = EventBatch(capacity: 64)
-    private var processes: [Int: TrackedProcess] = [:]
+    private(set) var processes: [Int: TrackedProcess] = [:]
     /// Counts served faults; each process remembers the count at its last fault, so the fill can follow the faults.
     private var faultClock: UInt64 = 0
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
-    private var allAnnounced = false
+    private(set) var allAnnounced = false
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
+    /// Pages fetched from a remote source, when there is one (`useRemotePages`).
+    var remote: RemoteFetches?
+    /// Set when the remote source gave up before every task was announced: later tasks are poisoned on arrival.
+    var remoteFailure: String?
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -48,6 +52,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        if remoteFailure != nil { return abandon(process) }
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
             "ranges": "\(space.extents.count)", "process": "\(process.id)",
@@ -65,6 +70,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// tracked process is complete.
     public func allTasksAnnounced() {
         allAnnounced = true
+        if let remoteFailure { return fail(remoteFailure) }
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
         for process in Array(processes.values) { retireIfComplete(process) }
     }
@@ -166,9 +172,9 @@ public final class RestoreEngine: @unchecked Sendable {
         return process
     }
 
-    private enum Retirement: String { case completed, exited }
+    enum Retirement: String { case completed, exited }
 
-    private func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
+    func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
         guard !process.retired else { return }
         process.retired = true
         epoll.remove(process.uffd.descriptor)
@@ -184,8 +190,10 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Once every task is announced, a process with nothing left to deliver is done: read what is queued one
     /// last time (a fork may be waiting), then close its uffd — the kernel zero-fills anything it still touches,
     /// which is exactly what an address without image data must read.
-    private func retireIfComplete(_ process: TrackedProcess) {
-        guard allAnnounced, !process.retired, process.space.isComplete, process.deferredFaults.isEmpty else { return }
+    func retireIfComplete(_ process: TrackedProcess) {
+        guard allAnnounced, !process.retired, process.space.isComplete, process.deferredFaults.isEmpty,
+              process.parkedFaults.isEmpty
+        else { return }
         drainEvents(process)
         serveQueuedFaults(process)
         if !process.retired && process.space.isComplete && process.deferredFaults.isEmpty {
@@ -210,7 +218,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Reads every queued message. Non-cooperative events are applied immediately (so the removes and unmaps of a
     /// batch take effect before its faults are served); faults are queued. Returns the number of events applied.
     @discardableResult
-    private func drainEvents(_ process: TrackedProcess) -> Int {
+    func drainEvents(_ process: TrackedProcess) -> Int {
         var applied = 0
         while !process.retired {
             let count: Int
@@ -293,13 +301,18 @@ public final class RestoreEngine: @unchecked Sendable {
     /// has no image data left to deliver. Every path ends with the faulting threads woken (by the fill itself or by
     /// `UFFDIO_WAKE`), deferred until the event that blocks copies is read, or the process retired.
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
-        let page = address & ~UInt64(pageSize - 1)
         statistics.add(.faults)
         faultClock &+= 1
         process.lastFault = faultClock
+        settleFault(process, at: address & ~UInt64(pageSize - 1))
+    }
+
+    /// Settles the fault on `page` (see `serveFault`); also resumes a fault parked for remote pages.
+    func settleFault(_ process: TrackedProcess, at page: UInt64) {
         for _ in 0..<64 {
             if process.retired { return }
             if let run = process.space.pendingRun(at: page, maxPages: configuration.faultAroundPages) {
+                if run.data == nil, remote != nil { return fetchForFault(process, run: run, page: page) }
                 let outcome = copy(run, into: process)
                 switch outcome {
                 case .done(let bytes), .partial(let bytes):
@@ -354,12 +367,12 @@ public final class RestoreEngine: @unchecked Sendable {
         process.awaitingEvents = true
     }
 
-    private func wake(_ process: TrackedProcess, _ page: UInt64) {
+    func wake(_ process: TrackedProcess, _ page: UInt64) {
         // Errors here mean the range or the process is gone; the thread then is too.
         try? process.uffd.wake(AddressRange(start: page, length: UInt64(pageSize)))
     }
 
-    private func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
+    func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
         let dropped = process.space.markDelivered(run.address, pages: run.pageCount)
         statistics.add(.pagesDropped, dropped)
         logger.warning("range refused by the kernel; dropping it", metadata: [
@@ -379,14 +392,15 @@ public final class RestoreEngine: @unchecked Sendable {
     // MARK: Background fill
 
     private var hasFillWork: Bool {
-        processes.values.contains { !$0.awaitingEvents && !$0.space.isComplete }
+        processes.values.contains { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
     }
 
     /// Copies one chunk for the process that faulted most recently (it is running and will touch more), or else the
     /// oldest one: the fill follows the faults, and short-lived children that never fault are served last.
     private func fillOneChunk() {
         var best: TrackedProcess?
-        for process in processes.values where !process.awaitingEvents && !process.space.isComplete {
+        for process in processes.values
+        where !process.awaitingEvents && !process.fillWaitsForRemote && !process.space.isComplete {
             guard let current = best else {
                 best = process
                 continue
@@ -401,7 +415,8 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Copies one pending page into each process: cheap, and the only way to learn that a process has exited when
     /// nothing else copies into it.
     private func probeLiveness() {
-        for process in Array(processes.values) where !process.awaitingEvents && !process.space.isComplete {
+        for process in Array(processes.values)
+        where !process.awaitingEvents && !process.fillWaitsForRemote && !process.space.isComplete {
             fill(process, maxPages: 1)
         }
     }
@@ -410,6 +425,7 @@ public final class RestoreEngine: @unchecked Sendable {
         guard let run = process.space.nextPendingRun(
             from: process.fillCursor, maxPages: maxPages ?? configuration.fillChunkPages)
         else { return retireIfComplete(process) }
+        if run.data == nil, remote != nil { return fillFromRemote(process, run: run) }
         switch copy(run, into: process) {
         case .done(let bytes), .partial(let bytes):
             let pages = bytes / pageSize

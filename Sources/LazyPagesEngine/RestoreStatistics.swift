@@ -26,6 +26,10 @@ public final class RestoreStatistics: @unchecked Sendable {
         case tasksAnnounced
         /// Pages the image holds for the announced tasks (at announce time).
         case pagesExpected
+        /// Requests sent to a remote page source (page server), and the pages its answers carried.
+        case remoteRequests, remotePagesReceived
+        /// Faults that waited for remote pages in flight.
+        case faultsParked
     }
 
     private let counters: [UnsafeAtomic<Int>]

@@ -20,6 +20,11 @@ final class TrackedProcess {
     var deferredFaults: [UInt64] = []
     /// True while a copy was refused and the event behind it has not been read yet.
     var awaitingEvents = false
+    /// Faulting pages (runtime addresses) waiting for remote pages in flight.
+    var parkedFaults: [UInt64] = []
+    /// True while the background fill has nothing to ask a remote source for (everything pending is in flight, or
+    /// the source takes no more background requests); cleared whenever remote pages arrive.
+    var fillWaitsForRemote = false
     /// Set once the process has been retired (completed, exited, or failed).
     var retired = false
 

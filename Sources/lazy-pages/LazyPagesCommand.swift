@@ -11,5 +11,6 @@ struct LazyPages: ParsableCommand {
             RestoreSim.self,
             Demo.self,
             Bench.self,
+            PageServerCommand.self,
         ])
 }
