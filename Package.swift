@@ -54,6 +54,11 @@ let package = Package(
         .target(name: "SystemdSupport"),
         // A minimal socket-activated Type=notify service the SystemdSupport tests start the way systemd does.
         .executableTarget(name: "sd-activation-testee", dependencies: ["SystemdSupport"]),
+        // CRIU's page-server protocol: wire format, the server (serves an image directory) and the client (a remote
+        // page source for the engine).
+        .target(
+            name: "PageServer",
+            dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
@@ -64,28 +69,50 @@ let package = Package(
         .executableTarget(name: "fc-emulator", path: "Sources/fc-emulator", linkerSettings: [.linkedLibrary("pthread")]),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", path: "Sources/uffd-testee"),
+        // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
+        .executableTarget(name: "lp-bench-baseline", path: "Sources/lp-bench-baseline"),
+        // The restored task the benchmark times faults in (speaks lp-workload's plan/fd-3 protocol).
+        .executableTarget(name: "lp-bench-workload", path: "Sources/lp-bench-workload"),
+        // `lazy-pages bench`: images, daemons, baselines and workloads run side by side; report and ratios.
+        .target(
+            name: "LazyPagesBench",
+            dependencies: ["CRIUImages", "RestoreSimulator"]),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
-                "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesFirecracker",
+                "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "lazy-pages",
             dependencies: [
-                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU",
+                "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
+                "PageServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
-        .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd"]),
+        // Helpers shared by the test targets: finding built executables, running them.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
-        .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport"]),
+        .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport", "TestSupport"]),
         .testTarget(
             name: "FirecrackerTests",
-            dependencies: ["LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CUserfaultfd"]),
+            dependencies: [
+                "LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CUserfaultfd", "TestSupport",
+            ]),
+        .testTarget(
+            name: "PageServerTests",
+            dependencies: [
+                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "LazyPagesTests",
-            dependencies: ["LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd"]),
+            dependencies: [
+                "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd", "TestSupport",
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -14,19 +14,23 @@ public final class LazyPagesSession: @unchecked Sendable {
     private var connection: RestorerConnection?
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
+    /// With `remotePages`, `LAZY` pages without local data come from that source (a page server), which is started
+    /// (connected) here.
     public init(
         imagesDirectory: String, workDirectory: String? = nil,
-        configuration: EngineConfiguration = EngineConfiguration(), logger: Logger
+        configuration: EngineConfiguration = EngineConfiguration(), remotePages: RemotePageSource? = nil,
+        logger: Logger
     ) throws {
         self.logger = logger
         listener = try UnixListener(directory: workDirectory ?? imagesDirectory, name: Self.socketName)
         do {
-            source = try CRIUImageSource(directory: imagesDirectory)
+            source = try CRIUImageSource(directory: imagesDirectory, allowRemoteOnly: remotePages != nil)
+            engine = try RestoreEngine(configuration: configuration, logger: logger)
+            if let remotePages { try engine.useRemotePages(remotePages) }
         } catch {
             listener.close()
             throw error
         }
-        engine = try RestoreEngine(configuration: configuration, logger: logger)
         try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptRestorer() }
         logger.info("listening", metadata: [
             "socket": "\(listener.path)", "images": "\(imagesDirectory)", "tasks": "\(source.taskPids)",

@@ -8,24 +8,31 @@ public final class UnixListener: @unchecked Sendable {
     public let path: String
     public private(set) var descriptor: Int32
 
-    /// Binds `directory/name` and listens. Paths longer than `sun_path` are reached through `/proc/self/fd`.
+    /// Binds `directory/name` and listens. The socket is bound under a temporary name and renamed into place once
+    /// it listens, so a client never finds the path while connecting to it would be refused. Paths longer than
+    /// `sun_path` are reached through `/proc/self/fd`.
     public init(directory: String, name: String, backlog: Int32 = 16) throws(SocketError) {
         path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SocketError("socket(AF_UNIX)", errno: errno) }
         descriptor = fd
-        unlink(path)
-        var directoryFD: Int32 = -1
-        defer { if directoryFD >= 0 { Glibc.close(directoryFD) } }
-        var bindPath = path
-        if path.utf8.count >= 108 {
-            directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
-            bindPath = "/proc/self/fd/\(directoryFD)/\(name)"
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
+        defer { Glibc.close(directoryFD) }
+        let temporary = ".\(name).\(getpid()).tmp"
+        unlinkat(directoryFD, temporary, 0)
+        let prefix = path.utf8.count + temporary.utf8.count < 100 ? directory + "/" : "/proc/self/fd/\(directoryFD)/"
+        let bound = withSocketAddress(prefix + temporary) { bind(fd, $0, $1) }
+        guard bound == 0 else { throw closing(SocketError("bind \(directory)/\(temporary)", errno: errno)) }
+        guard listen(fd, backlog) == 0 else {
+            unlinkat(directoryFD, temporary, 0)
+            throw closing(SocketError("listen \(path)", errno: errno))
         }
-        let bound = withSocketAddress(bindPath) { bind(fd, $0, $1) }
-        guard bound == 0 else { throw closing(SocketError("bind \(path)", errno: errno)) }
-        guard listen(fd, backlog) == 0 else { throw closing(SocketError("listen \(path)", errno: errno)) }
+        // rename(2) replaces a stale socket file atomically.
+        guard renameat(directoryFD, temporary, directoryFD, name) == 0 else {
+            unlinkat(directoryFD, temporary, 0)
+            throw closing(SocketError("rename to \(path)", errno: errno))
+        }
     }
 
     private func closing(_ error: SocketError) -> SocketError {

@@ -62,7 +62,7 @@ public struct AddressSpace: Sendable {
         public var dumpAddress: UInt64
         public var data: UnsafeRawPointer?
         /// The space's page size.
-        public var pageSize: Int
+        public var pageSize: Int = LazyPagesEngine.pageSize
         public var length: Int { pageCount * pageSize }
     }
 

@@ -1,7 +1,9 @@
 /// Tunables of one restore's engine.
 public struct EngineConfiguration: Sendable {
-    /// Pages copied in answer to one fault: the faulting page plus the pending pages right after it.
-    public var faultAroundPages: Int = 16
+    /// Pages copied in answer to one fault: the faulting page plus the pending pages right after it. Every extra
+    /// page delays the faulting thread (about 0.7 µs each here, see BENCHMARKS.md), and the background fill brings
+    /// the rest anyway, so the default is the faulting page alone.
+    public var faultAroundPages: Int = 1
     /// Pages the background fill copies per call before it looks for faults again.
     public var fillChunkPages: Int = 64
     /// Whether to copy the remaining pages in the background once every task is announced.
@@ -13,6 +15,10 @@ public struct EngineConfiguration: Sendable {
     /// zero-fills what it touches. A Firecracker VM keeps its uffd, so balloon removals would fault with nobody
     /// answering: there the process is served until it exits.
     public var retireCompletedProcesses: Bool = true
+    /// Without background fill, a process that exits with pages pending would go unnoticed (exit raises no uffd
+    /// event). After this long without activity the engine copies one pending page per process: the kernel answers
+    /// ESRCH for a process that is gone.
+    public var livenessProbeMilliseconds: Int32 = 1000
 
     public init() {}
 }

@@ -19,17 +19,20 @@ public final class RestoreEngine: @unchecked Sendable {
     private let epoll: Epoll
     private let wakeUp: WakeUpEvent
     private var batch = EventBatch(capacity: 64)
-    private var processes: [Int: TrackedProcess] = [:]
-    /// Ids in fill order (round robin).
-    private var fillOrder: [Int] = []
-    private var fillNext = 0
+    private(set) var processes: [Int: TrackedProcess] = [:]
+    /// Counts served faults; each process remembers the count at its last fault, so the fill can follow the faults.
+    private var faultClock: UInt64 = 0
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
-    private var allAnnounced = false
+    private(set) var allAnnounced = false
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
     private let zeroSource = ZeroSource()
+    /// Pages fetched from a remote source, when there is one (`useRemotePages`).
+    var remote: RemoteFetches?
+    /// Set when the remote source gave up before every task was announced: later tasks are poisoned on arrival.
+    var remoteFailure: String?
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -46,9 +49,11 @@ public final class RestoreEngine: @unchecked Sendable {
 
     /// A task of the restore handed over its uffd. Faults on it are served from now on.
     public func addTask(imagePid: Int32, uffd: Userfaultfd, space: AddressSpace) throws {
+        statistics.markStarted()
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages * space.basePagesPerPage)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        if remoteFailure != nil { return abandon(process) }
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
             "ranges": "\(space.extents.count)", "process": "\(process.id)",
@@ -57,6 +62,7 @@ public final class RestoreEngine: @unchecked Sendable {
 
     /// A zombie task (negative pid on CRIU's socket): nothing to serve.
     public func addZombie(pid: Int32) {
+        statistics.markStarted()
         statistics.add(.tasksAnnounced)
         logger.info("zombie announced", metadata: ["pid": "\(pid)"])
     }
@@ -65,6 +71,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// tracked process is complete.
     public func allTasksAnnounced() {
         allAnnounced = true
+        if let remoteFailure { return fail(remoteFailure) }
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
         for process in Array(processes.values) { retireIfComplete(process) }
     }
@@ -106,6 +113,14 @@ public final class RestoreEngine: @unchecked Sendable {
         wakeUp.signal()
     }
 
+    /// After `run()` returned: closes the uffd of every process still tracked. The kernel then unregisters their
+    /// ranges and zero-fills whatever they touch next, so call it only when that is right (the processes are gone,
+    /// or were killed) — or when the alternative is worse: a process whose uffd stays open but unread blocks forever
+    /// in its next fork/mremap/madvise/munmap.
+    public func closeAll() {
+        for process in Array(processes.values) { retire(process, .exited, detail: "closed after the restore ended") }
+    }
+
     /// Processes tracked right now (announced tasks and forked children, minus the retired).
     public var trackedProcessCount: Int { processes.count }
 
@@ -119,15 +134,21 @@ public final class RestoreEngine: @unchecked Sendable {
                 break
             }
             let fillWaiting = allAnnounced && configuration.backgroundFill && hasFillWork
+            let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = processes.values.contains { $0.awaitingEvents }
-            let timeout: Int32 = fillWaiting ? 0 : (awaiting ? configuration.refusedCopyRetryMilliseconds : -1)
+            let timeout: Int32 =
+                fillWaiting ? 0
+                : awaiting ? configuration.refusedCopyRetryMilliseconds
+                : probing ? configuration.livenessProbeMilliseconds : -1
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
                 if awaiting { retryDeferredFaults() }
                 if fillWaiting { fillOneChunk() }
+                if probing && !awaiting { probeLiveness() }
             }
         }
         let result = outcome ?? .completed
+        statistics.markFinished()
         logger.info("restore finished", metadata: ["outcome": "\(result)", "statistics": "\(statistics.snapshot)"])
         return result
     }
@@ -155,13 +176,12 @@ public final class RestoreEngine: @unchecked Sendable {
         nextID += 1
         try epoll.add(uffd.descriptor, tag: UInt64(process.id))
         processes[process.id] = process
-        fillOrder.append(process.id)
         return process
     }
 
-    private enum Retirement: String { case completed, exited }
+    enum Retirement: String { case completed, exited }
 
-    private func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
+    func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
         guard !process.retired else { return }
         process.retired = true
         epoll.remove(process.uffd.descriptor)
@@ -177,9 +197,10 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Once every task is announced, a process with nothing left to deliver is done: read what is queued one
     /// last time (a fork may be waiting), then close its uffd — the kernel zero-fills anything it still touches,
     /// which is exactly what an address without image data must read.
-    private func retireIfComplete(_ process: TrackedProcess) {
+    func retireIfComplete(_ process: TrackedProcess) {
         guard configuration.retireCompletedProcesses, allAnnounced, !process.retired, process.space.isComplete,
-              process.deferredFaults.isEmpty
+              process.deferredFaults.isEmpty,
+              process.parkedFaults.isEmpty
         else { return }
         drainEvents(process)
         serveQueuedFaults(process)
@@ -205,7 +226,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Reads every queued message. Non-cooperative events are applied immediately (so the removes and unmaps of a
     /// batch take effect before its faults are served); faults are queued. Returns the number of events applied.
     @discardableResult
-    private func drainEvents(_ process: TrackedProcess) -> Int {
+    func drainEvents(_ process: TrackedProcess) -> Int {
         var applied = 0
         while !process.retired {
             let count: Int
@@ -288,13 +309,20 @@ public final class RestoreEngine: @unchecked Sendable {
     /// has no image data left to deliver. Every path ends with the faulting threads woken (by the fill itself or by
     /// `UFFDIO_WAKE`), deferred until the event that blocks copies is read, or the process retired.
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
-        let size = process.space.pageSize
-        let page = address & ~UInt64(size - 1)
-        let faultAround = max(1, configuration.faultAroundPages / process.space.basePagesPerPage)
         statistics.add(.faults)
+        faultClock &+= 1
+        process.lastFault = faultClock
+        settleFault(process, at: address & ~UInt64(process.space.pageSize - 1))
+    }
+
+    /// Settles the fault on `page` (see `serveFault`); also resumes a fault parked for remote pages.
+    func settleFault(_ process: TrackedProcess, at page: UInt64) {
+        let size = process.space.pageSize
+        let faultAround = max(1, configuration.faultAroundPages / process.space.basePagesPerPage)
         for _ in 0..<64 {
             if process.retired { return }
             if let run = process.space.pendingRun(at: page, maxPages: faultAround) {
+                if run.data == nil, remote != nil { return fetchForFault(process, run: run, page: page) }
                 let outcome = copy(run, into: process)
                 switch outcome {
                 case .done(let bytes), .partial(let bytes):
@@ -349,7 +377,7 @@ public final class RestoreEngine: @unchecked Sendable {
         process.awaitingEvents = true
     }
 
-    private func wake(_ process: TrackedProcess, _ page: UInt64) {
+    func wake(_ process: TrackedProcess, _ page: UInt64) {
         // Errors here mean the range or the process is gone; the thread then is too.
         try? process.uffd.wake(AddressRange(start: page, length: UInt64(process.space.pageSize)))
     }
@@ -363,7 +391,7 @@ public final class RestoreEngine: @unchecked Sendable {
         return process.uffd.copy(to: page, from: zeros, length: size)
     }
 
-    private func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
+    func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
         let dropped = process.space.markDelivered(run.address, pages: run.pageCount)
         statistics.add(.pagesDropped, dropped * process.space.basePagesPerPage)
         logger.warning("range refused by the kernel; dropping it", metadata: [
@@ -383,31 +411,40 @@ public final class RestoreEngine: @unchecked Sendable {
     // MARK: Background fill
 
     private var hasFillWork: Bool {
-        processes.values.contains { !$0.awaitingEvents && !$0.space.isComplete }
+        processes.values.contains { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
     }
 
-    /// Copies one chunk for the next process in round-robin order.
+    /// Copies one chunk for the process that faulted most recently (it is running and will touch more), or else the
+    /// oldest one: the fill follows the faults, and short-lived children that never fault are served last.
     private func fillOneChunk() {
-        var tries = fillOrder.count
-        while tries > 0 {
-            tries -= 1
-            if fillNext >= fillOrder.count { fillNext = 0 }
-            let id = fillOrder[fillNext]
-            guard let process = processes[id] else {
-                fillOrder.remove(at: fillNext)
+        var best: TrackedProcess?
+        for process in processes.values
+        where !process.awaitingEvents && !process.fillWaitsForRemote && !process.space.isComplete {
+            guard let current = best else {
+                best = process
                 continue
             }
-            fillNext += 1
-            guard !process.awaitingEvents, !process.space.isComplete else { continue }
-            fill(process)
-            return
+            if process.lastFault > current.lastFault || (process.lastFault == current.lastFault && process.id < current.id) {
+                best = process
+            }
+        }
+        if let best { fill(best) }
+    }
+
+    /// Copies one pending page into each process: cheap, and the only way to learn that a process has exited when
+    /// nothing else copies into it.
+    private func probeLiveness() {
+        for process in Array(processes.values)
+        where !process.awaitingEvents && !process.fillWaitsForRemote && !process.space.isComplete {
+            fill(process, maxPages: 1)
         }
     }
 
-    private func fill(_ process: TrackedProcess) {
-        let chunk = max(1, configuration.fillChunkPages / process.space.basePagesPerPage)
+    private func fill(_ process: TrackedProcess, maxPages: Int? = nil) {
+        let chunk = maxPages ?? max(1, configuration.fillChunkPages / process.space.basePagesPerPage)
         guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: chunk)
         else { return retireIfComplete(process) }
+        if run.data == nil, remote != nil { return fillFromRemote(process, run: run) }
         switch copy(run, into: process) {
         case .done(let bytes), .partial(let bytes):
             let pages = bytes / run.pageSize

@@ -26,17 +26,36 @@ public final class RestoreStatistics: @unchecked Sendable {
         case tasksAnnounced
         /// Pages the image holds for the announced tasks (at announce time).
         case pagesExpected
+        /// Requests sent to a remote page source (page server), and the pages its answers carried.
+        case remoteRequests, remotePagesReceived
+        /// Faults that waited for remote pages in flight.
+        case faultsParked
     }
 
     private let counters: [UnsafeAtomic<Int>]
-    private let startNanoseconds: UInt64
+    /// When the restore began (the first task announced) and ended; 0 while unknown.
+    private let startNanoseconds = UnsafeAtomic<UInt64>.create(0)
+    private let endNanoseconds = UnsafeAtomic<UInt64>.create(0)
 
     public init() {
         counters = Counter.allCases.map { _ in UnsafeAtomic<Int>.create(0) }
-        startNanoseconds = monotonicNanoseconds()
     }
 
-    deinit { for counter in counters { counter.destroy() } }
+    deinit {
+        for counter in counters { counter.destroy() }
+        startNanoseconds.destroy()
+        endNanoseconds.destroy()
+    }
+
+    /// Marks the start of the restore (first call wins).
+    public func markStarted() {
+        _ = startNanoseconds.compareExchange(expected: 0, desired: monotonicNanoseconds(), ordering: .relaxed)
+    }
+
+    /// Marks the end of the restore (first call wins).
+    public func markFinished() {
+        _ = endNanoseconds.compareExchange(expected: 0, desired: monotonicNanoseconds(), ordering: .relaxed)
+    }
 
     @inline(__always)
     public func add(_ counter: Counter, _ value: Int = 1) {
@@ -46,7 +65,13 @@ public final class RestoreStatistics: @unchecked Sendable {
     public subscript(_ counter: Counter) -> Int { counters[counter.rawValue].load(ordering: .relaxed) }
 
     public var pagesCopied: Int { self[.pagesCopiedOnFault] + self[.pagesCopiedInBackground] }
-    public var elapsedSeconds: Double { Double(monotonicNanoseconds() - startNanoseconds) / 1e9 }
+    /// Seconds from the first task announced to the end of the restore (or to now while it runs).
+    public var elapsedSeconds: Double {
+        let start = startNanoseconds.load(ordering: .relaxed)
+        guard start != 0 else { return 0 }
+        let end = endNanoseconds.load(ordering: .relaxed)
+        return Double((end != 0 ? end : monotonicNanoseconds()) - start) / 1e9
+    }
 
     /// Every counter by name, for reports and JSON.
     public var snapshot: [String: Int] {

@@ -12,12 +12,19 @@ final class TrackedProcess {
     var space: AddressSpace
     /// Where the background fill continues.
     var fillCursor: UInt64 = 0
+    /// The engine's fault count at this process's latest fault (0: never faulted); the fill prefers recent faulters.
+    var lastFault: UInt64 = 0
     /// Faults read but not yet served (a batch, plus faults read while draining events).
     var queuedFaults: [UInt64] = []
     /// Faults whose copy the kernel refused (EAGAIN) before the event that caused it was readable.
     var deferredFaults: [UInt64] = []
     /// True while a copy was refused and the event behind it has not been read yet.
     var awaitingEvents = false
+    /// Faulting pages (runtime addresses) waiting for remote pages in flight.
+    var parkedFaults: [UInt64] = []
+    /// True while the background fill has nothing to ask a remote source for (everything pending is in flight, or
+    /// the source takes no more background requests); cleared whenever remote pages arrive.
+    var fillWaitsForRemote = false
     /// Set once the process has been retired (completed, exited, or failed).
     var retired = false
 

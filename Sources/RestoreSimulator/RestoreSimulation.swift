@@ -77,6 +77,12 @@ public final class RestoreSimulation: @unchecked Sendable {
         }
     }
 
+    /// Kills every workload and what it forked, as `criu restore` does to its tasks when a restore fails.
+    /// Safe to call while `wait()` runs on another thread.
+    public func killAll() {
+        for workload in workloads { workload.killGroup() }
+    }
+
     /// Tells every `idle` workload to check its memory now (one byte on its fd 3).
     public func releaseWaiting() {
         for workload in workloads { workload.sendGo() }

@@ -9,5 +9,8 @@ struct LazyPages: ParsableCommand {
         subcommands: [
             Probe.self,
             RestoreSim.self,
+            Demo.self,
+            Bench.self,
+            PageServerCommand.self,
         ])
 }

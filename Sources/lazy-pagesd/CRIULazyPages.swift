@@ -3,6 +3,7 @@ import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
 import Logging
+import PageServer
 
 /// The drop-in for `criu lazy-pages`, with CRIU's own option spellings for the local case.
 struct CRIULazyPages: ParsableCommand {
@@ -37,7 +38,7 @@ struct CRIULazyPages: ParsableCommand {
     var statusFD: Int32?
 
     @Option(name: .customLong("fault-around"), help: "Pages delivered per fault, the faulting one first.")
-    var faultAround = 16
+    var faultAround = 1
 
     @Option(name: .customLong("fill-chunk"), help: "Pages per background copy.")
     var fillChunk = 64
@@ -45,10 +46,38 @@ struct CRIULazyPages: ParsableCommand {
     @Flag(name: .customLong("no-background"), help: "Serve faults only; never copy pages in the background.")
     var noBackground = false
 
+    @Flag(name: .customLong("page-server"),
+          help: "Fetch LAZY pages from a page server (`criu page-server --lazy-pages`, `criu dump --lazy-pages --port`, or `lazy-pages page-server`); the images directory holds everything but the page data.")
+    var pageServer = false
+
+    @Option(name: .customLong("address"), help: "The page server's address (with --page-server).")
+    var address: String?
+
+    @Option(name: .customLong("port"), help: "The page server's TCP port (with --page-server).")
+    var port: UInt16?
+
+    @Option(name: .customLong("retries"), help: "Reconnect attempts after the page-server connection fails, before the restore fails.")
+    var retries = 5
+
+    @Option(name: .customLong("retry-delay"), help: "Seconds before the first reconnect; doubled for each further attempt.")
+    var retryDelay = 0.2
+
+    @Option(name: .customLong("stall-timeout"), help: "Seconds without data from the page server (with requests outstanding) before the connection counts as failed.")
+    var stallTimeout = 10.0
+
     func validate() throws {
         guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
         guard fillChunk >= 1 else { throw ValidationError("--fill-chunk must be at least 1") }
         if let level = logLevel, !(0...5).contains(level) { throw ValidationError("-v takes a level from 0 to 5") }
+        if pageServer {
+            guard address != nil else { throw ValidationError("--page-server needs --address") }
+            guard port != nil else { throw ValidationError("--page-server needs --port") }
+        } else if address != nil || port != nil {
+            throw ValidationError("--address and --port only go with --page-server")
+        }
+        guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
+        guard retryDelay >= 0 else { throw ValidationError("--retry-delay must be 0 or more") }
+        guard stallTimeout > 0 else { throw ValidationError("--stall-timeout must be positive") }
     }
 
     func run() throws {
@@ -63,26 +92,32 @@ struct CRIULazyPages: ParsableCommand {
         configuration.fillChunkPages = fillChunk
         configuration.backgroundFill = !noBackground
 
+        var client: PageServerClient?
+        if pageServer, let address, let port {
+            var options = PageServerClientOptions(host: address, port: port)
+            options.retries = retries
+            options.retryDelay = retryDelay
+            options.stallTimeout = stallTimeout
+            client = PageServerClient(options: options, logger: logger)
+        }
         let session: LazyPagesSession
         do {
             session = try LazyPagesSession(
                 imagesDirectory: imagesDirectory, workDirectory: workDirectory,
-                configuration: configuration, logger: logger)
+                configuration: configuration, remotePages: client, logger: logger)
         } catch {
             logger.critical("cannot start: \(error)")
             printError("lazy-pagesd: \(error)")
             throw ExitCode.failure
         }
-        if daemon { try detach() }
+        let detached = daemon ? try detach() : nil
         if let pidFile {
             try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         }
-        if let statusFD {
-            var ready: UInt8 = 0
-            _ = write(statusFD, &ready, 1)
-            close(statusFD)
-        }
+        if let statusFD { signalReady(on: statusFD) }
+        detached?()
         let outcome = session.run()
+        client?.close()
         let summary = session.summary()
         switch outcome {
         case .completed:
@@ -93,6 +128,22 @@ struct CRIULazyPages: ParsableCommand {
             printError("lazy-pagesd: restore failed: \(reason)\n\(summary)")
             throw ExitCode.failure
         }
+    }
+}
+
+/// CRIU's `--status-fd` contract: one zero byte once listening, then the descriptor is closed. A standard
+/// descriptor is pointed at /dev/null instead, so later output cannot land in whatever reuses its number.
+func signalReady(on descriptor: Int32) {
+    var ready: UInt8 = 0
+    _ = write(descriptor, &ready, 1)
+    if descriptor <= 2 {
+        let null = open("/dev/null", O_RDWR)
+        if null >= 0 {
+            dup2(null, descriptor)
+            close(null)
+        }
+    } else {
+        close(descriptor)
     }
 }
 

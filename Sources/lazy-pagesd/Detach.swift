@@ -1,11 +1,22 @@
 import Foundation
 
-/// `-d`: fork into the background the way `daemon(3)` does (the parent exits 0), keeping the working directory
-/// and pointing stdin/stdout/stderr at /dev/null. Called before any thread is started.
-func detach() throws {
+/// `-d`: fork into the background the way `daemon(3)` does, keeping the working directory and pointing
+/// stdin/stdout/stderr at /dev/null. The parent exits only once the child calls the returned closure (after it
+/// wrote its pidfile and is listening): 0 then, 1 if the child died first. Called before any thread is started.
+func detach() throws -> () -> Void {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
     let pid = fork()
     if pid < 0 { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-    if pid > 0 { _exit(0) }
+    if pid > 0 {
+        close(fds[1])
+        var byte: UInt8 = 0
+        var n: Int
+        repeat { n = read(fds[0], &byte, 1) } while n < 0 && errno == EINTR
+        _exit(n == 1 ? 0 : 1)
+    }
+    close(fds[0])
+    _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
     _ = setsid()
     let null = open("/dev/null", O_RDWR)
     if null >= 0 {
@@ -13,5 +24,11 @@ func detach() throws {
         dup2(null, 1)
         dup2(null, 2)
         if null > 2 { close(null) }
+    }
+    let ready = fds[1]
+    return {
+        var byte: UInt8 = 1
+        _ = write(ready, &byte, 1)
+        close(ready)
     }
 }

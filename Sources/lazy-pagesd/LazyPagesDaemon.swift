@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// `lazy-pagesd`: the userfaultfd post-copy monitor.
 @main
@@ -25,6 +26,8 @@ struct LazyPagesDaemon: ParsableCommand {
     }
 
     static func main() {
+        // A peer that hangs up must never kill the daemon; writes report EPIPE instead.
+        signal(SIGPIPE, SIG_IGN)
         let arguments = normalizedArguments(Array(CommandLine.arguments.dropFirst()))
         do {
             var command = try parseAsRoot(arguments)

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// A real process started the way systemd starts a socket-activated `Type=notify` service: a pre-bound listening
@@ -76,8 +77,8 @@ final class Service {
         let inherited = ProcessInfo.processInfo.environment
             .filter { !["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"].contains($0.key) }
             .map { "\($0.key)=\($0.value)" }
-        let argv = ["/bin/sh", "-c", script, argument].map { strdup($0) }
-        let envp = (inherited + environment).map { strdup($0) }
+        let argv: [UnsafeMutablePointer<CChar>?] = ([String](["/bin/sh", "-c", script, argument])).map { strdup($0) }
+        let envp: [UnsafeMutablePointer<CChar>?] = (inherited + environment).map { strdup($0) }
         defer {
             argv.forEach { free($0) }
             envp.forEach { free($0) }

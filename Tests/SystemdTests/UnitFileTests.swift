@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The unit files in `systemd/` pass `systemd-analyze verify` with no warning at all, with ExecStart pointing at the

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// One running `fc-emulator` (see `Sources/fc-emulator/main.c`): Firecracker's handshake, then a guest that checks
 /// every byte. stdin and stdout are socket pairs held by the test.

@@ -1,3 +1,4 @@
+import TestSupport
 import Glibc
 import Userfaultfd
 
@@ -160,23 +161,6 @@ final class Testee {
         guard length >= 16 + 4, level == SOL_SOCKET, type == Int32(SCM_RIGHTS) else { return nil }
         return control.load(fromByteOffset: 16, as: Int32.self)
     }
-}
-
-/// `waitpid` retried on `EINTR`; the raw status, or nil on failure.
-func waitpidRetrying(_ pid: pid_t) -> Int32? {
-    var status: Int32 = 0
-    while true {
-        if waitpid(pid, &status, 0) == pid { return status }
-        if errno != EINTR { return nil }
-    }
-}
-
-/// Calls `body` with a NULL-terminated C array of `strings`.
-func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-    pointers.append(nil)
-    defer { for pointer in pointers { free(pointer) } }
-    return body(pointers)
 }
 
 /// Unwraps `value` or throws naming `what` (for use inside throwing helpers).

@@ -1,12 +1,12 @@
 import Foundation
 
 /// Finds executables built next to the test bundle (`.build/<triple>/debug/`).
-enum BuiltProducts {
+public enum BuiltProducts {
     /// The absolute path of the built executable `name`.
     ///
     /// Walks up from the running test binary (`/proc/self/exe`, then `CommandLine.arguments[0]`, then the main
     /// bundle) until a directory holds an executable `name`. Fails the calling test when none does.
-    static func path(of name: String) throws -> String {
+    public static func path(of name: String) throws -> String {
         var starts: [URL] = []
         if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
             starts.append(URL(fileURLWithPath: exe))
@@ -24,9 +24,9 @@ enum BuiltProducts {
         throw NotBuilt(name: name, searched: starts.map(\.path))
     }
 
-    struct NotBuilt: Error, CustomStringConvertible {
+    public struct NotBuilt: Error, CustomStringConvertible {
         let name: String
         let searched: [String]
-        var description: String { "built executable \(name) not found near \(searched)" }
+        public var description: String { "built executable \(name) not found near \(searched)" }
     }
 }

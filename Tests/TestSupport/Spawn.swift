@@ -1,19 +1,19 @@
 import Glibc
 
 /// Runs a program to completion with `posix_spawn` (the test process is never forked) and captures its output.
-enum Spawn {
-    struct Output {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-        var exitCode: Int32? { status & 0x7f == 0 ? (status >> 8) & 0xff : nil }
+public enum Spawn {
+    public struct Output {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+        public var exitCode: Int32? { status & 0x7f == 0 ? (status >> 8) & 0xff : nil }
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    static func run(_ argv: [String], timeoutMilliseconds: Int32 = 30_000) throws -> Output {
+    public static func run(_ argv: [String], timeoutMilliseconds: Int32 = 30_000) throws -> Output {
         var out: [Int32] = [-1, -1]
         var err: [Int32] = [-1, -1]
         // Socket pairs stand in for pipes: they can be made close-on-exec atomically (pipe2 is not imported).
@@ -65,7 +65,25 @@ enum Spawn {
     }
 
     /// The first of `candidates` that is an executable file.
-    static func tool(_ candidates: String...) -> String? {
+    public static func tool(_ candidates: String...) -> String? {
         candidates.first { access($0, X_OK) == 0 }
     }
 }
+
+/// `waitpid` retried on `EINTR`; the raw status, or nil on failure.
+public func waitpidRetrying(_ pid: pid_t) -> Int32? {
+    var status: Int32 = 0
+    while true {
+        if waitpid(pid, &status, 0) == pid { return status }
+        if errno != EINTR { return nil }
+    }
+}
+
+/// Calls `body` with a NULL-terminated C array of `strings`.
+public func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for pointer in pointers { free(pointer) } }
+    return body(pointers)
+}
+

@@ -1,0 +1,360 @@
+import CUserfaultfd
+import LazyPagesEngine
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the client talks to a page server and what it does when the network fails.
+public struct PageServerClientOptions: Sendable {
+    public var host: String
+    public var port: UInt16
+    /// Reconnect attempts after a failure before the restore fails (the count restarts after every answered request).
+    public var retries: Int = 5
+    /// Delay before the first reconnect; doubled for every further attempt (capped at 30 s).
+    public var retryDelay: Double = 0.2
+    /// A connection with requests outstanding and no byte received for this long is considered dead.
+    public var stallTimeout: Double = 10
+    /// Background pages in flight at most (so a fault's request waits behind at most this much data).
+    public var backgroundPagesInFlight: Int = 512  // 2 MiB
+
+    public init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    public var serverName: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// The engine's remote page source over CRIU's page-server protocol: one TCP connection, several `PS_IOV_GET` in
+/// flight (urgent ones sent before queued background ones, background bytes capped), answers validated before
+/// any byte is used, then handed to the engine. Connection failures (refused, reset, closed, stalled) reconnect
+/// with exponential backoff and re-send every unanswered request; when the retries are used up, or the server
+/// breaks the protocol, the restore fails with a message naming the server.
+///
+/// Everything runs on the engine's loop thread, except `close()` (after the loop ended).
+public final class PageServerClient: RemotePageSource, @unchecked Sendable {
+    public let options: PageServerClientOptions
+    private let logger: Logger
+    private weak var engine: RestoreEngine?
+
+    private struct Outstanding {
+        var request: RemotePageRequest
+        var message: PageServerMessage
+    }
+
+    private var socket: Int32 = -1
+    private var timer: Int32 = -1
+    /// Unanswered requests in send order; the first `sentCount` were written (the next one `partialBytes` of it).
+    private var queue: [Outstanding] = []
+    private var queueHead = 0
+    private var sentCount = 0
+    private var partialBytes = 0
+    private var backgroundPages = 0
+
+    // Receiving the answer to queue[queueHead].
+    private var header = [UInt8](repeating: 0, count: PageServerMessage.size)
+    private var headerBytes = 0
+    private var replyPages = 0
+    private var dataBytes = 0
+    private var buffer: UnsafeMutableRawPointer
+    private var bufferSize: Int
+
+    private var lastProgress: UInt64 = 0
+    private var failures = 0
+    private var reconnectAt: UInt64?
+    private var lastError = ""
+    private var finished = false
+
+    public init(options: PageServerClientOptions, logger: Logger) {
+        self.options = options
+        self.logger = logger
+        bufferSize = 64 * pageSize
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+    }
+
+    deinit {
+        buffer.deallocate()
+        if socket >= 0 { Glibc.close(socket) }
+        if timer >= 0 { Glibc.close(timer) }
+    }
+
+    // MARK: RemotePageSource
+
+    public func start(engine: RestoreEngine) throws {
+        self.engine = engine
+        timer = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
+        guard timer >= 0 else { throw PageServerError(.configuration, "timerfd_create: \(errnoText())") }
+        let tick = max(0.01, min(0.25, options.stallTimeout / 4))
+        var spec = itimerspec(
+            it_interval: timespec(tv_sec: Int(tick), tv_nsec: Int((tick - Double(Int(tick))) * 1e9)),
+            it_value: timespec(tv_sec: Int(tick), tv_nsec: Int((tick - Double(Int(tick))) * 1e9)))
+        timerfd_settime(timer, 0, &spec, nil)
+        try engine.watch(descriptor: timer) { [unowned self] in self.timerFired() }
+        // The first connection: the same retry policy, but blocking (no task is restored yet).
+        while true {
+            do {
+                try connect()
+                return
+            } catch {
+                failures += 1
+                lastError = "\(error)"
+                guard failures <= options.retries else {
+                    throw PageServerError(.connection, "page server \(options.serverName) unreachable after \(failures) attempts: \(error)")
+                }
+                let delay = backoff()
+                logger.warning("cannot connect to the page server; retrying", metadata: [
+                    "server": "\(options.serverName)", "attempt": "\(failures)", "delay": "\(delay)", "error": "\(error)",
+                ])
+                usleep(UInt32(delay * 1e6))
+            }
+        }
+    }
+
+    public func request(_ request: RemotePageRequest) {
+        let entry = Outstanding(
+            request: request,
+            message: .get(pid: request.imagePid, address: request.dumpAddress, pageCount: request.pageCount))
+        if request.urgent {
+            // Before every background request not yet (partly) written, after the urgent ones queued earlier.
+            var at = queueHead + sentCount + (partialBytes > 0 ? 1 : 0)
+            while at < queue.count && queue[at].request.urgent { at += 1 }
+            queue.insert(entry, at: at)
+        } else {
+            queue.append(entry)
+            backgroundPages += request.pageCount
+        }
+        if queue.count - queueHead == 1 { lastProgress = monotonicNanoseconds() }
+        flush()
+    }
+
+    public var backgroundPagesAvailable: Int { max(0, options.backgroundPagesInFlight - backgroundPages) }
+
+    /// Ends the session the way CRIU does: `PS_IOV_CLOSE`, then the server's `int32` status. Returns the status,
+    /// or nil when the server did not answer (logged).
+    @discardableResult
+    public func close(timeoutSeconds: Double = 5) -> Int32? {
+        finished = true
+        defer {
+            if socket >= 0 { Glibc.close(socket) }
+            socket = -1
+        }
+        guard socket >= 0 else { return nil }
+        let flags = fcntl(socket, F_GETFL)
+        _ = fcntl(socket, F_SETFL, flags & ~O_NONBLOCK)
+        var limit = timeval(tv_sec: Int(timeoutSeconds), tv_usec: 0)
+        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        let bytes = PageServerMessage(cmd: PageServerCommand.close).bytes
+        guard send(socket, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {
+            logger.warning("cannot send PS_IOV_CLOSE", metadata: ["server": "\(options.serverName)", "error": "\(errnoText())"])
+            return nil
+        }
+        var status: Int32 = -1
+        var have = 0
+        while have < 4 {
+            let n = withUnsafeMutableBytes(of: &status) { recv(socket, $0.baseAddress! + have, 4 - have, 0) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                logger.warning("the page server did not answer PS_IOV_CLOSE", metadata: [
+                    "server": "\(options.serverName)", "error": "\(n == 0 ? "connection closed" : errnoText())",
+                ])
+                return nil
+            }
+            have += n
+        }
+        logger.info("page server session closed", metadata: ["server": "\(options.serverName)", "status": "\(status)"])
+        return status
+    }
+
+    // MARK: Connection
+
+    private func connect() throws {
+        let fd = try TCPSocket.connect(
+            host: options.host, port: options.port, timeoutSeconds: min(max(options.stallTimeout, 0.1), 5))
+        socket = fd
+        do {
+            try engine?.watch(descriptor: fd) { [unowned self] in self.readable() }
+        } catch {
+            Glibc.close(fd)
+            socket = -1
+            throw error
+        }
+        headerBytes = 0
+        dataBytes = 0
+        replyPages = 0
+        sentCount = 0
+        partialBytes = 0
+        lastProgress = monotonicNanoseconds()
+        logger.info("connected to the page server", metadata: [
+            "server": "\(options.serverName)", "resending": "\(queue.count - queueHead)",
+        ])
+        flush()
+    }
+
+    private func backoff() -> Double {
+        min(30, options.retryDelay * Double(1 << min(20, max(0, failures - 1))))
+    }
+
+    /// The connection failed in a way a reconnect may cure: drop it and schedule the next attempt (or give up).
+    private func connectionLost(_ reason: String) {
+        guard socket >= 0 else { return }
+        engine?.unwatch(descriptor: socket)
+        Glibc.close(socket)
+        socket = -1
+        lastError = reason
+        scheduleReconnect()
+    }
+
+    private func scheduleReconnect() {
+        failures += 1
+        guard failures <= options.retries else {
+            return giveUp("page server \(options.serverName): gave up after \(options.retries) retries (last error: \(lastError))")
+        }
+        let delay = backoff()
+        logger.warning("page server connection lost; reconnecting", metadata: [
+            "server": "\(options.serverName)", "reason": "\(lastError)", "attempt": "\(failures)",
+            "of": "\(options.retries)", "delay": "\(delay)", "outstanding": "\(queue.count - queueHead)",
+        ])
+        reconnectAt = monotonicNanoseconds() + UInt64(delay * 1e9)
+    }
+
+    private func giveUp(_ reason: String) {
+        finished = true
+        reconnectAt = nil
+        if socket >= 0 {
+            engine?.unwatch(descriptor: socket)
+            Glibc.close(socket)
+            socket = -1
+        }
+        logger.error("remote pages unavailable", metadata: ["server": "\(options.serverName)", "reason": "\(reason)"])
+        engine?.failRemotePages(reason)
+    }
+
+    private func timerFired() {
+        var expirations: UInt64 = 0
+        _ = read(timer, &expirations, 8)
+        guard !finished else { return }
+        let now = monotonicNanoseconds()
+        if socket < 0 {
+            guard let at = reconnectAt, now >= at else { return }
+            reconnectAt = nil
+            do {
+                try connect()
+            } catch {
+                lastError = "\(error)"
+                scheduleReconnect()
+            }
+            return
+        }
+        flush()
+        if queue.count > queueHead, now - lastProgress > UInt64(options.stallTimeout * 1e9) {
+            connectionLost("no data for \(options.stallTimeout) s with \(queue.count - queueHead) requests outstanding")
+        }
+    }
+
+    // MARK: Sending
+
+    /// Writes every queued request that fits into the socket buffer.
+    private func flush() {
+        guard socket >= 0 else { return }
+        var scratch = [UInt8](repeating: 0, count: PageServerMessage.size)
+        while queueHead + sentCount < queue.count {
+            queue[queueHead + sentCount].message.encodeBytes(into: &scratch)
+            let n = scratch.withUnsafeBytes {
+                send(socket, $0.baseAddress! + partialBytes, $0.count - partialBytes, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { return }  // the timer tries again
+                return connectionLost("sending a request failed: \(errnoText())")
+            }
+            partialBytes += n
+            if partialBytes == PageServerMessage.size {
+                partialBytes = 0
+                sentCount += 1
+            }
+        }
+    }
+
+    // MARK: Receiving
+
+    private func readable() {
+        while socket >= 0 {
+            guard queueHead < queue.count, queueHead + sentCount > queueHead || sentCount > 0 else {
+                return drainUnexpected()
+            }
+            let outstanding = queue[queueHead]
+            let n: Int
+            if headerBytes < PageServerMessage.size {
+                n = header.withUnsafeMutableBytes {
+                    recv(socket, $0.baseAddress! + headerBytes, $0.count - headerBytes, Int32(MSG_DONTWAIT))
+                }
+            } else {
+                n = recv(socket, buffer + dataBytes, replyPages * pageSize - dataBytes, Int32(MSG_DONTWAIT))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { return }
+                return connectionLost("receiving failed: \(errnoText())")
+            }
+            if n == 0 { return connectionLost("the server closed the connection") }
+            lastProgress = monotonicNanoseconds()
+            if headerBytes < PageServerMessage.size {
+                headerBytes += n
+                guard headerBytes == PageServerMessage.size else { continue }
+                let reply = PageServerMessage(decoding: header)
+                do {
+                    replyPages = try validateReply(reply, to: outstanding.message)
+                } catch {
+                    return giveUp("page server \(options.serverName) broke the protocol: \(error)")
+                }
+                if replyPages * pageSize > bufferSize {
+                    buffer.deallocate()
+                    bufferSize = replyPages * pageSize
+                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+                }
+                dataBytes = 0
+            } else {
+                dataBytes += n
+                guard dataBytes == replyPages * pageSize else { continue }
+                complete(outstanding, pages: replyPages)
+            }
+        }
+    }
+
+    private func complete(_ outstanding: Outstanding, pages: Int) {
+        queueHead += 1
+        sentCount -= 1
+        if !outstanding.request.urgent { backgroundPages -= outstanding.request.pageCount }
+        if queueHead > 64 && queueHead * 2 > queue.count {
+            queue.removeFirst(queueHead)
+            queueHead = 0
+        }
+        headerBytes = 0
+        dataBytes = 0
+        replyPages = 0
+        failures = 0
+        engine?.remotePagesArrived(outstanding.request, pageCount: pages, bytes: UnsafeRawPointer(buffer))
+        flush()
+    }
+
+    /// Bytes arrived with no request written: a server speaking out of turn.
+    private func drainUnexpected() {
+        var byte: UInt8 = 0
+        let n = recv(socket, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        if n == 0 { return connectionLost("the server closed the connection") }
+        if n < 0 {
+            if errno == EAGAIN || errno == EINTR { return }
+            return connectionLost("receiving failed: \(errnoText())")
+        }
+        giveUp("page server \(options.serverName) broke the protocol: it sent data nobody asked for")
+    }
+}
+
+extension PageServerMessage {
+    func encodeBytes(into bytes: inout [UInt8]) {
+        bytes.withUnsafeMutableBytes { encode(into: $0) }
+    }
+}
