@@ -80,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
-                "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker",
+                "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

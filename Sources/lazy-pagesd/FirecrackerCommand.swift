@@ -4,6 +4,7 @@ import LazyPagesCRIU
 import LazyPagesEngine
 import LazyPagesFirecracker
 import Logging
+import SystemdSupport
 
 /// `lazy-pagesd firecracker`: the UFFD page-fault handler for one Firecracker snapshot restore.
 struct FirecrackerCommand: ParsableCommand {
@@ -68,7 +69,11 @@ struct FirecrackerCommand: ParsableCommand {
             _ = write(statusFD, &ready, 1)
             close(statusFD)
         }
+        // Run as a Type=notify unit (one per VM), systemd learns when Firecracker may be started.
+        let notifier = SystemdNotifier()
+        notifier.ready(status: "waiting for Firecracker on \(socket)")
         let outcome = session.run()
+        notifier.stopping(status: "\(outcome)")
         let summary = RestoreSummary(statistics: session.statistics).line
         switch outcome {
         case .completed:

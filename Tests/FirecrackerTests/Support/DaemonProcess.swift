@@ -1,0 +1,94 @@
+import Foundation
+
+/// `lazy-pagesd ARGS` started with extra environment variables, stdout and stderr going to files in `directory`.
+final class DaemonProcess {
+    let pid: pid_t
+    let stdoutPath: String
+    let stderrPath: String
+    private var reaped = false
+
+    init(_ executable: String, _ arguments: [String], environment: [String], directory: String) throws {
+        stdoutPath = directory + "/daemon.out"
+        stderrPath = directory + "/daemon.err"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let inherited = ProcessInfo.processInfo.environment.filter { $0.key != "NOTIFY_SOCKET" }.map { "\($0.key)=\($0.value)" }
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) }
+        let envp: [UnsafeMutablePointer<CChar>?] = (inherited + environment).map { strdup($0) }
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var child: pid_t = 0
+        let rc = (argv + [nil]).withUnsafeBufferPointer { a in
+            (envp + [nil]).withUnsafeBufferPointer { e in
+                posix_spawn(&child, executable, &actions, &attributes, a.baseAddress!, e.baseAddress!)
+            }
+        }
+        guard rc == 0 else { throw Emulator.Failure(description: "posix_spawn \(executable): errno \(rc)") }
+        pid = child
+    }
+
+    deinit {
+        if !reaped {
+            kill(pid, SIGKILL)
+            _ = wait()
+        }
+    }
+
+    /// Waits for the daemon to exit; its exit code, or minus the signal.
+    func wait() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        reaped = true
+        return status & 0x7F == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+    }
+
+    var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+}
+
+/// A datagram socket bound at `path`, standing in for systemd's notify socket.
+final class NotifyReceiver {
+    let descriptor: Int32
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0 else { throw Emulator.Failure(description: "bind \(path): errno \(errno)") }
+    }
+
+    deinit { close(descriptor) }
+
+    /// The next notification (at most 60 s, a safety net).
+    func receive() throws -> String {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 60_000) == 1 else { throw Emulator.Failure(description: "no notification") }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+        return String(decoding: buffer[..<max(n, 0)], as: UTF8.self)
+    }
+}
