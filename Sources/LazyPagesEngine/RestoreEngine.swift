@@ -286,9 +286,10 @@ public final class RestoreEngine: @unchecked Sendable {
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
         let page = address & ~UInt64(pageSize - 1)
         statistics.add(.faults)
+        var limit = configuration.faultAroundPages
         for _ in 0..<64 {
             if process.retired { return }
-            if let run = process.space.pendingRun(at: page, maxPages: configuration.faultAroundPages) {
+            if let run = process.space.pendingRun(at: page, maxPages: limit) {
                 let outcome = copy(run, into: process)
                 switch outcome {
                 case .done(let bytes), .partial(let bytes):
@@ -306,6 +307,12 @@ public final class RestoreEngine: @unchecked Sendable {
                     return wake(process, page)
                 case .rangeGone(let errno):
                     if drainEvents(process) > 0 { continue }
+                    // A run may span two VMAs (split by mprotect, MADV_HUGEPAGE, ...): one copy cannot cross a VMA
+                    // boundary (ENOENT). Shrink towards the faulting page before concluding the range is gone.
+                    if run.pageCount > 1 {
+                        limit = run.pageCount / 2
+                        continue
+                    }
                     drop(run, of: process, because: errno)
                     return wake(process, page)
                 case .processGone(let errno):
@@ -416,7 +423,11 @@ public final class RestoreEngine: @unchecked Sendable {
             process.space.markDelivered(run.address, pages: 1)
             process.fillCursor = run.address + UInt64(pageSize)
         case .rangeGone(let errno):
-            if drainEvents(process) == 0 { drop(run, of: process, because: errno) }
+            if drainEvents(process) == 0 {
+                // As for faults: a chunk spanning a VMA boundary is refused whole; retry a smaller one first.
+                if run.pageCount > 1 { return fill(process, maxPages: run.pageCount / 2) }
+                drop(run, of: process, because: errno)
+            }
             serveQueuedFaults(process)
         case .processGone(let errno):
             retire(process, .exited, detail: "\(errno)")
