@@ -26,6 +26,9 @@ public final class RestoreEngine: @unchecked Sendable {
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
     private var allAnnounced = false
+    /// Children tracked while a batch was being read: checked for completion once the batch is done (a child
+    /// forked with nothing pending would otherwise wait forever: its uffd may never become readable).
+    private var newborns: [TrackedProcess] = []
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
@@ -224,6 +227,11 @@ public final class RestoreEngine: @unchecked Sendable {
             }
             if count < batch.capacity { break }
         }
+        if !newborns.isEmpty {
+            let born = newborns
+            newborns.removeAll()
+            for child in born { retireIfComplete(child) }
+        }
         return applied
     }
 
@@ -238,6 +246,7 @@ public final class RestoreEngine: @unchecked Sendable {
                 let child = try track(imagePid: process.imagePid, parentID: process.id, uffd: uffd,
                                       space: process.space)
                 child.fillCursor = process.fillCursor
+                newborns.append(child)
                 logger.debug("fork", metadata: [
                     "parent": "\(process.id)", "child": "\(child.id)", "pending": "\(child.space.pendingPages)",
                 ])

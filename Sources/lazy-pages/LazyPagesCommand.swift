@@ -9,5 +9,6 @@ struct LazyPages: ParsableCommand {
         subcommands: [
             Probe.self,
             RestoreSim.self,
+            WriteImages.self,
         ])
 }
