@@ -49,6 +49,9 @@ let package = Package(
         .executableTarget(name: "lp-workload", path: "Sources/lp-workload"),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", path: "Sources/uffd-testee"),
+        // Holds a copy of every uffd of a restore; kills the restore's processes if lazy-pagesd dies (C: tiny and
+        // independent of the Swift runtime).
+        .executableTarget(name: "lp-guardian", path: "Sources/lp-guardian"),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [

@@ -12,6 +12,8 @@ public final class LazyPagesSession: @unchecked Sendable {
     public let listener: UnixListener
     private let logger: Logger
     private var connection: RestorerConnection?
+    /// The guardian of this restore, if one is attached (told the restorer's pid on connect).
+    public private(set) var guardian: GuardianLink?
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
     public init(
@@ -35,9 +37,16 @@ public final class LazyPagesSession: @unchecked Sendable {
 
     public var statistics: RestoreStatistics { engine.statistics }
 
+    /// Hands every uffd of this restore to `guardian` as well (call before `run`).
+    public func attach(guardian: GuardianLink) {
+        self.guardian = guardian
+        engine.observer = guardian
+    }
+
     private func acceptRestorer() {
         do {
             let fd = try listener.accept()
+            if let guardian, let restorer = peerProcess(of: fd) { guardian.restorer(pid: restorer) }
             // CRIU's restorer connects once; a second connection has nothing to say to us.
             engine.unwatch(descriptor: listener.descriptor)
             listener.close()

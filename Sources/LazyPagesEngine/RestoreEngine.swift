@@ -14,6 +14,8 @@ import Userfaultfd
 public final class RestoreEngine: @unchecked Sendable {
     public let statistics = RestoreStatistics()
     public let configuration: EngineConfiguration
+    /// Told about every uffd the engine adopts and every process it retires (on the loop thread). Set before `run`.
+    public var observer: (any RestoreObserver)?
     let logger: Logger
 
     private let epoll: Epoll
@@ -51,6 +53,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        observer?.taskAdded(id: process.id, imagePid: imagePid, uffd: uffd.descriptor)
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
             "ranges": "\(space.extents.count)", "process": "\(process.id)",
@@ -165,6 +168,7 @@ public final class RestoreEngine: @unchecked Sendable {
     private func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
         guard !process.retired else { return }
         process.retired = true
+        observer?.processRetired(id: process.id)
         epoll.remove(process.uffd.descriptor)
         process.uffd.close()
         processes[process.id] = nil
@@ -246,6 +250,7 @@ public final class RestoreEngine: @unchecked Sendable {
                 let child = try track(imagePid: process.imagePid, parentID: process.id, uffd: uffd,
                                       space: process.space)
                 child.fillCursor = process.fillCursor
+                observer?.processForked(parent: process.id, child: child.id, uffd: uffd.descriptor)
                 newborns.append(child)
                 logger.debug("fork", metadata: [
                     "parent": "\(process.id)", "child": "\(child.id)", "pending": "\(child.space.pendingPages)",

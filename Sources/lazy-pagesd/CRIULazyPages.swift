@@ -45,6 +45,10 @@ struct CRIULazyPages: ParsableCommand {
     @Flag(name: .customLong("no-background"), help: "Serve faults only; never copy pages in the background.")
     var noBackground = false
 
+    @Flag(name: .customLong("no-guardian"),
+          help: "Do not start lp-guardian (without it, if this daemon dies mid-restore, the restored processes read zero pages).")
+    var noGuardian = false
+
     func validate() throws {
         guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
         guard fillChunk >= 1 else { throw ValidationError("--fill-chunk must be at least 1") }
@@ -74,6 +78,18 @@ struct CRIULazyPages: ParsableCommand {
             throw ExitCode.failure
         }
         if daemon { try detach() }
+        var guardian: GuardianLink?
+        if !noGuardian {
+            do {
+                let link = try GuardianLink(logger: logger)
+                session.attach(guardian: link)
+                guardian = link
+            } catch {
+                logger.critical("cannot start the guardian: \(error)")
+                printError("lazy-pagesd: cannot start the guardian: \(error) (use --no-guardian to run without)")
+                throw ExitCode.failure
+            }
+        }
         if let pidFile {
             try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         }
@@ -84,6 +100,10 @@ struct CRIULazyPages: ParsableCommand {
         }
         let outcome = session.run()
         let summary = session.summary()
+        // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
+        if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
+            printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
+        }
         switch outcome {
         case .completed:
             logger.info("\(summary)")
