@@ -37,10 +37,16 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        // The restore guardian: a clone(CLONE_FILES) child of the daemon that kills the restore's processes if the
+        // daemon dies (C: raw system calls only, it runs without exec in a copy of a multithreaded process).
+        .target(name: "CGuardian"),
         // Front end: CRIU's lazy-pages socket protocol and the daemon's run logic.
         .target(
             name: "LazyPagesCRIU",
-            dependencies: ["LazyPagesEngine", "CRIUImages", "Userfaultfd", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
@@ -49,9 +55,6 @@ let package = Package(
         .executableTarget(name: "lp-workload", path: "Sources/lp-workload"),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", path: "Sources/uffd-testee"),
-        // Holds a copy of every uffd of a restore; kills the restore's processes if lazy-pagesd dies (C: tiny and
-        // independent of the Swift runtime).
-        .executableTarget(name: "lp-guardian", path: "Sources/lp-guardian"),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [

@@ -41,12 +41,14 @@ public final class LazyPagesSession: @unchecked Sendable {
     public func attach(guardian: GuardianLink) {
         self.guardian = guardian
         engine.observer = guardian
+        guardian.listener(descriptor: listener.descriptor)
     }
 
     private func acceptRestorer() {
         do {
             let fd = try listener.accept()
             if let guardian, let restorer = peerProcess(of: fd) { guardian.restorer(pid: restorer) }
+            guardian?.listener(descriptor: -1)  // closed below: its number may be reused
             // CRIU's restorer connects once; a second connection has nothing to say to us.
             engine.unwatch(descriptor: listener.descriptor)
             listener.close()

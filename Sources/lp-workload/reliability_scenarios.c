@@ -392,8 +392,10 @@ int scenario_kernel_faults(void) {
         for (size_t i = 0; i < n && npicks < 4; i++) {
             if (all[i].exp == EXP_ZERO || all[i].exp == EXP_ANY || !in_lazy_run(all[i].addr)) continue;
             if (pass == 0 && *(const uint32_t *)image_bytes(all[i].exp) == 0) continue;
-            int dup = 0;
-            for (size_t j = 0; j < npicks; j++) dup |= picks[j].addr == all[i].addr;
+            int dup = 0; /* far apart: the daemon's fault-around must not bring one in with another */
+            for (size_t j = 0; j < npicks; j++)
+                dup |= (picks[j].addr > all[i].addr ? picks[j].addr - all[i].addr : all[i].addr - picks[j].addr) <
+                       64 * LP_PAGE;
             if (!dup) picks[npicks++] = all[i];
         }
     free(all);
