@@ -21,8 +21,9 @@
  *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
  * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, or a restorer
  * connected: its uffds may still be in the socket's queue), it
- * SIGKILLs every process of the restore — the recorded ones whose start time still matches, and the descendants
- * of the restorers and of those, walking /proc/PID/task/TID/children, parents before children — waits until they
+ * stops (SIGSTOP) every process of the restore — the recorded ones whose start time still matches, and the
+ * descendants of the restorers and of those, walking /proc/PID/task/TID/children until a pass finds nobody new —
+ * then SIGKILLs them all (stopped first, none can exit and orphan a child before it is found), waits until they
  * are gone, and only then exits, which closes the uffds. Exit 3 after killing, 0 otherwise.
  *
  * It runs in a copy of a multithreaded process without exec: only raw system calls here (no malloc, no stdio, no
@@ -149,11 +150,13 @@ static void record(pid_t pid) {
     if (st) g_known[g_nknown++] = (struct known){pid, st};
 }
 
-static void kill_one(pid_t pid) {
+/* Stops a process of the restore (first pass: a stopped process cannot exit, so its children stay in the tree to
+ * be found; SIGKILL comes once the whole tree is stopped). */
+static void stop_one(pid_t pid) {
     if (pid == g_self || pid == g_daemon || pid <= 1) return;
     for (int i = 0; i < g_nkilled; i++)
         if (g_killed[i] == pid) return;
-    if (g_nkilled < MAX_PIDS && kill(pid, SIGKILL) == 0) g_killed[g_nkilled++] = pid;
+    if (g_nkilled < MAX_PIDS && kill(pid, SIGSTOP) == 0) g_killed[g_nkilled++] = pid;
 }
 
 struct linux_dirent64 {
@@ -264,16 +267,18 @@ static int guardian_main(int pidfd, int messages) {
     sweep_listener();
     /* Nothing in flight: every process had its pages, and no restorer is connected with uffds in its queue. */
     if (!uffds_open() && g_nrestorers == 0) return 0;
-    for (int round = 0; round < 8; round++) {
+    /* Stop the whole tree first (until a pass finds nobody new: a fork in progress may add a child), so that no
+     * process exits and orphans its children before they are found; then kill everything stopped. */
+    for (int i = 0; i < g_nknown; i++)
+        if (start_time(g_known[i].pid, NULL) == g_known[i].start) stop_one(g_known[i].pid);
+    for (int round = 0; round < 64; round++) {
         if (round == 1) sweep_listener(); /* a restorer that connected meanwhile */
         int before = g_nkilled;
-        for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], kill_one, 0);
-        for (int i = 0; i < g_nknown; i++) {
-            if (start_time(g_known[i].pid, NULL) == g_known[i].start) kill_one(g_known[i].pid);
-            walk(g_known[i].pid, kill_one, 0);
-        }
-        if (g_nkilled == before) break;
+        for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], stop_one, 0);
+        for (int i = 0; i < g_nkilled; i++) walk(g_killed[i], stop_one, 0);
+        if (g_nkilled == before && round > 0) break;
     }
+    for (int i = 0; i < g_nkilled; i++) kill(g_killed[i], SIGKILL);
     struct timespec began, now, pause = {.tv_nsec = 1000000};
     clock_gettime(CLOCK_MONOTONIC, &began);
     for (int i = 0; i < g_nkilled; i++)
