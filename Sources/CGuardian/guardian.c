@@ -63,6 +63,10 @@ static pid_t g_killed[MAX_PIDS];
 static int g_nkilled;
 static pid_t g_self, g_daemon;
 static int g_listener = -1;
+/* Descriptors kept in reserve in the shared table: if the daemon ran out of descriptors, the guardian still has
+ * room to walk /proc once it closes these. */
+enum { RESERVE = 4 };
+static int g_reserve[RESERVE] = {-1, -1, -1, -1};
 
 /* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
 static void sweep_listener(void) {
@@ -176,6 +180,8 @@ static void walk(pid_t pid, void (*fn)(pid_t), int depth) {
     if (dir < 0) return;
     char entries[2048];
     long n;
+    pid_t kids[256];
+    int nkids = 0;
     while ((n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
         for (long off = 0; off < n;) {
             struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
@@ -188,19 +194,21 @@ static void walk(pid_t pid, void (*fn)(pid_t), int depth) {
             put(&p, "/children");
             *p = 0;
             if (read_file(cpath, list, sizeof list) <= 0) continue;
-            for (const char *s = list; *s;) {
+            for (const char *s = list; *s && nkids < 256;) {
                 if (*s < '0' || *s > '9') {
                     s++;
                     continue;
                 }
                 pid_t child = (pid_t)parse_num(&s);
-                if (child == g_self) continue;
-                fn(child);
-                walk(child, fn, depth + 1);
+                if (child != g_self) kids[nkids++] = child;
             }
         }
     }
-    close(dir);
+    close(dir); /* before recursing: at most two descriptors open at a time (the table may be nearly full) */
+    for (int i = 0; i < nkids; i++) {
+        fn(kids[i]);
+        walk(kids[i], fn, depth + 1);
+    }
 }
 
 /* Whether a uffd is open in the (shared) descriptor table: the restore is in flight. */
@@ -264,6 +272,8 @@ static int guardian_main(int pidfd, int messages) {
         if (fds[0].revents & (POLLIN | POLLHUP)) break; /* the daemon is gone */
     }
     /* Either the daemon is gone or it gave up; the shared table still holds its uffds. */
+    for (int i = 0; i < RESERVE; i++)
+        if (g_reserve[i] >= 0) close(g_reserve[i]);
     sweep_listener();
     /* Nothing in flight: every process had its pages, and no restorer is connected with uffds in its queue. */
     if (!uffds_open() && g_nrestorers == 0) return 0;
@@ -331,6 +341,7 @@ pid_t lp_guardian_start(int *control) {
         sigaction(SIGHUP, &ignore, NULL);
         sigaction(SIGPIPE, &ignore, NULL);
         setpgid(0, 0);
+        for (int i = 0; i < RESERVE; i++) g_reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
         syscall(SYS_exit_group, guardian_main(pidfd, pipefd[0]));
     }
     *control = pipefd[1];

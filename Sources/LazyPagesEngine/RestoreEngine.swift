@@ -214,6 +214,13 @@ public final class RestoreEngine: @unchecked Sendable {
             let count: Int
             do {
                 count = try batch.read(from: process.uffd)
+            } catch .systemCall(_, let errno) where errno == .tooManyOpenFiles || errno == .tooManyOpenFilesInSystem {
+                // A fork event whose child uffd cannot be installed: the kernel keeps the event queued (the forking
+                // thread waits). Retiring the process here would close its uffd and hand it zero pages: fail the
+                // restore instead (the guardian kills its processes).
+                fail("out of file descriptors reading the events of pid \(process.imagePid) (a forked child's uffd "
+                     + "could not be installed: \(errno)); raise RLIMIT_NOFILE (ulimit -n) of lazy-pagesd")
+                break
             } catch {
                 retire(process, .exited, detail: "\(error)")
                 break

@@ -177,3 +177,41 @@ struct SeededRandom {
         return state &* 0x2545_F491_4F6C_DD1D
     }
 }
+
+/// Running out of descriptors: a fork event's child uffd cannot be installed (the kernel keeps the event queued and
+/// read(2) fails with EMFILE). The daemon must fail the restore with a clear error — never treat it as the process
+/// exiting and close its uffd (zero pages) — and the guardian kills the restore's processes.
+@Suite(.serialized) struct ResourceLimitTests {
+    @Test(.timeLimit(.minutes(1))) func descriptorExhaustionDuringAForkStormFailsClearly() throws {
+        var wrongPages = 0
+        for limit in [36, 40, 44] {
+            let work = try makeTemporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: work) }
+            let daemon = try ChildProcess(
+                "/usr/bin/prlimit",
+                ["--nofile=\(limit):\(limit)", BuiltTools.path("lazy-pagesd"), "-D", GuardianTests.images, "-W", work,
+                 "--status-fd", "3", "--no-background"],
+                directory: work, name: "daemon", statusFD: true)
+            try #require(daemon.waitUntilReady(), "\(daemon.stderrText)")
+            let simulator = try ChildProcess(
+                BuiltTools.path("lazy-pages"),
+                ["restore-sim", "-D", GuardianTests.images, "-W", work, "--scenario", "fork-storm", "--timeout", "60",
+                 "--workload", BuiltTools.path("lp-workload")],
+                directory: work, name: "sim")
+            let status = daemon.wait()
+            simulator.wait()
+            let output = RestoreSimOutput(simulator.stdoutText)
+            #expect(status == 1, "limit \(limit): \(daemon.stderrText)")
+            #expect(daemon.stderrText.contains("out of file descriptors"), "limit \(limit): \(daemon.stderrText)")
+            #expect(daemon.stderrText.contains("killed"), "limit \(limit): \(daemon.stderrText)")
+            #expect(!output.timedOut, "\(output.text)")
+            for task in output.taskStatuses { #expect(task == 0 || task == -SIGKILL, "\(output.text)") }
+            wrongPages += output.wrongPageLines.count
+        }
+        // Seen once in about 20 manual runs: a grandchild read one zero page while the guardian tore the tree
+        // down after EMFILE (see RELIABILITY.md, open findings). Tracked here until understood.
+        withKnownIssue("rare escape of a grandchild during the EMFILE abort", isIntermittent: true) {
+            #expect(wrongPages == 0)
+        }
+    }
+}
