@@ -10,7 +10,9 @@
  * zero pages.)
  *
  * The guardian waits on a pidfd of the daemon and on its message pipe:
- *   RESTORER pid   the process on the other end of the lazy-pages socket (the restored tasks are its descendants)
+ *   RESTORER pid fd  the process on the other end of the lazy-pages socket (the restored tasks are its
+ *                  descendants) and that connection's descriptor: on the daemon's death, uffds still queued in it
+ *                  are received (kept open) before deciding whether the restore is in flight
  *   SNAPSHOT       a uffd was adopted: record the restorers' descendants now (pid and start time), so processes
  *                  the restorer lets go of later are still known
  *   LISTENER fd    the lazy-pages listening socket (in the shared table). A restorer that connected but was not
@@ -19,8 +21,8 @@
  *                  until the tasks are dead (closing them would release the uffds in flight)
  *   DONE           the restore ended cleanly: exit 0
  *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
- * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, or a restorer
- * connected: its uffds may still be in the socket's queue), it
+ * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, counting those
+ * received from the restorers' connections), it
  * stops (SIGSTOP) every process of the restore — the recorded ones whose start time still matches, and the
  * descendants of the restorers and of those, walking /proc/PID/task/TID/children until a pass finds nobody new —
  * then SIGKILLs them all (stopped first, none can exit and orphan a child before it is found), waits until they
@@ -63,6 +65,23 @@ static pid_t g_killed[MAX_PIDS];
 static int g_nkilled;
 static pid_t g_self, g_daemon;
 static int g_listener = -1;
+static int g_connections[MAX_RESTORERS];
+static int g_nconnections;
+
+/* Receives whatever a restorer connection still has queued; uffds passed with it stay open in the table. */
+static void drain_connection(int fd) {
+    for (int i = 0; i < 4096; i++) {
+        char data[256];
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * 16)];
+            struct cmsghdr align;
+        } control;
+        struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf};
+        if (recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) return;
+    }
+}
 /* Descriptors kept in reserve in the shared table: if the daemon ran out of descriptors, the guardian still has
  * room to walk /proc once it closes these. */
 enum { RESERVE = 4 };
@@ -81,6 +100,7 @@ static void sweep_listener(void) {
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0 &&
             g_nrestorers < MAX_RESTORERS)
             g_restorers[g_nrestorers++] = creds[0];
+        if (g_nconnections < MAX_RESTORERS) g_connections[g_nconnections++] = fd;
     }
 }
 
@@ -263,6 +283,8 @@ static int guardian_main(int pidfd, int messages) {
                 if (m.kind == LP_GUARDIAN_DONE) return 0;
                 if (m.kind == LP_GUARDIAN_ABORT) break;
                 if (m.kind == LP_GUARDIAN_RESTORER && g_nrestorers < MAX_RESTORERS) g_restorers[g_nrestorers++] = m.pid;
+                if (m.kind == LP_GUARDIAN_RESTORER && m.fd >= 0 && g_nconnections < MAX_RESTORERS)
+                    g_connections[g_nconnections++] = m.fd;
                 if (m.kind == LP_GUARDIAN_LISTENER) g_listener = m.pid;
                 if (m.kind == LP_GUARDIAN_RESTORER || m.kind == LP_GUARDIAN_SNAPSHOT)
                     for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], record, 0);
@@ -275,14 +297,20 @@ static int guardian_main(int pidfd, int messages) {
     for (int i = 0; i < RESERVE; i++)
         if (g_reserve[i] >= 0) close(g_reserve[i]);
     sweep_listener();
-    /* Nothing in flight: every process had its pages, and no restorer is connected with uffds in its queue. */
-    if (!uffds_open() && g_nrestorers == 0) return 0;
+    for (int i = 0; i < g_nconnections; i++) drain_connection(g_connections[i]);
+    /* Nothing in flight (no uffd open, none queued in a connection): every process had its pages, or the restorer
+     * never handed one over (it keeps its own copies and fails the restore itself). */
+    if (!uffds_open()) return 0;
     /* Stop the whole tree first (until a pass finds nobody new: a fork in progress may add a child), so that no
      * process exits and orphans its children before they are found; then kill everything stopped. */
     for (int i = 0; i < g_nknown; i++)
         if (start_time(g_known[i].pid, NULL) == g_known[i].start) stop_one(g_known[i].pid);
     for (int round = 0; round < 64; round++) {
-        if (round == 1) sweep_listener(); /* a restorer that connected meanwhile */
+        if (round == 1) { /* a restorer that connected meanwhile */
+            int swept = g_nconnections;
+            sweep_listener();
+            for (int i = swept; i < g_nconnections; i++) drain_connection(g_connections[i]);
+        }
         int before = g_nkilled;
         for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], stop_one, 0);
         for (int i = 0; i < g_nkilled; i++) walk(g_killed[i], stop_one, 0);

@@ -34,7 +34,8 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     deinit { if control >= 0 { close(control) } }
 
     /// The process on the other end of the lazy-pages socket: the restored tasks are its descendants.
-    public func restorer(pid: pid_t) { send(UInt32(LP_GUARDIAN_RESTORER), pid: pid) }
+    /// `connection` is the accepted socket: uffds still queued in it when the daemon dies count as in flight.
+    public func restorer(pid: pid_t, connection: Int32) { send(UInt32(LP_GUARDIAN_RESTORER), pid: pid, fd: connection) }
 
     /// The lazy-pages listening socket: on the daemon's death, connections waiting there (with uffds in flight)
     /// are accepted by the guardian and their restorers' processes killed.
@@ -65,11 +66,12 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
         return signal == 0 ? (status >> 8) & 0xFF : -signal
     }
 
-    private func send(_ kind: UInt32, pid: pid_t = 0) {
+    private func send(_ kind: UInt32, pid: pid_t = 0, fd: Int32 = -1) {
         guard control >= 0, !broken else { return }
         var message = lp_guardian_msg()
         message.kind = kind
         message.pid = pid
+        message.fd = fd
         let n = withUnsafeBytes(of: &message) { write(control, $0.baseAddress, $0.count) }
         if n != MemoryLayout<lp_guardian_msg>.size {
             broken = true

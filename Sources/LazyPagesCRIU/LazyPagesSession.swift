@@ -47,7 +47,7 @@ public final class LazyPagesSession: @unchecked Sendable {
     private func acceptRestorer() {
         do {
             let fd = try listener.accept()
-            if let guardian, let restorer = peerProcess(of: fd) { guardian.restorer(pid: restorer) }
+            if let guardian, let restorer = peerProcess(of: fd) { guardian.restorer(pid: restorer, connection: fd) }
             guardian?.listener(descriptor: -1)  // closed below: its number may be reused
             // CRIU's restorer connects once; a second connection has nothing to say to us.
             engine.unwatch(descriptor: listener.descriptor)

@@ -34,7 +34,9 @@ import Glibc
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"), ["-D", images, "-W", work, "--status-fd", "3"],
+            // Without the guardian: the "restorer" here is the test process itself, and a guarded daemon that fails
+            // with a uffd adopted would kill the restorer's descendants — every other test's children.
+            BuiltTools.path("lazy-pagesd"), ["-D", images, "-W", work, "--status-fd", "3", "--no-guardian"],
             directory: work, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "\(daemon.stderrText)")
         let socket = try connect(work + "/lazy-pages.socket")

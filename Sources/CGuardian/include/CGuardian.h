@@ -17,7 +17,8 @@ enum {
 struct lp_guardian_msg {
     uint32_t kind;
     int32_t pid; /* RESTORER: the restorer's pid; LISTENER: the listening socket's descriptor */
-    int32_t reserved[2];
+    int32_t fd;  /* RESTORER: the accepted connection's descriptor (in the shared table) */
+    int32_t reserved;
 };
 
 /* Starts the guardian: a child process that shares this process's file descriptor table (clone(CLONE_FILES),
