@@ -37,10 +37,16 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        // The restore guardian: a clone(CLONE_FILES) child of the daemon that kills the restore's processes if the
+        // daemon dies (C: raw system calls only, it runs without exec in a copy of a multithreaded process).
+        .target(name: "CGuardian"),
         // Front end: CRIU's lazy-pages socket protocol and the daemon's run logic.
         .target(
             name: "LazyPagesCRIU",
-            dependencies: ["LazyPagesEngine", "CRIUImages", "Userfaultfd", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.
         .systemLibrary(name: "CPidfd"),
         // Front end: Firecracker's UFFD memory backend (JSON mappings + uffd handshake, snapshot memory file).

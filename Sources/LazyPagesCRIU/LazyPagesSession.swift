@@ -12,6 +12,8 @@ public final class LazyPagesSession: @unchecked Sendable {
     public let listener: UnixListener
     private let logger: Logger
     private var connection: RestorerConnection?
+    /// The guardian of this restore, if one is attached (told the restorer's pid on connect).
+    public private(set) var guardian: GuardianLink?
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
     /// With `remotePages`, `LAZY` pages without local data come from that source (a page server), which is started
@@ -39,9 +41,18 @@ public final class LazyPagesSession: @unchecked Sendable {
 
     public var statistics: RestoreStatistics { engine.statistics }
 
+    /// Hands every uffd of this restore to `guardian` as well (call before `run`).
+    public func attach(guardian: GuardianLink) {
+        self.guardian = guardian
+        engine.observer = guardian
+        guardian.listener(descriptor: listener.descriptor)
+    }
+
     private func acceptRestorer() {
         do {
             let fd = try listener.accept()
+            if let guardian, let restorer = peerProcess(of: fd) { guardian.restorer(pid: restorer, connection: fd) }
+            guardian?.listener(descriptor: -1)  // closed below: its number may be reused
             // CRIU's restorer connects once; a second connection has nothing to say to us.
             engine.unwatch(descriptor: listener.descriptor)
             listener.close()

@@ -26,6 +26,9 @@ final class RestorerConnection {
     private let logger: Logger
     /// Image pids seen so far (a pid twice is an error).
     private var announced: Set<Int32> = []
+    /// Uffds refused (unknown pid, pid twice): kept open, not closed — closing the last copy would hand that task
+    /// zero pages; the failed restore's guardian kills it instead.
+    private var refused: [Userfaultfd] = []
 
     init(descriptor: Int32, engine: RestoreEngine, source: CRIUImageSource, logger: Logger) {
         self.descriptor = descriptor
@@ -101,9 +104,11 @@ final class RestorerConnection {
             return broken("the descriptor sent for pid \(pid) is not a userfaultfd (\(describeDescriptor(fd)))")
         }
         guard announced.insert(pid).inserted else {
+            refused.append(uffd)
             return broken("pid \(pid) was announced twice")
         }
         guard let space = source.addressSpace(forTask: pid) else {
+            refused.append(uffd)
             return broken("pid \(pid) is not a task of the images in \(source.images.directory) (pstree.img)")
         }
         do {

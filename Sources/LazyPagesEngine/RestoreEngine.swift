@@ -14,6 +14,8 @@ import Userfaultfd
 public final class RestoreEngine: @unchecked Sendable {
     public let statistics = RestoreStatistics()
     public let configuration: EngineConfiguration
+    /// Told about every uffd the engine adopts and every process it retires (on the loop thread). Set before `run`.
+    public var observer: (any RestoreObserver)?
     let logger: Logger
 
     private let epoll: Epoll
@@ -25,6 +27,9 @@ public final class RestoreEngine: @unchecked Sendable {
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
     private(set) var allAnnounced = false
+    /// Children tracked while a batch was being read: checked for completion once the batch is done (a child
+    /// forked with nothing pending would otherwise wait forever: its uffd may never become readable).
+    private var newborns: [TrackedProcess] = []
     private var outcome: RestoreOutcome?
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
@@ -53,6 +58,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages * space.basePagesPerPage)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        observer?.taskAdded(id: process.id, imagePid: imagePid, uffd: uffd.descriptor)
         if remoteFailure != nil { return abandon(process) }
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
@@ -184,6 +190,7 @@ public final class RestoreEngine: @unchecked Sendable {
     func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
         guard !process.retired else { return }
         process.retired = true
+        observer?.processRetired(id: process.id)
         epoll.remove(process.uffd.descriptor)
         process.uffd.close()
         processes[process.id] = nil
@@ -232,6 +239,13 @@ public final class RestoreEngine: @unchecked Sendable {
             let count: Int
             do {
                 count = try batch.read(from: process.uffd)
+            } catch .systemCall(_, let errno) where errno == .tooManyOpenFiles || errno == .tooManyOpenFilesInSystem {
+                // A fork event whose child uffd cannot be installed: the kernel keeps the event queued (the forking
+                // thread waits). Retiring the process here would close its uffd and hand it zero pages: fail the
+                // restore instead (the guardian kills its processes).
+                fail("out of file descriptors reading the events of pid \(process.imagePid) (a forked child's uffd "
+                     + "could not be installed: \(errno)); raise RLIMIT_NOFILE (ulimit -n) of lazy-pagesd")
+                break
             } catch {
                 retire(process, .exited, detail: "\(error)")
                 break
@@ -249,6 +263,11 @@ public final class RestoreEngine: @unchecked Sendable {
             }
             if count < batch.capacity { break }
         }
+        if !newborns.isEmpty {
+            let born = newborns
+            newborns.removeAll()
+            for child in born { retireIfComplete(child) }
+        }
         return applied
     }
 
@@ -263,6 +282,8 @@ public final class RestoreEngine: @unchecked Sendable {
                 let child = try track(imagePid: process.imagePid, parentID: process.id, uffd: uffd,
                                       space: process.space)
                 child.fillCursor = process.fillCursor
+                observer?.processForked(parent: process.id, child: child.id, uffd: uffd.descriptor)
+                newborns.append(child)
                 logger.debug("fork", metadata: [
                     "parent": "\(process.id)", "child": "\(child.id)", "pending": "\(child.space.pendingPages)",
                 ])
@@ -318,10 +339,10 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Settles the fault on `page` (see `serveFault`); also resumes a fault parked for remote pages.
     func settleFault(_ process: TrackedProcess, at page: UInt64) {
         let size = process.space.pageSize
-        let faultAround = max(1, configuration.faultAroundPages / process.space.basePagesPerPage)
+        var limit = max(1, configuration.faultAroundPages / process.space.basePagesPerPage)
         for _ in 0..<64 {
             if process.retired { return }
-            if let run = process.space.pendingRun(at: page, maxPages: faultAround) {
+            if let run = process.space.pendingRun(at: page, maxPages: limit) {
                 if run.data == nil, remote != nil { return fetchForFault(process, run: run, page: page) }
                 let outcome = copy(run, into: process)
                 switch outcome {
@@ -340,6 +361,12 @@ public final class RestoreEngine: @unchecked Sendable {
                     return wake(process, page)
                 case .rangeGone(let errno):
                     if drainEvents(process) > 0 { continue }
+                    // A run may span two VMAs (split by mprotect, MADV_HUGEPAGE, ...): one copy cannot cross a VMA
+                    // boundary (ENOENT). Shrink towards the faulting page before concluding the range is gone.
+                    if run.pageCount > 1 {
+                        limit = run.pageCount / 2
+                        continue
+                    }
                     drop(run, of: process, because: errno)
                     return wake(process, page)
                 case .processGone(let errno):
@@ -460,7 +487,11 @@ public final class RestoreEngine: @unchecked Sendable {
             process.space.markDelivered(run.address, pages: 1)
             process.fillCursor = run.address + UInt64(run.pageSize)
         case .rangeGone(let errno):
-            if drainEvents(process) == 0 { drop(run, of: process, because: errno) }
+            if drainEvents(process) == 0 {
+                // As for faults: a chunk spanning a VMA boundary is refused whole; retry a smaller one first.
+                if run.pageCount > 1 { return fill(process, maxPages: run.pageCount / 2) }
+                drop(run, of: process, because: errno)
+            }
             serveQueuedFaults(process)
         case .processGone(let errno):
             retire(process, .exited, detail: "\(errno)")

@@ -5,7 +5,9 @@ public struct SimulationOptions: Sendable {
     /// Where the daemon listens on `lazy-pages.socket` (CRIU's `-W`, default `-D`).
     public var workDirectory: String
     /// The `lp-workload` scenario every task runs (`verify`, `idle`, `fork-storm`, `mremap-move`, `mremap-grow`,
-    /// `mremap-shrink`, `mremap-swap`, `madvise`, `munmap-partial`, `threads`, `exit-mid`).
+    /// `mremap-shrink`, `mremap-swap`, `madvise`, `munmap-partial`, `threads`, `exit-mid`, and the reliability
+    /// scenarios `threads16`, `uffd-events`, `fork2-storm`, `fork-exit-early`, `lazy-thp`, `many-vmas`,
+    /// `sparse-huge`, `kernel-faults`).
     public var scenario: String
     /// Seeds every random choice of the workloads (mixed with each task's virtual pid); printed for replay.
     public var seed: UInt64
@@ -37,6 +39,7 @@ public struct SimulationOptions: Sendable {
     /// The scenarios `lp-workload` knows.
     public static let scenarios = [
         "verify", "idle", "fork-storm", "mremap-move", "mremap-grow", "mremap-shrink", "mremap-swap", "madvise",
-        "munmap-partial", "threads", "exit-mid",
+        "munmap-partial", "threads", "exit-mid", "threads16", "uffd-events", "fork2-storm", "fork-exit-early",
+        "lazy-thp", "many-vmas", "sparse-huge", "kernel-faults",
     ]
 }

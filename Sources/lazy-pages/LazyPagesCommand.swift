@@ -12,5 +12,6 @@ struct LazyPages: ParsableCommand {
             Demo.self,
             Bench.self,
             PageServerCommand.self,
+            WriteImages.self,
         ])
 }

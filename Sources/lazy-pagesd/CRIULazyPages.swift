@@ -65,6 +65,10 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("stall-timeout"), help: "Seconds without data from the page server (with requests outstanding) before the connection counts as failed.")
     var stallTimeout = 10.0
 
+    @Flag(name: .customLong("no-guardian"),
+          help: "Do not start lp-guardian (without it, if this daemon dies mid-restore, the restored processes read zero pages).")
+    var noGuardian = false
+
     func validate() throws {
         guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
         guard fillChunk >= 1 else { throw ValidationError("--fill-chunk must be at least 1") }
@@ -111,6 +115,18 @@ struct CRIULazyPages: ParsableCommand {
             throw ExitCode.failure
         }
         let detached = daemon ? try detach() : nil
+        var guardian: GuardianLink?
+        if !noGuardian {
+            do {
+                let link = try GuardianLink(logger: logger)
+                session.attach(guardian: link)
+                guardian = link
+            } catch {
+                logger.critical("cannot start the guardian: \(error)")
+                printError("lazy-pagesd: cannot start the guardian: \(error) (use --no-guardian to run without)")
+                throw ExitCode.failure
+            }
+        }
         if let pidFile {
             try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         }
@@ -119,6 +135,10 @@ struct CRIULazyPages: ParsableCommand {
         let outcome = session.run()
         client?.close()
         let summary = session.summary()
+        // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
+        if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
+            printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
+        }
         switch outcome {
         case .completed:
             logger.info("\(summary)")

@@ -25,6 +25,9 @@
  *   threads         8 threads released together by a barrier fault the same 64 pages, then each its own share of
  *                   the rest (every 8th page), in random order.
  *   exit-mid        checks 8 random pages and exits 0 while the daemon still has pages to deliver.
+ *   threads16       as threads, with 16 threads (every 16th page each).
+ * The reliability scenarios (uffd-events, fork2-storm, fork-exit-early, lazy-thp, many-vmas, sparse-huge,
+ * kernel-faults) are described in reliability_scenarios.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,12 +45,12 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-static struct rng rng_for(uint64_t salt) {
+struct rng rng_for(uint64_t salt) {
     return (struct rng){g_seed ^ ((uint64_t)g_plan.vpid * 0x100000001B3ULL) ^ (salt * 0xD6E8FEB86659FD93ULL)};
 }
 
 /* Prints the summary line of this process (OK or FAIL) and returns its exit status. */
-static int finish(uint64_t extra_failures, const char *role, const char *details) {
+int finish(uint64_t extra_failures, const char *role, const char *details) {
     int ok = failed_pages() == 0 && extra_failures == 0;
     say("%s task=%d pid=%d scenario=%s seed=%llu pages=%llu failures=%llu%s%s%s%s", ok ? "OK" : "FAIL", g_plan.vpid,
         (int)getpid(), g_scenario, (unsigned long long)g_seed, (unsigned long long)verified_pages(),
@@ -56,7 +59,7 @@ static int finish(uint64_t extra_failures, const char *role, const char *details
     return ok ? 0 : 1;
 }
 
-static int verify_all(uint64_t salt) {
+int verify_all(uint64_t salt) {
     struct rng r = rng_for(salt);
     size_t n;
     struct page_ref *all = model_flatten(&g_model, &n);
@@ -67,7 +70,7 @@ static int verify_all(uint64_t salt) {
 }
 
 /* Checks `count` random pages of the given address range (pages not tracked are skipped). */
-static void touch_some(struct rng *r, uint64_t addr, uint64_t npages, uint64_t count) {
+void touch_some(struct rng *r, uint64_t addr, uint64_t npages, uint64_t count) {
     size_t n;
     struct page_ref *all = model_flatten(&g_model, &n); /* address order */
     for (uint64_t i = 0; i < count && npages; i++) {
@@ -83,13 +86,13 @@ static void touch_some(struct rng *r, uint64_t addr, uint64_t npages, uint64_t c
     free(all);
 }
 
-static void *reserve(uint64_t len) {
+void *reserve(uint64_t len) {
     void *p = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) die("reserving %llu bytes: %s", (unsigned long long)len, strerror(errno));
     return p;
 }
 
-static uint64_t move_fixed(uint64_t from, uint64_t len, uint64_t to) {
+uint64_t move_fixed(uint64_t from, uint64_t len, uint64_t to) {
     void *p = mremap((void *)from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)to);
     if (p == MAP_FAILED)
         die("mremap 0x%llx+0x%llx -> 0x%llx: %s", (unsigned long long)from, (unsigned long long)len,
@@ -110,7 +113,7 @@ static void remap_plain(uint64_t addr, uint64_t len) {
     model_add(&g_model, addr, len / LP_PAGE, EXP_ZERO);
 }
 
-static struct segment *need_largest(uint64_t min_pages) {
+struct segment *need_largest(uint64_t min_pages) {
     struct segment *s = model_largest(&g_model, NULL);
     if (!s || s->npages < min_pages) die("scenario %s needs a region of at least %llu pages", g_scenario,
                                          (unsigned long long)min_pages);
@@ -134,7 +137,7 @@ static int scenario_idle(void) {
     return finish(0, NULL, n == 1 ? "released=go" : "released=eof");
 }
 
-static int wait_children(const pid_t *pids, int n) {
+int wait_children(const pid_t *pids, int n) {
     int failed = 0;
     for (int i = 0; i < n; i++) {
         int status;
@@ -151,7 +154,7 @@ static int wait_children(const pid_t *pids, int n) {
     return failed;
 }
 
-static void check_random(struct rng *r, const struct page_ref *all, size_t n, int count) {
+void check_random(struct rng *r, const struct page_ref *all, size_t n, int count) {
     for (int k = 0; k < count && n; k++) {
         const struct page_ref *p = &all[rng_below(r, n)];
         verify_page(p->addr, p->exp);
@@ -239,7 +242,7 @@ static int scenario_mremap_move(void) {
     return finish(0, NULL, details);
 }
 
-static uint64_t grow(uint64_t addr, uint64_t len, uint64_t extra) {
+uint64_t grow(uint64_t addr, uint64_t len, uint64_t extra) {
     void *p = mremap((void *)addr, len, len + extra, MREMAP_MAYMOVE);
     if (p == MAP_FAILED)
         die("mremap grow 0x%llx+0x%llx by 0x%llx: %s", (unsigned long long)addr, (unsigned long long)len,
@@ -373,7 +376,7 @@ static int scenario_munmap_partial(void) {
 }
 
 struct thread_work {
-    int index;
+    int index, count;
     pthread_barrier_t *barrier;
     const struct page_ref *all;
     size_t n, shared;
@@ -389,7 +392,7 @@ static void *thread_main(void *arg) {
     shuffle(&r, list, mine);
     size_t own = mine;
     for (size_t i = w->shared; i < w->n; i++)
-        if (i % 8 == (size_t)w->index) list[own++] = w->all[i];
+        if (i % (size_t)w->count == (size_t)w->index) list[own++] = w->all[i];
     shuffle(&r, list + mine, own - mine);
     pthread_barrier_wait(w->barrier);
     verify_list(list, own);
@@ -397,23 +400,29 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
-static int scenario_threads(void) {
-    enum { THREADS = 8 };
+static int run_threads(int threads) {
+    enum { MAX_THREADS = 64 };
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
     size_t n;
     struct page_ref *all = model_flatten(&g_model, &n);
     pthread_barrier_t barrier;
-    pthread_barrier_init(&barrier, NULL, THREADS);
-    pthread_t tid[THREADS];
-    struct thread_work work[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        work[i] = (struct thread_work){i, &barrier, all, n, n < 64 ? n : 64};
+    pthread_barrier_init(&barrier, NULL, (unsigned)threads);
+    pthread_t tid[MAX_THREADS];
+    struct thread_work work[MAX_THREADS];
+    for (int i = 0; i < threads; i++) {
+        work[i] = (struct thread_work){i, threads, &barrier, all, n, n < 64 ? n : 64};
         int e = pthread_create(&tid[i], NULL, thread_main, &work[i]);
         if (e) die("pthread_create: %s", strerror(e));
     }
-    for (int i = 0; i < THREADS; i++) pthread_join(tid[i], NULL);
+    for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
     free(all);
-    return finish(0, NULL, "threads=8");
+    char details[32];
+    snprintf(details, sizeof details, "threads=%d", threads);
+    return finish(0, NULL, details);
 }
+
+static int scenario_threads(void) { return run_threads(8); }
+static int scenario_threads16(void) { return run_threads(16); }
 
 static int scenario_exit_mid(void) {
     struct rng r = rng_for(1);
@@ -443,6 +452,14 @@ int run_scenario(const char *name) {
         {"munmap-partial", scenario_munmap_partial},
         {"threads", scenario_threads},
         {"exit-mid", scenario_exit_mid},
+        {"threads16", scenario_threads16},
+        {"uffd-events", scenario_uffd_events},
+        {"fork2-storm", scenario_fork2_storm},
+        {"fork-exit-early", scenario_fork_exit_early},
+        {"lazy-thp", scenario_lazy_thp},
+        {"many-vmas", scenario_many_vmas},
+        {"sparse-huge", scenario_sparse_huge},
+        {"kernel-faults", scenario_kernel_faults},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (!strcmp(table[i].name, name)) return table[i].run();

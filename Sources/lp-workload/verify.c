@@ -1,6 +1,7 @@
 /* lp-workload: byte-for-byte page checks, counters, and the seeded random generator. */
 #define _GNU_SOURCE
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -44,6 +45,47 @@ const char *describe_exp(uint64_t exp, char *buf, size_t size) {
     return buf;
 }
 
+/* The patch table, kept sorted by address (few entries, added before the checks that need them start). */
+struct patch {
+    uint64_t addr;
+    size_t offset, len;
+    uint8_t *bytes;
+};
+static struct patch *patches;
+static size_t npatches, patches_cap;
+
+void patch_add(uint64_t addr, size_t offset, const void *bytes, size_t len) {
+    if (offset + len > LP_PAGE) die("patch 0x%llx+%zu+%zu crosses the page", (unsigned long long)addr, offset, len);
+    if (npatches == patches_cap) {
+        patches_cap = patches_cap ? patches_cap * 2 : 64;
+        patches = realloc(patches, patches_cap * sizeof *patches);
+        if (!patches) die("out of memory");
+    }
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) die("out of memory");
+    memcpy(copy, bytes, len);
+    size_t at = npatches;
+    while (at > 0 && patches[at - 1].addr > addr) at--;
+    memmove(patches + at + 1, patches + at, (npatches - at) * sizeof *patches);
+    patches[at] = (struct patch){addr, offset, len, copy};
+    npatches++;
+}
+
+/* Lays every patch of page `addr` over `page` (a private copy of the expected bytes); returns how many. */
+static int apply_patches(uint64_t addr, uint8_t *page) {
+    if (!npatches) return 0;
+    size_t lo = 0, hi = npatches;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (patches[mid].addr < addr) lo = mid + 1;
+        else hi = mid;
+    }
+    int n = 0;
+    for (; lo < npatches && patches[lo].addr == addr; lo++, n++)
+        memcpy(page + patches[lo].offset, patches[lo].bytes, patches[lo].len);
+    return n;
+}
+
 int verify_page(uint64_t addr, uint64_t exp) {
     const volatile uint8_t *page = (const volatile uint8_t *)addr;
     if (exp == EXP_ANY) { /* data from a page server: only make sure it arrives */
@@ -53,6 +95,11 @@ int verify_page(uint64_t addr, uint64_t exp) {
     }
     const uint8_t *want =
         exp == EXP_ZERO ? zero_page : g_plan.files[exp >> 40].map + (exp & ((1ULL << 40) - 1)) * LP_PAGE;
+    uint8_t patched[LP_PAGE];
+    if (npatches) {
+        memcpy(patched, want, LP_PAGE);
+        if (apply_patches(addr, patched)) want = patched;
+    }
     __atomic_fetch_add(&pages_checked, 1, __ATOMIC_RELAXED);
     if (memcmp((const void *)addr, want, LP_PAGE) == 0) return 1;
     __atomic_fetch_add(&pages_failed, 1, __ATOMIC_RELAXED);

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define LP_PAGE 4096UL
 
@@ -100,7 +101,31 @@ uint64_t verified_pages(void);
 uint64_t failed_pages(void);
 const char *describe_exp(uint64_t exp, char *buf, size_t size);
 
+/* Bytes the workload itself wrote into a page (read(2) into it, a stamp): verify_page expects the page's model
+ * expectation with these bytes laid over it. Only for pages that are not moved or dropped afterwards. */
+void patch_add(uint64_t addr, size_t offset, const void *bytes, size_t len);
+
 /* scenarios.c */
 int run_scenario(const char *name);
+/* Helpers the scenario files share (scenarios.c). */
+struct rng rng_for(uint64_t salt);
+int finish(uint64_t extra_failures, const char *role, const char *details);
+int verify_all(uint64_t salt);
+void touch_some(struct rng *r, uint64_t addr, uint64_t npages, uint64_t count);
+void *reserve(uint64_t len);
+uint64_t move_fixed(uint64_t from, uint64_t len, uint64_t to);
+uint64_t grow(uint64_t addr, uint64_t len, uint64_t extra);
+struct segment *need_largest(uint64_t min_pages);
+int wait_children(const pid_t *pids, int n);
+void check_random(struct rng *r, const struct page_ref *all, size_t n, int count);
+
+/* reliability_scenarios.c */
+int scenario_uffd_events(void);
+int scenario_fork2_storm(void);
+int scenario_fork_exit_early(void);
+int scenario_lazy_thp(void);
+int scenario_many_vmas(void);
+int scenario_sparse_huge(void);
+int scenario_kernel_faults(void);
 
 #endif

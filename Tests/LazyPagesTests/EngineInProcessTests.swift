@@ -44,6 +44,9 @@ import Userfaultfd
         }
 
         deinit {
+            // Close the uffd first: with UNMAP events negotiated, munmap of a region still registered with an open
+            // uffd blocks until someone reads the event — and after a cancelled engine nobody does (a hang).
+            uffd.close()
             munmap(region, pages * pageSize)
             munmap(source, pages * pageSize)
         }
@@ -111,13 +114,11 @@ import Userfaultfd
         #expect((fixture.region + 8 * pageSize).load(as: UInt64.self) == 0)
         #expect((fixture.region + 9 * pageSize).load(as: UInt64.self) == 0)
         #expect((fixture.region + 10 * pageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 10 * pageSize, as: UInt64.self))
-        #expect(engine.statistics[.removes] == 1)
-        #expect(engine.statistics[.pagesZeroed] >= 1)
         engine.cancel(reason: "test over")
         #expect(wait() == .cancelled(reason: "test over"))
-        // The engine stopped reading: release the uffd, or unmapping the region would wait forever for the
-        // monitor to read the UNMAP event.
-        engine.closeAll()
+        // (Counted after the loop ended: the engine counts a zero fill after the ioctl woke the reader.)
+        #expect(engine.statistics[.removes] == 1)
+        #expect(engine.statistics[.pagesZeroed] >= 2)
     }
 }
 

@@ -1,0 +1,377 @@
+/*
+ * The restore guardian of lazy-pagesd: the daemon's death is never silent.
+ *
+ * When the last descriptor of a uffd is closed, the kernel unregisters its ranges and wakes every waiting thread:
+ * they then read fresh zero pages and run on with wrong memory. The guardian is a child of the daemon made with
+ * clone(CLONE_FILES) and no exec, so it shares the daemon's file descriptor table: every uffd the daemon holds —
+ * including the child uffd a fork event installs at the very moment the daemon reads it — stays open as long as
+ * the guardian lives, whatever happens to the daemon. (A guardian holding duplicates sent over a socket would
+ * leave a window between reading a fork event and sending its uffd: a daemon killed there lets the child run on
+ * zero pages.)
+ *
+ * The guardian waits on a pidfd of the daemon and on its message pipe:
+ *   RESTORER pid fd  the process on the other end of the lazy-pages socket (the restored tasks are its
+ *                  descendants) and that connection's descriptor: on the daemon's death, uffds still queued in it
+ *                  are received (kept open) before deciding whether the restore is in flight
+ *   SNAPSHOT       a uffd was adopted: record the restorers' descendants now (pid and start time), so processes
+ *                  the restorer lets go of later are still known
+ *   LISTENER fd    the lazy-pages listening socket (in the shared table). A restorer that connected but was not
+ *                  accepted yet has its tasks' uffds in flight in that connection: on the daemon's death the
+ *                  guardian accepts such connections to learn their restorers (SO_PEERCRED) and keeps them open
+ *                  until the tasks are dead (closing them would release the uffds in flight)
+ *   DONE           the restore ended cleanly: exit 0
+ *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
+ * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, counting those
+ * received from the restorers' connections), it
+ * stops (SIGSTOP) every process of the restore — the recorded ones whose start time still matches, and the
+ * descendants of the restorers and of those, walking /proc/PID/task/TID/children until a pass finds nobody new —
+ * then SIGKILLs them all (stopped first, none can exit and orphan a child before it is found), waits until they
+ * are gone, and only then exits, which closes the uffds. Exit 3 after killing, 0 otherwise.
+ *
+ * It runs in a copy of a multithreaded process without exec: only raw system calls here (no malloc, no stdio, no
+ * locks), static storage only.
+ */
+#define _GNU_SOURCE
+#include "CGuardian.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+enum { MAX_PIDS = 16384, MAX_RESTORERS = 16 };
+
+struct known {
+    pid_t pid;
+    unsigned long long start;
+};
+
+static struct known g_known[MAX_PIDS];
+static int g_nknown;
+static pid_t g_restorers[MAX_RESTORERS];
+static int g_nrestorers;
+static pid_t g_killed[MAX_PIDS];
+static int g_nkilled;
+static pid_t g_self, g_daemon;
+static int g_listener = -1;
+static int g_connections[MAX_RESTORERS];
+static int g_nconnections;
+
+/* Receives whatever a restorer connection still has queued; uffds passed with it stay open in the table. */
+static void drain_connection(int fd) {
+    for (int i = 0; i < 4096; i++) {
+        char data[256];
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * 16)];
+            struct cmsghdr align;
+        } control;
+        struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf};
+        if (recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) return;
+    }
+}
+/* Descriptors kept in reserve in the shared table: if the daemon ran out of descriptors, the guardian still has
+ * room to walk /proc once it closes these. */
+enum { RESERVE = 4 };
+static int g_reserve[RESERVE] = {-1, -1, -1, -1};
+
+/* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
+static void sweep_listener(void) {
+    if (g_listener < 0) return;
+    int flags = fcntl(g_listener, F_GETFL);
+    if (flags < 0 || fcntl(g_listener, F_SETFL, flags | O_NONBLOCK) < 0) return; /* not a listener any more */
+    for (;;) {
+        int fd = accept4(g_listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;
+        int creds[3] = {0, 0, 0}; /* struct ucred */
+        socklen_t len = sizeof creds;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0 &&
+            g_nrestorers < MAX_RESTORERS)
+            g_restorers[g_nrestorers++] = creds[0];
+        if (g_nconnections < MAX_RESTORERS) g_connections[g_nconnections++] = fd;
+    }
+}
+
+/* ---- tiny helpers (no libc state) ---- */
+
+static void put(char **p, const char *s) {
+    while (*s) *(*p)++ = *s++;
+}
+
+static void put_num(char **p, long long v) {
+    char tmp[24];
+    int n = 0;
+    if (v < 0) *(*p)++ = '-', v = -v;
+    do tmp[n++] = (char)('0' + v % 10), v /= 10;
+    while (v);
+    while (n) *(*p)++ = tmp[--n];
+}
+
+static long parse_num(const char **s) {
+    long v = 0;
+    while (**s >= '0' && **s <= '9') v = v * 10 + (*(*s)++ - '0');
+    return v;
+}
+
+static ssize_t read_file(const char *path, char *buf, size_t size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t total = 0, n;
+    while ((size_t)total < size - 1 && (n = read(fd, buf + total, size - 1 - (size_t)total)) > 0) total += n;
+    close(fd);
+    buf[total < 0 ? 0 : total] = 0;
+    return total;
+}
+
+static void proc_path(char *out, pid_t pid, const char *tail) {
+    char *p = out;
+    put(&p, "/proc/");
+    put_num(&p, pid);
+    put(&p, tail);
+    *p = 0;
+}
+
+/* Field 22 of /proc/PID/stat (start time), 0 when gone; *state gets field 3. */
+static unsigned long long start_time(pid_t pid, char *state) {
+    char path[64], buf[1024];
+    proc_path(path, pid, "/stat");
+    if (read_file(path, buf, sizeof buf) <= 0) return 0;
+    char *p = strrchr(buf, ')');
+    if (!p || !p[1]) return 0;
+    p += 2;
+    if (state) *state = *p;
+    for (int field = 3; field < 22 && *p; p++)
+        if (*p == ' ') field++;
+    const char *q = p;
+    return (unsigned long long)parse_num(&q);
+}
+
+static int gone(pid_t pid) {
+    char state = 0;
+    return start_time(pid, &state) == 0 || state == 'Z' || state == 'X';
+}
+
+/* ---- the process tree ---- */
+
+static void record(pid_t pid) {
+    if (pid == g_self || pid == g_daemon || pid <= 1) return;
+    for (int i = 0; i < g_nknown; i++)
+        if (g_known[i].pid == pid) return;
+    if (g_nknown == MAX_PIDS) return;
+    unsigned long long st = start_time(pid, NULL);
+    if (st) g_known[g_nknown++] = (struct known){pid, st};
+}
+
+/* Stops a process of the restore (first pass: a stopped process cannot exit, so its children stay in the tree to
+ * be found; SIGKILL comes once the whole tree is stopped). */
+static void stop_one(pid_t pid) {
+    if (pid == g_self || pid == g_daemon || pid <= 1) return;
+    for (int i = 0; i < g_nkilled; i++)
+        if (g_killed[i] == pid) return;
+    if (g_nkilled < MAX_PIDS && kill(pid, SIGSTOP) == 0) g_killed[g_nkilled++] = pid;
+}
+
+struct linux_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Calls fn on every descendant of pid, parents before children. */
+static void walk(pid_t pid, void (*fn)(pid_t), int depth) {
+    if (depth > 48) return;
+    char path[64];
+    proc_path(path, pid, "/task");
+    int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return;
+    char entries[2048];
+    long n;
+    pid_t kids[256];
+    int nkids = 0;
+    while ((n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
+        for (long off = 0; off < n;) {
+            struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
+            off += e->d_reclen;
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            char cpath[96], *p = cpath, list[4096];
+            put(&p, path);
+            put(&p, "/");
+            put(&p, e->d_name);
+            put(&p, "/children");
+            *p = 0;
+            if (read_file(cpath, list, sizeof list) <= 0) continue;
+            for (const char *s = list; *s && nkids < 256;) {
+                if (*s < '0' || *s > '9') {
+                    s++;
+                    continue;
+                }
+                pid_t child = (pid_t)parse_num(&s);
+                if (child != g_self) kids[nkids++] = child;
+            }
+        }
+    }
+    close(dir); /* before recursing: at most two descriptors open at a time (the table may be nearly full) */
+    for (int i = 0; i < nkids; i++) {
+        fn(kids[i]);
+        walk(kids[i], fn, depth + 1);
+    }
+}
+
+/* Whether a uffd is open in the (shared) descriptor table: the restore is in flight. */
+static int uffds_open(void) {
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return 1; /* cannot tell: assume the worst */
+    char entries[4096];
+    long n;
+    int found = 0;
+    while (!found && (n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
+        for (long off = 0; off < n && !found;) {
+            struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
+            off += e->d_reclen;
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            char path[64], *p = path, target[64];
+            put(&p, "/proc/self/fd/");
+            put(&p, e->d_name);
+            *p = 0;
+            ssize_t len = readlink(path, target, sizeof target - 1);
+            if (len > 0) {
+                target[len] = 0;
+                found = strcmp(target, "anon_inode:[userfaultfd]") == 0;
+            }
+        }
+    }
+    close(dir);
+    return found;
+}
+
+static void say(const char *text) {
+    size_t len = strlen(text);
+    while (len) {
+        ssize_t w = write(2, text, len);
+        if (w <= 0) return;
+        text += w;
+        len -= (size_t)w;
+    }
+}
+
+static int guardian_main(int pidfd, int messages) {
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = pidfd, .events = POLLIN}, {.fd = messages, .events = POLLIN}};
+        int ready = poll(fds, 2, -1);
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (fds[1].revents & POLLIN) {
+            struct lp_guardian_msg m;
+            ssize_t n = read(messages, &m, sizeof m);
+            if (n == (ssize_t)sizeof m) {
+                if (m.kind == LP_GUARDIAN_DONE) return 0;
+                if (m.kind == LP_GUARDIAN_ABORT) break;
+                if (m.kind == LP_GUARDIAN_RESTORER && g_nrestorers < MAX_RESTORERS) g_restorers[g_nrestorers++] = m.pid;
+                if (m.kind == LP_GUARDIAN_RESTORER && m.fd >= 0 && g_nconnections < MAX_RESTORERS)
+                    g_connections[g_nconnections++] = m.fd;
+                if (m.kind == LP_GUARDIAN_LISTENER) g_listener = m.pid;
+                if (m.kind == LP_GUARDIAN_RESTORER || m.kind == LP_GUARDIAN_SNAPSHOT)
+                    for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], record, 0);
+                continue; /* messages first: a DONE may be queued right before the daemon's exit */
+            }
+        }
+        if (fds[0].revents & (POLLIN | POLLHUP)) break; /* the daemon is gone */
+    }
+    /* Either the daemon is gone or it gave up; the shared table still holds its uffds. */
+    for (int i = 0; i < RESERVE; i++)
+        if (g_reserve[i] >= 0) close(g_reserve[i]);
+    sweep_listener();
+    for (int i = 0; i < g_nconnections; i++) drain_connection(g_connections[i]);
+    /* Nothing in flight (no uffd open, none queued in a connection): every process had its pages, or the restorer
+     * never handed one over (it keeps its own copies and fails the restore itself). */
+    if (!uffds_open()) return 0;
+    /* Stop the whole tree first (until a pass finds nobody new: a fork in progress may add a child), so that no
+     * process exits and orphans its children before they are found; then kill everything stopped. */
+    for (int i = 0; i < g_nknown; i++)
+        if (start_time(g_known[i].pid, NULL) == g_known[i].start) stop_one(g_known[i].pid);
+    for (int round = 0; round < 64; round++) {
+        if (round == 1) { /* a restorer that connected meanwhile */
+            int swept = g_nconnections;
+            sweep_listener();
+            for (int i = swept; i < g_nconnections; i++) drain_connection(g_connections[i]);
+        }
+        int before = g_nkilled;
+        for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], stop_one, 0);
+        for (int i = 0; i < g_nkilled; i++) walk(g_killed[i], stop_one, 0);
+        if (g_nkilled == before && round > 0) break;
+    }
+    for (int i = 0; i < g_nkilled; i++) kill(g_killed[i], SIGKILL);
+    struct timespec began, now, pause = {.tv_nsec = 1000000};
+    clock_gettime(CLOCK_MONOTONIC, &began);
+    for (int i = 0; i < g_nkilled; i++)
+        while (!gone(g_killed[i])) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec - began.tv_sec > 10) break;
+            nanosleep(&pause, NULL);
+        }
+    char line[1024], *p = line;
+    put(&p, "lp-guardian: lazy-pagesd (pid ");
+    put_num(&p, g_daemon);
+    put(&p, gone(g_daemon) ? ") went away with a restore in flight; killed " : ") gave up the restore; killed ");
+    put_num(&p, g_nkilled);
+    put(&p, " processes of the restore so that none runs on with zero pages:");
+    for (int i = 0; i < g_nkilled && i < 48; i++) {
+        put(&p, " ");
+        put_num(&p, g_killed[i]);
+    }
+    put(&p, g_nkilled > 48 ? " ...\n" : "\n");
+    *p = 0;
+    say(line);
+    return 3;
+}
+
+pid_t lp_guardian_start(int *control) {
+    pid_t daemon = getpid();
+    int pidfd = (int)syscall(SYS_pidfd_open, daemon, 0);
+    if (pidfd < 0) return -errno;
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC)) {
+        int e = errno;
+        close(pidfd);
+        return -e;
+    }
+    /* Like fork (own copy of memory, SIGCHLD to us at exit) but sharing the descriptor table. */
+    long child = syscall(SYS_clone, (unsigned long)(CLONE_FILES | SIGCHLD), NULL, NULL, NULL, 0UL);
+    if (child < 0) {
+        int e = errno;
+        close(pidfd);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -e;
+    }
+    if (child == 0) {
+        g_self = (pid_t)syscall(SYS_getpid);
+        g_daemon = daemon;
+        struct sigaction ignore = {.sa_handler = SIG_IGN};
+        sigaction(SIGINT, &ignore, NULL);
+        sigaction(SIGTERM, &ignore, NULL);
+        sigaction(SIGHUP, &ignore, NULL);
+        sigaction(SIGPIPE, &ignore, NULL);
+        setpgid(0, 0);
+        for (int i = 0; i < RESERVE; i++) g_reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        syscall(SYS_exit_group, guardian_main(pidfd, pipefd[0]));
+    }
+    *control = pipefd[1];
+    return (pid_t)child;
+}

@@ -1,0 +1,93 @@
+import CGuardian
+import LazyPagesEngine
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The daemon's side of the restore guardian (Sources/CGuardian/guardian.c): a child process sharing the daemon's
+/// file descriptor table, so every uffd of the restore — including a fork child's, from the moment the daemon reads
+/// its event — stays open if the daemon dies. The guardian then kills the restore's processes before letting the
+/// uffds go, so no restored process ever runs on with kernel zero pages in place of its memory.
+///
+/// One link per restore. Install it as the engine's `observer` (it snapshots the process tree whenever a uffd is
+/// adopted), report the restorer's pid with `restorer(pid:)`, and call `finish(clean:)` when the restore ends.
+public final class GuardianLink: RestoreObserver, @unchecked Sendable {
+    public let pid: pid_t
+    private var control: Int32
+    private let logger: Logger
+    private var broken = false
+
+    public init(logger: Logger) throws {
+        self.logger = logger
+        var control: Int32 = -1
+        let child = lp_guardian_start(&control)
+        guard child > 0 else {
+            throw LazyPagesError("cannot start the guardian: \(String(cString: strerror(-child)))")
+        }
+        pid = child
+        self.control = control
+        logger.info("guardian started", metadata: ["pid": "\(child)"])
+    }
+
+    deinit { if control >= 0 { close(control) } }
+
+    /// The process on the other end of the lazy-pages socket: the restored tasks are its descendants.
+    /// `connection` is the accepted socket: uffds still queued in it when the daemon dies count as in flight.
+    public func restorer(pid: pid_t, connection: Int32) { send(UInt32(LP_GUARDIAN_RESTORER), pid: pid, fd: connection) }
+
+    /// The lazy-pages listening socket: on the daemon's death, connections waiting there (with uffds in flight)
+    /// are accepted by the guardian and their restorers' processes killed.
+    public func listener(descriptor: Int32) { send(UInt32(LP_GUARDIAN_LISTENER), pid: descriptor) }
+
+    public func taskAdded(id: Int, imagePid: Int32, uffd: Int32) { send(UInt32(LP_GUARDIAN_SNAPSHOT)) }
+
+    public func processForked(parent: Int, child: Int, uffd: Int32) { send(UInt32(LP_GUARDIAN_SNAPSHOT)) }
+
+    /// Nothing to do: the daemon closing a uffd closes it for the guardian too (one descriptor table).
+    public func processRetired(id: Int) {}
+
+    /// Ends the guardian and returns its exit status. `clean`: the restore completed; the guardian just exits (0).
+    /// Otherwise it kills every process of the restore while the daemon still holds the uffds, then exits (3; 0
+    /// when no uffd was open any more, i.e. nothing depended on the daemon).
+    @discardableResult
+    public func finish(clean: Bool) -> Int32 {
+        send(UInt32(clean ? LP_GUARDIAN_DONE : LP_GUARDIAN_ABORT))
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno != EINTR { return -1 }
+        }
+        if control >= 0 {
+            close(control)
+            control = -1
+        }
+        let signal = status & 0x7F
+        return signal == 0 ? (status >> 8) & 0xFF : -signal
+    }
+
+    private func send(_ kind: UInt32, pid: pid_t = 0, fd: Int32 = -1) {
+        guard control >= 0, !broken else { return }
+        var message = lp_guardian_msg()
+        message.kind = kind
+        message.pid = pid
+        message.fd = fd
+        let n = withUnsafeBytes(of: &message) { write(control, $0.baseAddress, $0.count) }
+        if n != MemoryLayout<lp_guardian_msg>.size {
+            broken = true
+            logger.error("the guardian is gone: a daemon crash from now on would leave processes on zero pages",
+                         metadata: ["guardian": "\(self.pid)", "errno": "\(errno)"])
+        }
+    }
+}
+
+/// The pid of the process on the other end of a unix socket (`SO_PEERCRED`), or nil.
+public func peerProcess(of socket: Int32) -> pid_t? {
+    // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (not exported by Glibc's module without _GNU_SOURCE)
+    var credentials: (Int32, UInt32, UInt32) = (0, 0, 0)
+    var length = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
+    guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, credentials.0 > 0 else {
+        return nil
+    }
+    return credentials.0
+}

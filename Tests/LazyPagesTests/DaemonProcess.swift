@@ -1,0 +1,125 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The built executables (`lazy-pagesd`, `lazy-pages`, `lp-workload`, `lp-guardian`) next to the test bundle.
+enum BuiltTools {
+    static var directory: String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        let exe = String(decoding: buffer[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return String(exe[..<(exe.lastIndex(of: "/") ?? exe.endIndex)])
+    }
+    static func path(_ name: String) -> String { directory + "/" + name }
+}
+
+/// A child process started with posix_spawn: stdout and stderr go to files, and optionally our pipe's write end is
+/// its fd 3 (for `lazy-pagesd --status-fd 3`).
+final class ChildProcess {
+    let pid: pid_t
+    let stdoutPath: String
+    let stderrPath: String
+    private(set) var status: Int32?
+    /// Our read end of the fd-3 pipe, if any.
+    let statusPipe: Int32
+
+    init(_ path: String, _ arguments: [String], directory: String, name: String, statusFD: Bool = false) throws {
+        stdoutPath = "\(directory)/\(name).out"
+        stderrPath = "\(directory)/\(name).err"
+        var pipeFDs: [Int32] = [-1, -1]
+        if statusFD {
+            guard pipe(&pipeFDs) == 0 else { throw LazyPagesTestError("pipe: \(errno)") }
+            for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        if statusFD { posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 3) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([path] + arguments).map { strdup($0) }
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = (argv + [nil]).withUnsafeBufferPointer { posix_spawn(&child, path, &actions, &attributes, $0.baseAddress!, environ) }
+        if statusFD { close(pipeFDs[1]) }
+        guard rc == 0 else {
+            if statusFD { close(pipeFDs[0]) }
+            throw LazyPagesTestError("cannot start \(path): \(String(cString: strerror(rc)))")
+        }
+        pid = child
+        statusPipe = statusFD ? pipeFDs[0] : -1
+    }
+
+    deinit {
+        if status == nil {
+            kill(pid, SIGKILL)
+            _ = wait()
+        }
+        if statusPipe >= 0 { close(statusPipe) }
+    }
+
+    /// Waits for the one byte `--status-fd` writes once the daemon listens (false: it exited first, or timeout).
+    func waitUntilReady(timeoutMilliseconds: Int32 = 30_000) -> Bool {
+        var entry = pollfd(fd: statusPipe, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, timeoutMilliseconds) == 1 else { return false }
+        var byte: UInt8 = 0
+        return read(statusPipe, &byte, 1) == 1
+    }
+
+    /// Waits for the exit; returns the exit code, or minus the signal.
+    @discardableResult
+    func wait() -> Int32 {
+        if let status { return status }
+        var raw: Int32 = 0
+        while waitpid(pid, &raw, 0) < 0 {
+            if errno != EINTR {
+                status = Int32.min
+                return Int32.min
+            }
+        }
+        let signal = raw & 0x7F
+        let value = signal == 0 ? (raw >> 8) & 0xFF : -signal
+        status = value
+        return value
+    }
+
+    var stdoutText: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
+    var stderrText: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+}
+
+/// What `lazy-pages restore-sim` printed: one `task V (pid P) exit S: passed|FAILED` line per task, then its lines.
+struct RestoreSimOutput {
+    var taskStatuses: [Int32] = []
+    var wrongPageLines: [String] = []
+    var timedOut = false
+    var text: String
+
+    init(_ text: String) {
+        self.text = text
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("task "), let range = line.range(of: " exit "),
+                let end = line[range.upperBound...].firstIndex(of: ":"),
+                let status = Int32(line[range.upperBound..<end])
+            {
+                taskStatuses.append(status)
+            }
+            let trimmed = line.drop { $0 == " " }
+            if trimmed.hasPrefix("FAIL") { wrongPageLines.append(String(trimmed)) }
+            if line.contains("simulator: timed out") { timedOut = true }
+        }
+    }
+}
