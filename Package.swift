@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "PageServerTests",
             dependencies: [
-                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages",
+                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(

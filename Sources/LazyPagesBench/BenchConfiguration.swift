@@ -6,7 +6,7 @@ public struct BenchConfiguration: Sendable {
     public var touches: Int
     /// Passes of each ceiling chunk size.
     public var ceilingRepeats: Int
-    /// Which steps run: "ceiling", "floor", "a", "b", "c", "d", "f" (empty: all).
+    /// Which steps run: "ceiling", "floor", "a", "b", "c", "d", "e", "f" (empty: all).
     public var scenarios: Set<String> = []
     /// Interleaved rounds of the floor and scenario (a); each pools its rounds.
     public var latencyRounds: Int = 3
@@ -27,18 +27,22 @@ public struct BenchConfiguration: Sendable {
         public var baseline: String
         public var benchWorkload: String
         public var workload: String
-        public init(daemon: String, baseline: String, benchWorkload: String, workload: String) {
+        /// `lazy-pages` (its `page-server` subcommand serves scenario (e)).
+        public var pageServer: String
+        public init(daemon: String, baseline: String, benchWorkload: String, workload: String, pageServer: String) {
             self.daemon = daemon
             self.baseline = baseline
             self.benchWorkload = benchWorkload
             self.workload = workload
+            self.pageServer = pageServer
         }
 
         /// The executables next to `directory` (the build directory).
         public init(directory: String) {
             self.init(
                 daemon: directory + "/lazy-pagesd", baseline: directory + "/lp-bench-baseline",
-                benchWorkload: directory + "/lp-bench-workload", workload: directory + "/lp-workload")
+                benchWorkload: directory + "/lp-bench-workload", workload: directory + "/lp-workload",
+                pageServer: directory + "/lazy-pages")
         }
     }
 

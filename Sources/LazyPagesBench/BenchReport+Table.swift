@@ -31,6 +31,14 @@ extension BenchReport {
             let perGiB = forking.seconds / (Double(imageBytes) / Double(1 << 30))
             checks.append(TargetCheck(name: "(d) forking, s per GiB", measured: fmt(perGiB) + " s", target: "<= 1 s", met: perGiB <= 1))
         }
+        if let floor, let remoteDemand {
+            let p50 = ratio(remoteDemand.latency.p50, floor.latency.p50)
+            checks.append(TargetCheck(name: "(e-a) remote p50 / floor", measured: fmt(p50) + "x", target: "<= 3x", met: p50 <= 3))
+        }
+        if let remoteFill {
+            let gbps = remoteFill.gibPerSecond * Double(1 << 30) / 1e9
+            checks.append(TargetCheck(name: "(e-b) remote fill", measured: fmt(gbps) + " GB/s", target: ">= 1.5 GB/s", met: gbps >= 1.5))
+        }
         if let fill {
             let budgetKiB = 32 * 1024 + imageBytes / 4096 / 8 / 1024
             checks.append(TargetCheck(
@@ -85,7 +93,18 @@ extension BenchReport {
             out.append("  (d)  fork-storm (lp-workload) \(fmt(d.seconds)) s all home (\(fmt(d.seconds / gib)) s/GiB), \(d.daemon.pagesCopied) pages copied")
             out.append("       daemon \(daemonText(d.daemon))")
         }
-        out.append("  (e)  remote: skipped (no `lazy-pages page-server` yet)")
+        func serverText(_ seconds: Double?) -> String { seconds.map { "; page server CPU \(fmt($0)) s" } ?? "" }
+        if let e = remoteDemand {
+            out.append("  (e-a) remote, demand only     \(latencyText(e.latency))\(vsFloor(e.latency))")
+            out.append("       \(e.faults) faults for \(e.touches) touches; daemon \(daemonText(e.daemon))\(serverText(e.pageServerCPUSeconds))")
+        }
+        if let e = remoteFill {
+            let r = ceilingGiBps > 0 ? "  | ours/ceiling \(fmt(e.gibPerSecond / ceilingGiBps))x" : ""
+            let gbps = e.gibPerSecond * Double(1 << 30) / 1e9
+            out.append("  (e-b) remote, fill, idle      \(fmt(e.seconds)) s  \(fmt(e.gibPerSecond)) GiB/s = \(fmt(gbps)) GB/s (to exit \(fmt(e.wallSeconds)) s)\(r)")
+            out.append("       daemon \(daemonText(e.daemon))\(serverText(e.pageServerCPUSeconds))")
+        }
+        if remoteDemand == nil && remoteFill == nil { out.append("  (e)  remote: not run") }
         if let f = concurrent {
             out.append("  (f)  \(f.restores) x \(f.bytesEach >> 20) MiB at once     \(fmt(f.wallSeconds)) s wall, \(fmt(f.aggregateGiBps)) GiB/s aggregate, slowest \(fmt(f.slowestSeconds)) s, \(f.faults) faults")
             out.append("       faults: \(latencyText(f.latency))\(vsFloor(f.latency))")

@@ -15,6 +15,10 @@ public struct BenchReport: Sendable, Codable {
     public var working: FaultScenario?
     /// (d) lp-workload fork-storm (children verify while the parent forks on).
     public var forking: FillScenario?
+    /// (e) remote pages over loopback from `lazy-pages page-server`: (e-a) demand faults only (the same touches as
+    /// (a), pooled over the rounds) and (e-b) background fill of an idle process.
+    public var remoteDemand: FaultScenario?
+    public var remoteFill: FillScenario?
     /// (f) concurrent restores.
     public var concurrent: ConcurrentScenario?
     /// Scenarios that could not run, with why.
@@ -46,6 +50,8 @@ public struct FaultScenario: Sendable, Codable {
     /// The workload's own touching loop, seconds.
     public var workloadSeconds: Double
     public var daemon: DaemonResult
+    /// (e) only: CPU seconds of the page server that served this restore (the last round's, for pooled rounds).
+    public var pageServerCPUSeconds: Double?
 }
 
 /// A scenario timed by when all pages are home.
@@ -57,6 +63,8 @@ public struct FillScenario: Sendable, Codable {
     public var wallSeconds: Double
     public var passed: Bool
     public var daemon: DaemonResult
+    /// (e) only: CPU seconds of the page server that served this restore.
+    public var pageServerCPUSeconds: Double?
 }
 
 public struct ConcurrentScenario: Sendable, Codable {

@@ -14,8 +14,10 @@ public final class BenchSuite {
     }
 
     public func run() throws -> BenchReport {
+        let remote = configuration.scenarios.isEmpty || configuration.scenarios.contains("e")
         for path in [configuration.binaries.daemon, configuration.binaries.baseline,
                      configuration.binaries.benchWorkload, configuration.binaries.workload]
+            + (remote ? [configuration.binaries.pageServer] : [])
         where access(path, X_OK) != 0 {
             throw BenchError("missing executable \(path) (build the package first)")
         }
@@ -28,6 +30,16 @@ public final class BenchSuite {
         progress("writing a \(configuration.bytes >> 20) MiB image")
         let image = try BenchImage(directory: scratch.path + "/images", bytes: configuration.bytes, seed: configuration.seed)
         let baselines = Baselines(binary: configuration.binaries.baseline, scratch: scratch.path)
+        // (e): the client's view of the same dump (LAZY only, no page data); the server serves `image`.
+        var clientImage: BenchImage?
+        func remoteImages() throws -> String {
+            if clientImage == nil {
+                clientImage = try BenchImage(
+                    directory: scratch.path + "/images-client", bytes: configuration.bytes, seed: configuration.seed,
+                    remote: true)
+            }
+            return clientImage!.directory
+        }
 
         func attempt(_ name: String, _ body: () throws -> Void) {
             let key = name.prefix { $0 != "-" && $0 != " " }
@@ -46,6 +58,7 @@ public final class BenchSuite {
         // noise from other load on the machine falls on both alike.
         var floorRuns: [[UInt64]] = [], demandRuns: [FaultScenario] = [], singleRuns: [FaultScenario] = []
         var demandLatencies: [UInt64] = [], singleLatencies: [UInt64] = []
+        var remoteDemandRuns: [FaultScenario] = [], remoteDemandLatencies: [UInt64] = []
         for round in 0..<configuration.latencyRounds {
             attempt("floor (round \(round + 1))") {
                 let file = latencies + "/floor.\(round).txt"
@@ -73,6 +86,15 @@ public final class BenchSuite {
                     latencyFile: file, seed: configuration.seed &+ UInt64(round)))
                 singleLatencies += readLatencies(file)
             }
+            attempt("e-demand, remote (round \(round + 1))") {
+                var tunables = configuration.tunables
+                tunables.background = false
+                let file = latencies + "/remote-demand.\(round).txt"
+                remoteDemandRuns.append(try faultScenario(
+                    image: image, scratch: scratch.path, tunables: tunables, touches: configuration.touches,
+                    latencyFile: file, seed: configuration.seed &+ UInt64(round), remoteImages: try remoteImages()))
+                remoteDemandLatencies += readLatencies(file)
+            }
         }
         if !floorRuns.isEmpty {
             report.floor = FloorResult(latency: LatencySummary(nanoseconds: floorRuns.flatMap { $0 }))
@@ -82,6 +104,8 @@ public final class BenchSuite {
         report.demandSinglePage = pooled(singleRuns, singleLatencies)
         try? writeLatencies(demandLatencies, to: latencies + "/demand.txt")
         try? writeLatencies(singleLatencies, to: latencies + "/demand-fa1.txt")
+        report.remoteDemand = pooled(remoteDemandRuns, remoteDemandLatencies)
+        if !remoteDemandRuns.isEmpty { try? writeLatencies(remoteDemandLatencies, to: latencies + "/remote-demand.txt") }
         attempt("b-fill") {
             report.fill = try fillScenario(
                 image: image, scratch: scratch.path, workload: configuration.binaries.benchWorkload, scenario: "idle")
@@ -95,6 +119,11 @@ public final class BenchSuite {
             report.forking = try fillScenario(
                 image: image, scratch: scratch.path, workload: configuration.binaries.workload, scenario: "fork-storm")
         }
+        attempt("e-fill, remote") {
+            report.remoteFill = try fillScenario(
+                image: image, scratch: scratch.path, workload: configuration.binaries.benchWorkload, scenario: "idle",
+                remoteImages: try remoteImages())
+        }
         attempt("f-concurrent") {
             report.concurrent = try concurrentScenario(scratch: scratch.path, latencyFile: latencies + "/concurrent.txt")
         }
@@ -105,13 +134,17 @@ public final class BenchSuite {
     // MARK: Scenarios
 
     /// A restore with lp-bench-workload `touch`: `touches` random first touches (0: every page), timed in the
-    /// workload.
+    /// workload. With `remoteImages` (scenario (e)) the daemon reads those (LAZY only) and fetches the pages from a
+    /// page server serving `image`.
     private func faultScenario(
         image: BenchImage, scratch: String, tunables: DaemonTunables, touches: Int, latencyFile: String,
-        seed: UInt64? = nil
+        seed: UInt64? = nil, remoteImages: String? = nil
     ) throws -> FaultScenario {
+        let server = try remoteImages.map { _ in try startPageServer(image: image, scratch: scratch) }
+        defer { _ = try? server?.stop() }
         let run = try restore(
-            images: image.directory, scratch: scratch, tunables: tunables,
+            images: image.directory, daemonImages: remoteImages, daemonArguments: server?.daemonArguments ?? [],
+            scratch: scratch, tunables: tunables,
             workload: configuration.binaries.benchWorkload, scenario: "touch", seed: seed ?? configuration.seed,
             environment: ["LP_BENCH_TOUCHES": String(touches), "LP_BENCH_LATENCIES": latencyFile])
         let line = run.outputLine
@@ -121,19 +154,28 @@ public final class BenchSuite {
             faults: field(line, "faults").flatMap { Int($0) } ?? 0,
             totalSeconds: run.daemon.fillSeconds ?? (run.daemon.exitedAt - run.rstfSentAt),
             workloadSeconds: field(line, "seconds").flatMap { Double($0) } ?? 0,
-            daemon: run.daemon)
+            daemon: run.daemon, pageServerCPUSeconds: try server?.stop().cpuSeconds)
     }
 
-    private func fillScenario(image: BenchImage, scratch: String, workload: String, scenario: String) throws
-        -> FillScenario
-    {
+    private func fillScenario(
+        image: BenchImage, scratch: String, workload: String, scenario: String, remoteImages: String? = nil
+    ) throws -> FillScenario {
+        let server = try remoteImages.map { _ in try startPageServer(image: image, scratch: scratch) }
+        defer { _ = try? server?.stop() }
         let run = try restore(
-            images: image.directory, scratch: scratch, tunables: configuration.tunables, workload: workload,
-            scenario: scenario, environment: [:])
+            images: image.directory, daemonImages: remoteImages, daemonArguments: server?.daemonArguments ?? [],
+            scratch: scratch, tunables: configuration.tunables, workload: workload, scenario: scenario,
+            environment: [:])
         let seconds = run.daemon.fillSeconds ?? (run.daemon.exitedAt - run.rstfSentAt)
         return FillScenario(
             seconds: seconds, gibPerSecond: Double(image.bytes) / seconds / Double(1 << 30),
-            wallSeconds: run.daemon.exitedAt - run.rstfSentAt, passed: true, daemon: run.daemon)
+            wallSeconds: run.daemon.exitedAt - run.rstfSentAt, passed: true, daemon: run.daemon,
+            pageServerCPUSeconds: try server?.stop().cpuSeconds)
+    }
+
+    /// A fresh page server per remote restore, so that its CPU time is that restore's.
+    private func startPageServer(image: BenchImage, scratch: String) throws -> PageServerRun {
+        try PageServerRun(binary: configuration.binaries.pageServer, imagesDirectory: image.directory, scratch: scratch)
     }
 
     private func concurrentScenario(scratch: String, latencyFile: String) throws -> ConcurrentScenario {
@@ -201,16 +243,19 @@ public final class BenchSuite {
     private var restoreCount = 0
 
     /// Starts a daemon, plays the restore through RestoreSimulator with `workload scenario`, waits until the daemon
-    /// exits (then releases `idle` workloads) and checks that both ended well.
+    /// exits (then releases `idle` workloads) and checks that both ended well. The workloads check against
+    /// `images`; the daemon reads `daemonImages` (default: the same) with `daemonArguments` added.
     private func restore(
-        images: String, scratch: String, tunables: DaemonTunables, workload: String, scenario: String,
-        seed: UInt64? = nil, environment: [String: String]
+        images: String, daemonImages: String? = nil, daemonArguments: [String] = [], scratch: String,
+        tunables: DaemonTunables, workload: String, scenario: String, seed: UInt64? = nil,
+        environment: [String: String]
     ) throws -> RestoreRun {
         restoreCount += 1
         let work = scratch + "/work-\(restoreCount)"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let daemon = try DaemonRun(
-            binary: configuration.binaries.daemon, imagesDirectory: images, workDirectory: work, tunables: tunables)
+            binary: configuration.binaries.daemon, imagesDirectory: daemonImages ?? images, workDirectory: work,
+            tunables: tunables, extraArguments: daemonArguments)
         defer { daemon.kill() }
         for (key, value) in environment { setenv(key, value, 1) }
         defer { for key in environment.keys { unsetenv(key) } }

@@ -53,13 +53,16 @@ final class DaemonRun {
     private var sampler: MemorySampler?
     private(set) var exitedAt: Double?
 
-    init(binary: String, imagesDirectory: String, workDirectory: String, tunables: DaemonTunables) throws {
+    init(
+        binary: String, imagesDirectory: String, workDirectory: String, tunables: DaemonTunables,
+        extraArguments: [String] = []
+    ) throws {
         self.workDirectory = workDirectory
         let ends = try makePipe()
         let pipeFDs = [ends.read, ends.write]
         defer { close(pipeFDs[0]) }
         let daemonArguments = ["-D", imagesDirectory, "-W", workDirectory, "--status-fd", "3", "-v3", "-o", "daemon.log"]
-            + tunables.arguments
+            + tunables.arguments + extraArguments
         // Profiling hook: $LP_BENCH_DAEMON_PREFIX (e.g. "/usr/bin/strace -c -o /tmp/s") runs the daemon under a tool.
         var path = binary
         var arguments = daemonArguments

@@ -9,7 +9,8 @@ struct Bench: ParsableCommand {
         discussion: """
             Writes a CRIU image (--size) to a scratch directory, runs the baselines (lp-bench-baseline) and the \
             scenarios (a) demand faults, (b) background fill, (c) a working process during the fill, (d) a forking \
-            workload, (f) concurrent restores, each through the real lazy-pages.socket protocol with lazy-pagesd, \
+            workload, (e) remote pages over loopback from `lazy-pages page-server` (demand faults, fill), \
+            (f) concurrent restores, each through the real lazy-pages.socket protocol with lazy-pagesd, \
             lp-bench-workload and lp-workload found next to this executable; prints a table (or --json) with \
             ratios against the baselines, and removes the scratch files. Use a release build for real numbers \
             (Scripts/bench does).
@@ -30,7 +31,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Passes per ceiling chunk size (default 3; --quick 1).")
     var repeats: Int?
 
-    @Option(help: "Run only these steps, comma-separated: ceiling, floor, a, b, c, d, f (default: all).")
+    @Option(help: "Run only these steps, comma-separated: ceiling, floor, a, b, c, d, e, f (default: all).")
     var only: String = ""
 
     @Option(help: "Interleaved rounds of the floor and scenario (a), pooled (default 3; --quick 1).")
@@ -63,9 +64,9 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard size >= 1 << 20, size % 4096 == 0 else { throw ValidationError("--size must be at least 1M and a multiple of 4K") }
         if let touches, touches < 1 { throw ValidationError("--touches must be positive") }
-        let known: Set<Substring> = ["ceiling", "floor", "a", "b", "c", "d", "f"]
+        let known: Set<Substring> = ["ceiling", "floor", "a", "b", "c", "d", "e", "f"]
         for step in only.split(separator: ",") where !known.contains(step) {
-            throw ValidationError("unknown step '\(step)' in --only; known: ceiling, floor, a, b, c, d, f")
+            throw ValidationError("unknown step '\(step)' in --only; known: ceiling, floor, a, b, c, d, e, f")
         }
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be positive") }
         if let repeats, repeats < 1 { throw ValidationError("--repeats must be positive") }

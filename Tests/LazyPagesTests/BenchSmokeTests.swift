@@ -22,8 +22,9 @@ import Testing
         for needle in [
             "ceiling UFFDIO_COPY 64 KiB", "ceiling UFFDIO_COPY 4 MiB", "floor   minimal handler", "(a)  demand only",
             "(a1) demand, fault-around 1", "(b)  fill, idle process", "(c)  working process + fill",
-            "(d)  fork-storm", "(e)  remote", "(f)  16 x 1 MiB at once", "(a) fault p50 / floor",
-            "(b) fill / ceiling", "(c) working / fill", "(d) forking, s per GiB", "memory (b) anon peak",
+            "(d)  fork-storm", "(e-a) remote, demand only", "(e-b) remote, fill, idle", "(f)  16 x 1 MiB at once",
+            "(a) fault p50 / floor", "(b) fill / ceiling", "(c) working / fill", "(d) forking, s per GiB",
+            "(e-a) remote p50 / floor", "(e-b) remote fill", "memory (b) anon peak",
         ] {
             #expect(out.contains(needle), "missing '\(needle)' in:\n\(out)")
         }
