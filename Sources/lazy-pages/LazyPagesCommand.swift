@@ -12,5 +12,10 @@ struct LazyPages: ParsableCommand {
             Demo.self,
             Bench.self,
             PageServerCommand.self,
+            AddCommand.self,
+            ListCommand.self,
+            StatusCommand.self,
+            WaitCommand.self,
+            CancelCommand.self,
         ])
 }
