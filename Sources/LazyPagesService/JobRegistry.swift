@@ -22,6 +22,8 @@ final class JobRegistry: @unchecked Sendable {
     /// Counters of forgotten jobs, so that totals never go backwards.
     private(set) var forgottenTotals = ForgottenTotals()
     private let changed = NSCondition()
+    /// Called (on a job's or a connection's thread) after a job was added or ended.
+    var onChange: (@Sendable () -> Void)?
 
     init(limits: ServiceLimits, logger: Logger) {
         self.limits = limits
@@ -68,6 +70,7 @@ final class JobRegistry: @unchecked Sendable {
         lock.unlock()
         job.start { [weak self] _ in self?.jobEnded() }
         if !stillAccepting { job.cancel(reason: "the daemon is shutting down") }
+        onChange?()
         return job
     }
 
@@ -84,6 +87,7 @@ final class JobRegistry: @unchecked Sendable {
         changed.lock()
         changed.broadcast()
         changed.unlock()
+        onChange?()
     }
 
     /// The job `id` if `peer` may see it.

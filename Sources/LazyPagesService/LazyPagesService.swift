@@ -21,6 +21,8 @@ public final class LazyPagesService: @unchecked Sendable {
         public var metricsHost: String?
         public var metricsPort: UInt16 = 0
         public var limits = ServiceLimits()
+        /// Called with `statusLine` whenever a job was added or ended (for systemd's STATUS=).
+        public var statusChanged: (@Sendable (String) -> Void)?
         public init() {}
     }
 
@@ -43,7 +45,11 @@ public final class LazyPagesService: @unchecked Sendable {
     public init(options: Options, logger: Logger) throws {
         self.options = options
         self.logger = logger
-        registry = JobRegistry(limits: options.limits, logger: logger)
+        let registry = JobRegistry(limits: options.limits, logger: logger)
+        self.registry = registry
+        if let statusChanged = options.statusChanged {
+            registry.onChange = { statusChanged(Self.statusLine(of: registry)) }
+        }
         if let fd = options.activatedSocket {
             listener = fd
             ownsSocketPath = false
@@ -131,7 +137,9 @@ public final class LazyPagesService: @unchecked Sendable {
     }
 
     /// Counts of jobs by state, for STATUS= lines.
-    public var statusLine: String {
+    public var statusLine: String { Self.statusLine(of: registry) }
+
+    private static func statusLine(of registry: JobRegistry) -> String {
         let jobs = registry.jobs(for: nil)
         let running = jobs.filter { !$0.isFinished }.count
         return "\(running) jobs running, \(jobs.count - running) ended"

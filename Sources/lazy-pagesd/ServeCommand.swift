@@ -77,6 +77,7 @@ struct ServeCommand: ParsableCommand {
             options.metricsPort = port
         }
         let notifier = SystemdNotifier()
+        options.statusChanged = { notifier.status($0) }
         let service: LazyPagesService
         do {
             let activated = try SocketActivation.sockets()

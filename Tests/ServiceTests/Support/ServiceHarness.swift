@@ -14,6 +14,8 @@ final class ServiceDaemon {
     let readyMessage: String
 
     init(_ extra: [String] = []) throws {
+        // A write to a child that already exited must fail with EPIPE, not kill the whole test runner.
+        signal(SIGPIPE, SIG_IGN)
         directory = try makeTemporaryDirectory("lp-service")
         chmod(directory, 0o755)
         controlSocket = directory + "/control.sock"
@@ -26,6 +28,14 @@ final class ServiceDaemon {
     }
 
     deinit { try? FileManager.default.removeItem(atPath: directory) }
+
+    /// The next notification starting with `prefix`, skipping others (STATUS= updates as jobs come and go).
+    func notification(startingWith prefix: String) throws -> String {
+        while true {
+            let message = try notify.receive()
+            if message.hasPrefix(prefix) { return message }
+        }
+    }
 
     /// `lazy-pages ARGS --control-socket ...` run to completion.
     func cli(_ arguments: [String], as user: UInt32? = nil) throws -> Spawn.Output {
