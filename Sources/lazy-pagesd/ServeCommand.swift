@@ -35,7 +35,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: [.customShort("o"), .customLong("log-file")], help: "Write the log to this file instead of stderr.")
     var logFile: String?
 
-    @Flag(name: .customShort("v"), help: "More verbose logging (repeat: -v info is the default, -vv debug).")
+    @Flag(name: .customShort("v"), help: "More verbose logging (info by default; -v debug, -vv trace).")
     var verbose: Int
 
     func validate() throws {
