@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         // The C layer: module map + one header of static inline shims and constants. No logic.
@@ -65,6 +67,19 @@ let package = Package(
         .target(
             name: "PageServer",
             dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
+        // The control protocol of `lazy-pagesd serve` (versioned line-delimited JSON) and its client.
+        .target(name: "LazyPagesControl"),
+        // setfsuid/setfsgid (per-thread filesystem identity) for Swift: one header, no logic.
+        .systemLibrary(name: "CFsuid"),
+        // `lazy-pagesd serve`: jobs (one session and thread each), the control socket, graceful shutdown, metrics.
+        .target(
+            name: "LazyPagesService",
+            dependencies: [
+                "LazyPagesControl", "LazyPagesCRIU", "LazyPagesFirecracker", "LazyPagesEngine", "PageServer", "CFsuid",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
@@ -87,6 +102,7 @@ let package = Package(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
+                "LazyPagesService", "LazyPagesControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -94,7 +110,7 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                "PageServer",
+                "PageServer", "LazyPagesControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -102,6 +118,9 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(
+            name: "ServiceTests",
+            dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),
         .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport", "TestSupport"]),
         .testTarget(
             name: "FirecrackerTests",

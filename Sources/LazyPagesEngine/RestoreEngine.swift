@@ -333,7 +333,9 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.faults)
         faultClock &+= 1
         process.lastFault = faultClock
+        let started = monotonicNanoseconds()
         settleFault(process, at: address & ~UInt64(process.space.pageSize - 1))
+        statistics.recordFaultLatency(nanoseconds: monotonicNanoseconds() &- started)
     }
 
     /// Settles the fault on `page` (see `serveFault`); also resumes a fault parked for remote pages.
@@ -351,6 +353,7 @@ public final class RestoreEngine: @unchecked Sendable {
                     let pages = bytes / size
                     process.space.markDelivered(run.address, pages: pages)
                     statistics.add(.pagesCopiedOnFault, pages * process.space.basePagesPerPage)
+                    statistics.add(.copiesDone)
                     return
                 case .retryAfterEvents:
                     statistics.add(.eagainRetries)
@@ -370,14 +373,17 @@ public final class RestoreEngine: @unchecked Sendable {
                     drop(run, of: process, because: errno)
                     return wake(process, page)
                 case .processGone(let errno):
+                    statistics.add(.copiesProcessGone)
                     return retire(process, .exited, detail: "\(errno)")
                 case .failed(let errno):
+                    statistics.add(.copiesFailed)
                     return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
                 }
             } else {
                 switch zeroFill(process, at: page) {
                 case .done, .partial:
                     statistics.add(.pagesZeroed, process.space.basePagesPerPage)
+                    statistics.add(.zeroFillsDone)
                     return
                 case .retryAfterEvents:
                     statistics.add(.eagainRetries)
@@ -388,8 +394,10 @@ public final class RestoreEngine: @unchecked Sendable {
                 case .rangeGone:
                     return wake(process, page)
                 case .processGone(let errno):
+                    statistics.add(.copiesProcessGone)
                     return retire(process, .exited, detail: "\(errno)")
                 case .failed(let errno):
+                    statistics.add(.copiesFailed)
                     logger.error("zero page failed", metadata: ["address": "\(hex(page))", "errno": "\(errno)"])
                     return wake(process, page)
                 }
@@ -477,6 +485,7 @@ public final class RestoreEngine: @unchecked Sendable {
             let pages = bytes / run.pageSize
             process.space.markDelivered(run.address, pages: pages)
             statistics.add(.pagesCopiedInBackground, pages * process.space.basePagesPerPage)
+            statistics.add(.copiesDone)
             process.fillCursor = run.address + UInt64(bytes)
         case .retryAfterEvents:
             statistics.add(.eagainRetries)
@@ -494,8 +503,10 @@ public final class RestoreEngine: @unchecked Sendable {
             }
             serveQueuedFaults(process)
         case .processGone(let errno):
+            statistics.add(.copiesProcessGone)
             retire(process, .exited, detail: "\(errno)")
         case .failed(let errno):
+            statistics.add(.copiesFailed)
             fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
         }
         retireIfComplete(process)

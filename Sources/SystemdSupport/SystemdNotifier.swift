@@ -48,7 +48,9 @@ public struct SystemdNotifier: Sendable {
         let sent = withUnsafePointer(to: &address.storage) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sockaddrPointer in
                 message.withUnsafeBytes { bytes in
-                    sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL), sockaddrPointer, address.length)
+                    // Never block the service on a supervisor that does not read (a full queue drops the update).
+                    sendto(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT), sockaddrPointer,
+                           address.length)
                 }
             }
         }

@@ -13,5 +13,10 @@ struct LazyPages: ParsableCommand {
             Bench.self,
             PageServerCommand.self,
             WriteImages.self,
+            AddCommand.self,
+            ListCommand.self,
+            StatusCommand.self,
+            WaitCommand.self,
+            CancelCommand.self,
         ])
 }

@@ -12,7 +12,7 @@ struct LazyPagesDaemon: ParsableCommand {
             directory, take the uffds of `criu restore --lazy-pages`, serve every page from the image directory, \
             exit 0 when every process has all its pages.
             """,
-        subcommands: [CRIULazyPages.self, FirecrackerCommand.self],
+        subcommands: [CRIULazyPages.self, FirecrackerCommand.self, ServeCommand.self],
         defaultSubcommand: CRIULazyPages.self)
 
     /// CRIU spells verbosity `-v4` as well as `-vvvv`; ArgumentParser knows only the latter, so rewrite the former.

@@ -1,0 +1,158 @@
+import Foundation
+import LazyPagesControl
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Accepts control connections on a listening unix socket (its own thread) and serves each connection on a thread
+/// of its own, one request line at a time: a `wait` blocks only its own connection.
+final class ControlServer: @unchecked Sendable {
+    private let listener: Int32
+    private let handler: RequestHandler
+    private let limits: ServiceLimits
+    private let logger: Logger
+    /// Written once to stop the accept loop.
+    private var stopPipe: [Int32] = [-1, -1]
+    private let lock = NSLock()
+    private var connections: Set<Int32> = []
+    private let connectionsDone = DispatchGroup()
+    private let acceptDone = DispatchSemaphore(value: 0)
+
+    init(listener: Int32, handler: RequestHandler, limits: ServiceLimits, logger: Logger) throws {
+        self.listener = listener
+        self.handler = handler
+        self.limits = limits
+        self.logger = logger
+        guard pipe(&stopPipe) == 0 else { throw ServiceError("pipe: \(String(cString: strerror(errno)))") }
+        for fd in stopPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            acceptLoop()
+            acceptDone.signal()
+        }
+        thread.name = "lazy-pages control"
+        thread.start()
+    }
+
+    /// Stops accepting connections (the listening socket stays open until the caller closes it).
+    func stopAccepting() {
+        var byte: UInt8 = 1
+        _ = Glibc.write(stopPipe[1], &byte, 1)
+        acceptDone.wait()
+    }
+
+    /// Ends every open connection (their threads see end of file after the reply in progress) and waits for them,
+    /// at most `seconds`.
+    func closeConnections(waitingAtMost seconds: Double) {
+        lock.lock()
+        for fd in connections { shutdown(fd, Int32(SHUT_RD)) }
+        lock.unlock()
+        _ = connectionsDone.wait(timeout: .now() + seconds)
+    }
+
+    private func acceptLoop() {
+        while true {
+            var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: stopPipe[0], events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, -1)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                logger.critical("poll on the control socket failed", metadata: ["errno": "\(errno)"])
+                return
+            }
+            if fds[1].revents != 0 { return }
+            guard fds[0].revents != 0 else { continue }
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else {
+                if errno != EINTR && errno != EAGAIN && errno != ECONNABORTED {
+                    logger.error("accept on the control socket failed", metadata: ["errno": "\(errno)"])
+                }
+                continue
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            // Credentials first, for every connection: the kernel's word on who connected.
+            guard let peer = PeerCredentials(socket: fd) else {
+                logger.error("no SO_PEERCRED for a control connection; closing it", metadata: ["errno": "\(errno)"])
+                close(fd)
+                continue
+            }
+            lock.lock()
+            let tooMany = connections.count >= limits.connections
+            if !tooMany { connections.insert(fd) }
+            lock.unlock()
+            if tooMany {
+                write(.failure(.tooLarge, "too many control connections open (at most \(limits.connections))"), to: fd)
+                logger.warning("control connection refused: too many open", metadata: ["peer.uid": "\(peer.uid)"])
+                close(fd)
+                continue
+            }
+            connectionsDone.enter()
+            let thread = Thread { [self] in
+                serve(fd, peer: peer)
+                lock.lock()
+                connections.remove(fd)
+                lock.unlock()
+                close(fd)
+                connectionsDone.leave()
+            }
+            thread.name = "lazy-pages control client"
+            thread.start()
+        }
+    }
+
+    /// Reads request lines until end of file; one reply line each. An oversized line is refused and the connection
+    /// closed (what follows it cannot be framed).
+    private func serve(_ fd: Int32, peer: PeerCredentials) {
+        logger.debug("control connection", metadata: ["peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)"])
+        var buffered: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            while let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(buffered[..<newline])
+                buffered.removeSubrange(...newline)
+                if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { continue }
+                let reply = handler.reply(to: line, from: peer)
+                guard write(reply, to: fd) else { return }
+            }
+            if buffered.count >= ControlProtocol.maxMessageBytes {
+                let message = "the request is larger than \(ControlProtocol.maxMessageBytes) bytes"
+                logger.warning("request refused", metadata: [
+                    "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "code": "too-large", "error": "\(message)",
+                ])
+                write(.failure(.tooLarge, message), to: fd)
+                return
+            }
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            buffered += chunk[..<n]
+        }
+    }
+
+    @discardableResult
+    private func write(_ reply: ControlReply, to fd: Int32) -> Bool {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(reply) else { return false }
+        let bytes = Array(data) + [UInt8(ascii: "\n")]
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            offset += n
+        }
+        return true
+    }
+}
+
+public struct ServiceError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,171 @@
+import Foundation
+import LazyPagesControl
+import LazyPagesEngine
+import Logging
+
+/// Turns one request line from one peer into one reply. Every refusal is a reply naming what was wrong, and a log
+/// line; nothing else is affected.
+struct RequestHandler: Sendable {
+    let registry: JobRegistry
+    let logger: Logger
+
+    func reply(to line: [UInt8], from peer: PeerCredentials) -> ControlReply {
+        let request: ControlRequest
+        do {
+            request = try decode(line)
+        } catch {
+            return refuse(error.code, error.message, peer: peer, op: nil)
+        }
+        do {
+            return try handle(request, from: peer)
+        } catch {
+            return refuse(error.code, error.message, peer: peer, op: request.op)
+        }
+    }
+
+    private func refuse(_ code: ControlReply.ErrorCode, _ message: String, peer: PeerCredentials,
+                        op: ControlRequest.Operation?) -> ControlReply
+    {
+        logger.warning("request refused", metadata: [
+            "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "op": "\(op?.rawValue ?? "?")",
+            "code": "\(code.rawValue)", "error": "\(message)",
+        ])
+        return .failure(code, message)
+    }
+
+    private func decode(_ line: [UInt8]) throws(JobRegistry.Refusal) -> ControlRequest {
+        // The version is checked before the rest so that a newer client learns what is wrong.
+        struct Versioned: Decodable { var version: Int? }
+        let data = Data(line)
+        guard let object = try? JSONSerialization.jsonObject(with: data), object is [String: Any] else {
+            throw .init(code: .malformed, message: "the request is not a JSON object (one object per line)")
+        }
+        guard let version = (try? JSONDecoder().decode(Versioned.self, from: data))?.version else {
+            throw .init(code: .malformed, message: "the request has no integer \"version\"")
+        }
+        guard version == ControlProtocol.version else {
+            throw .init(code: .unsupportedVersion,
+                        message: "protocol version \(version) is not supported (this daemon speaks \(ControlProtocol.version))")
+        }
+        do {
+            return try JSONDecoder().decode(ControlRequest.self, from: data)
+        } catch {
+            throw .init(code: .malformed, message: "the request is not a valid control request: \(Self.describe(error))")
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error as? DecodingError {
+        case .keyNotFound(let key, let context):
+            return "missing \"\(path(context.codingPath + [key]))\""
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            return "\"\(path(context.codingPath))\" has the wrong type"
+        case .dataCorrupted(let context):
+            return "\"\(path(context.codingPath))\": \(context.debugDescription)"
+        default:
+            return "\(error)"
+        }
+    }
+
+    private static func path(_ keys: [any CodingKey]) -> String { keys.map(\.stringValue).joined(separator: ".") }
+
+    private func handle(_ request: ControlRequest, from peer: PeerCredentials) throws(JobRegistry.Refusal) -> ControlReply {
+        switch request.op {
+        case .add:
+            guard let spec = request.job else { throw .init(code: .invalidJob, message: "add needs a \"job\"") }
+            try JobValidation.check(spec)
+            let job = try registry.add(spec: spec, owner: peer) { id, logger in
+                try Self.makeSession(spec, logger: logger)
+            }
+            logger.info("job added", metadata: [
+                "job": "\(job.id)", "peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)",
+                "front-end": "\(spec.frontEnd.rawValue)", "socket": "\(job.socketPath)",
+            ])
+            return .success(job: job.info)
+        case .list:
+            return .success(jobs: registry.jobs(for: peer).map(\.info))
+        case .status:
+            if let id = request.id { return .success(job: try registry.job(id, for: peer).info) }
+            return .success(jobs: registry.jobs(for: peer).map(\.info))
+        case .wait:
+            let job = try registry.job(try requireID(request), for: peer)
+            let timeout = request.timeoutSeconds ?? 365 * 86400
+            guard timeout >= 0, timeout.isFinite else {
+                throw .init(code: .malformed, message: "\"timeoutSeconds\" must be 0 or more")
+            }
+            guard job.wait(until: Date(timeIntervalSinceNow: min(timeout, 365 * 86400))) else {
+                return .failure(.timedOut, "job \(job.id) has not ended within \(timeout) s", job: job.info)
+            }
+            return .success(job: job.info)
+        case .cancel:
+            let job = try registry.job(try requireID(request), for: peer)
+            guard job.cancel(reason: "cancelled by uid \(peer.uid) (pid \(peer.pid))") else {
+                return .failure(.alreadyFinished, "job \(job.id) has already ended (\(job.state.0.rawValue))",
+                                job: job.info)
+            }
+            logger.info("job cancel requested", metadata: ["job": "\(job.id)", "peer.uid": "\(peer.uid)"])
+            // Cancelling is prompt (one wake-up of the job's loop): report the final state.
+            _ = job.wait(until: Date(timeIntervalSinceNow: 10))
+            return .success(job: job.info)
+        }
+    }
+
+    private func requireID(_ request: ControlRequest) throws(JobRegistry.Refusal) -> String {
+        guard let id = request.id else {
+            throw .init(code: .malformed, message: "\(request.op.rawValue) needs an \"id\"")
+        }
+        return id
+    }
+
+    private static func makeSession(_ spec: JobSpec, logger: Logger) throws -> any JobSession {
+        var configuration = EngineConfiguration()
+        if let fill = spec.backgroundFill { configuration.backgroundFill = fill }
+        if let pages = spec.faultAround { configuration.faultAroundPages = pages }
+        if let pages = spec.fillChunk { configuration.fillChunkPages = pages }
+        switch spec.frontEnd {
+        case .criu: return try CRIUJobSession(spec: spec, configuration: configuration, logger: logger)
+        case .firecracker: return try FirecrackerJobSession(spec: spec, configuration: configuration, logger: logger)
+        }
+    }
+}
+
+/// The rules a job spec must follow before anything is opened.
+enum JobValidation {
+    static func check(_ spec: JobSpec) throws(JobRegistry.Refusal) {
+        func invalid(_ message: String) -> JobRegistry.Refusal { .init(code: .invalidJob, message: message) }
+        func absolute(_ value: String?, _ name: String) throws(JobRegistry.Refusal) {
+            guard let value else { return }
+            guard value.hasPrefix("/") else { throw invalid("\"\(name)\" must be an absolute path, got \"\(value)\"") }
+            guard !value.utf8.contains(0), value.utf8.count < 4096 else { throw invalid("\"\(name)\" is not a usable path") }
+        }
+        try absolute(spec.workDirectory, "workDirectory")
+        try absolute(spec.imagesDirectory, "imagesDirectory")
+        try absolute(spec.socketPath, "socketPath")
+        try absolute(spec.memoryFile, "memoryFile")
+        switch spec.frontEnd {
+        case .criu:
+            guard spec.imagesDirectory != nil else { throw invalid("a criu job needs \"imagesDirectory\"") }
+            guard spec.socketPath == nil, spec.memoryFile == nil else {
+                throw invalid("\"socketPath\" and \"memoryFile\" belong to firecracker jobs")
+            }
+            if let server = spec.pageServer {
+                guard !server.address.isEmpty, server.port != 0 else {
+                    throw invalid("\"pageServer\" needs an address and a non-zero port")
+                }
+            }
+        case .firecracker:
+            guard spec.socketPath != nil else { throw invalid("a firecracker job needs \"socketPath\"") }
+            guard spec.memoryFile != nil else { throw invalid("a firecracker job needs \"memoryFile\"") }
+            guard spec.workDirectory == nil, spec.imagesDirectory == nil, spec.pageServer == nil else {
+                throw invalid("\"workDirectory\", \"imagesDirectory\" and \"pageServer\" belong to criu jobs")
+            }
+        }
+        if let pages = spec.faultAround, !(1...512).contains(pages) {
+            throw invalid("\"faultAround\" must be 1 ... 512, got \(pages)")
+        }
+        if let pages = spec.fillChunk, !(1...4096).contains(pages) {
+            throw invalid("\"fillChunk\" must be 1 ... 4096, got \(pages)")
+        }
+        if let name = spec.name, name.utf8.count > 128 { throw invalid("\"name\" is longer than 128 bytes") }
+    }
+}

@@ -1,0 +1,11 @@
+/// The bounds the service enforces on its clients.
+public struct ServiceLimits: Sendable {
+    /// Jobs one uid may have that have not ended yet.
+    public var activeJobsPerUID = 64
+    /// Ended jobs kept for `list`/`status`/`wait`; the oldest are forgotten first.
+    public var finishedJobsKept = 256
+    /// Control connections open at once.
+    public var connections = 256
+
+    public init() {}
+}

@@ -1,0 +1,67 @@
+import Foundation
+import LazyPagesControl
+import TestSupport
+import Testing
+
+/// The Prometheus endpoint, scraped over HTTP after a restore.
+@Suite(.serialized) struct MetricsTests {
+    @Test(.timeLimit(.minutes(2))) func aScrapeHasEverySeries() throws {
+        let daemon = try ServiceDaemon(["--metrics-address", "127.0.0.1:0"])
+        // READY's STATUS says where the metrics are (port 0: the kernel chose).
+        let port = try #require(daemon.readyMessage.split(separator: ":").last
+            .flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+        let memory = try MemoryFixture(bytes: 1 << 20)
+        let socket = memory.socket("vm")
+        let id = try daemon.add(["firecracker", "--socket", socket, "--mem-file", memory.memoryFile])
+        let vm = try Emulator(socket: socket, memoryFile: memory.memoryFile, regions: ["4k:1M"], balloons: ["0:4K:8K"])
+        #expect(vm.finish() == .exited(0), "\(vm.lines)")
+        #expect(try daemon.cli(["wait", id]).exitCode == 0)
+
+        let body = try scrape(port: port, path: "/metrics")
+        #expect(body.hasPrefix("HTTP/1.1 200 OK"))
+        for series in [
+            "lazy_pages_faults_total ", "lazy_pages_copy_outcomes_total{outcome=\"copied\"} ",
+            "lazy_pages_copy_outcomes_total{outcome=\"zero\"} ",
+            "lazy_pages_copy_outcomes_total{outcome=\"already_present\"} ",
+            "lazy_pages_copy_outcomes_total{outcome=\"retried_after_events\"} ",
+            "lazy_pages_copy_outcomes_total{outcome=\"process_gone\"} ",
+            "lazy_pages_copy_outcomes_total{outcome=\"error\"} ",
+            "lazy_pages_pages_delivered_total{how=\"fault\"} ", "lazy_pages_bytes_delivered_total ",
+            "lazy_pages_eagain_retries_total ", "lazy_pages_jobs{state=\"completed\"} 1",
+            "lazy_pages_job_pages_home{job=\"\(id)\"} 25", "lazy_pages_job_pages_expected{job=\"\(id)\"} 256",
+            "lazy_pages_fault_service_microseconds_bucket{le=\"+Inf\"} ", "lazy_pages_fault_service_microseconds_count ",
+        ] {
+            #expect(body.contains("\n" + series), "missing \(series)")
+        }
+        // Every page of the 1 MiB guest came home, but for those the balloon removed before they were copied.
+        let home = body.split(separator: "\n").first { $0.hasPrefix("lazy_pages_job_pages_home{job=\"\(id)\"} ") }
+            .flatMap { Double($0.split(separator: " ").last!) }
+        #expect(home.map { (254...256).contains($0) } == true, "\(String(describing: home))")
+        // Two balloon pages came back as zeros.
+        #expect(body.contains("\nlazy_pages_pages_delivered_total{how=\"zero\"} 2\n"), "\(body)")
+        #expect(try scrape(port: port, path: "/other").hasPrefix("HTTP/1.1 404"))
+    }
+
+    private func scrape(port: UInt16, path: String) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw Emulator.Failure(description: "connect: errno \(errno)") }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+        _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { break }
+            response += chunk[..<n]
+        }
+        return String(decoding: response, as: UTF8.self)
+    }
+}

@@ -1,0 +1,1 @@
+../../FirecrackerTests/Support/DaemonProcess.swift

@@ -1,0 +1,1 @@
+../../FirecrackerTests/Support/Emulator.swift
