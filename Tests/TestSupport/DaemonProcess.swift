@@ -1,13 +1,13 @@
 import Foundation
 
 /// `lazy-pagesd ARGS` started with extra environment variables, stdout and stderr going to files in `directory`.
-final class DaemonProcess {
-    let pid: pid_t
-    let stdoutPath: String
-    let stderrPath: String
+public final class DaemonProcess {
+    public let pid: pid_t
+    public let stdoutPath: String
+    public let stderrPath: String
     private var reaped = false
 
-    init(_ executable: String, _ arguments: [String], environment: [String], directory: String) throws {
+    public init(_ executable: String, _ arguments: [String], environment: [String], directory: String) throws {
         stdoutPath = directory + "/daemon.out"
         stderrPath = directory + "/daemon.err"
         var actions = posix_spawn_file_actions_t()
@@ -51,23 +51,23 @@ final class DaemonProcess {
     }
 
     /// Waits for the daemon to exit; its exit code, or minus the signal.
-    func wait() -> Int32 {
+    public func wait() -> Int32 {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         reaped = true
         return status & 0x7F == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
     }
 
-    var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
-    var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+    public var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
+    public var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
 }
 
 /// A datagram socket bound at `path`, standing in for systemd's notify socket.
-final class NotifyReceiver {
-    let descriptor: Int32
-    let path: String
+public final class NotifyReceiver {
+    public let descriptor: Int32
+    public let path: String
 
-    init(path: String) throws {
+    public init(path: String) throws {
         self.path = path
         descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var address = sockaddr_un()
@@ -84,7 +84,7 @@ final class NotifyReceiver {
     deinit { close(descriptor) }
 
     /// The next notification (at most 60 s, a safety net).
-    func receive() throws -> String {
+    public func receive() throws -> String {
         var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
         guard poll(&entry, 1, 60_000) == 1 else { throw Emulator.Failure(description: "no notification") }
         var buffer = [UInt8](repeating: 0, count: 4096)

@@ -1,23 +1,25 @@
 import Foundation
-import TestSupport
 
 /// One running `fc-emulator` (see `Sources/fc-emulator/main.c`): Firecracker's handshake, then a guest that checks
 /// every byte. stdin and stdout are socket pairs held by the test.
-final class Emulator {
-    let pid: pid_t
+public final class Emulator {
+    public let pid: pid_t
     private var input: Int32
     private var output: Int32
     private var buffered: [UInt8] = []
-    private(set) var lines: [String] = []
+    public private(set) var lines: [String] = []
     private var reaped = false
 
-    struct Failure: Error, CustomStringConvertible { let description: String }
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+        public init(description: String) { self.description = description }
+    }
 
     /// How the emulator ended: its exit code, or the signal that killed it.
-    enum Ending: Equatable, CustomStringConvertible {
+    public enum Ending: Equatable, CustomStringConvertible {
         case exited(Int32)
         case signalled(Int32)
-        var description: String {
+        public var description: String {
             switch self {
             case .exited(let code): "exit \(code)"
             case .signalled(let signal): "signal \(signal)"
@@ -25,7 +27,7 @@ final class Emulator {
         }
     }
 
-    init(socket: String, memoryFile: String, regions: [String], handshake: String = "normal",
+    public init(socket: String, memoryFile: String, regions: [String], handshake: String = "normal",
          balloons: [String] = [], threads: Int = 1, wait: Bool = false) throws
     {
         var arguments = ["--socket", socket, "--mem-file", memoryFile, "--handshake", handshake,
@@ -85,7 +87,7 @@ final class Emulator {
 
     /// Reads stdout until a line starting with `prefix` (or end of file / `timeout` seconds, as a safety net).
     @discardableResult
-    func waitForLine(startingWith prefix: String, timeout: Int32 = 60) throws -> String {
+    public func waitForLine(startingWith prefix: String, timeout: Int32 = 60) throws -> String {
         while true {
             if let line = lines.first(where: { $0.hasPrefix(prefix) }) { return line }
             guard readMore(timeout: timeout) else {
@@ -95,14 +97,14 @@ final class Emulator {
     }
 
     /// Lets a `--wait` emulator go on to act as the guest.
-    func go() {
+    public func go() {
         var byte = UInt8(ascii: "\n")
         _ = write(input, &byte, 1)
     }
 
     /// Reads everything the emulator prints until it exits (killing it after `timeout` seconds, a safety net),
     /// and returns how it ended.
-    func finish(timeout: Int32 = 120) -> Ending {
+    public func finish(timeout: Int32 = 120) -> Ending {
         while readMore(timeout: timeout) {}
         return reap()
     }
@@ -137,7 +139,7 @@ final class Emulator {
     }
 
     @discardableResult
-    func reap() -> Ending {
+    public func reap() -> Ending {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         reaped = true

@@ -1,1 +1,0 @@
-../../FirecrackerTests/Support/Emulator.swift
