@@ -19,6 +19,9 @@ public struct EngineConfiguration: Sendable {
     /// event). After this long without activity the engine copies one pending page per process: the kernel answers
     /// ESRCH for a process that is gone.
     public var livenessProbeMilliseconds: Int32 = 1000
+    /// The most processes (so uffds) one restore may track, announced tasks and forked children together. One
+    /// restore must not exhaust the daemon's descriptors for every other: past the bound the restore fails clearly.
+    public var maxTrackedProcesses: Int = 16_384
 
     public init() {}
 }

@@ -178,6 +178,11 @@ public final class RestoreEngine: @unchecked Sendable {
     private func track(imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace) throws
         -> TrackedProcess
     {
+        guard processes.count < configuration.maxTrackedProcesses else {
+            throw LimitError(
+                "this restore already tracks \(processes.count) processes, the most one restore may "
+                    + "(maxTrackedProcesses); refusing the uffd of pid \(imagePid)")
+        }
         let process = TrackedProcess(id: nextID, imagePid: imagePid, parentID: parentID, uffd: uffd, space: space)
         nextID += 1
         try epoll.add(uffd.descriptor, tag: UInt64(process.id))
@@ -511,6 +516,12 @@ public final class RestoreEngine: @unchecked Sendable {
         }
         retireIfComplete(process)
     }
+}
+
+/// A bound of `EngineConfiguration` was reached; the message names it.
+public struct LimitError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// A cancel request handed from any thread to the loop.

@@ -75,7 +75,7 @@ struct RequestHandler: Sendable {
             guard let spec = request.job else { throw .init(code: .invalidJob, message: "add needs a \"job\"") }
             try JobValidation.check(spec)
             let job = try registry.add(spec: spec, owner: peer) { id, logger in
-                try Self.makeSession(spec, logger: logger)
+                try Self.makeSession(spec, uffdLimit: registry.limits.uffdsPerJob, logger: logger)
             }
             logger.info("job added", metadata: [
                 "job": "\(job.id)", "peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)",
@@ -117,8 +117,9 @@ struct RequestHandler: Sendable {
         return id
     }
 
-    private static func makeSession(_ spec: JobSpec, logger: Logger) throws -> any JobSession {
+    private static func makeSession(_ spec: JobSpec, uffdLimit: Int, logger: Logger) throws -> any JobSession {
         var configuration = EngineConfiguration()
+        configuration.maxTrackedProcesses = uffdLimit
         if let fill = spec.backgroundFill { configuration.backgroundFill = fill }
         if let pages = spec.faultAround { configuration.faultAroundPages = pages }
         if let pages = spec.fillChunk { configuration.fillChunkPages = pages }

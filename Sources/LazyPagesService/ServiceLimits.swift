@@ -6,6 +6,8 @@ public struct ServiceLimits: Sendable {
     public var finishedJobsKept = 256
     /// Control connections open at once.
     public var connections = 256
+    /// Processes (uffds) one job may track, tasks and forked children together.
+    public var uffdsPerJob = 16_384
 
     public init() {}
 }

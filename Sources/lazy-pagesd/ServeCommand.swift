@@ -32,6 +32,9 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("max-jobs-per-uid"), help: "Jobs one uid may have running at once.")
     var maxJobsPerUID = 64
 
+    @Option(name: .customLong("max-uffds-per-job"), help: "Processes (uffds) one job may track, forked children included.")
+    var maxUffdsPerJob = 16_384
+
     @Option(name: [.customShort("o"), .customLong("log-file")], help: "Write the log to this file instead of stderr.")
     var logFile: String?
 
@@ -41,6 +44,7 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         guard shutdownTimeout >= 0 else { throw ValidationError("--shutdown-timeout must be 0 or more") }
         guard maxJobsPerUID >= 1 else { throw ValidationError("--max-jobs-per-uid must be at least 1") }
+        guard maxUffdsPerJob >= 1 else { throw ValidationError("--max-uffds-per-job must be at least 1") }
         if let metricsAddress { _ = try Self.parseAddress(metricsAddress) }
     }
 
@@ -70,6 +74,7 @@ struct ServeCommand: ParsableCommand {
         var options = LazyPagesService.Options()
         options.controlSocketPath = controlSocket
         options.limits.activeJobsPerUID = maxJobsPerUID
+        options.limits.uffdsPerJob = maxUffdsPerJob
         if let socketGroup { options.socketGroup = try Self.groupID(socketGroup) }
         if let metricsAddress {
             let (host, port) = try Self.parseAddress(metricsAddress)

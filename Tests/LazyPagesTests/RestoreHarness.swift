@@ -16,7 +16,8 @@ struct RestoreRun {
 
     static func run(
         images: String, scenario: String, seed: UInt64 = 1, zombies: Set<Int32> = [],
-        hangUpBeforeRSTF: Bool = false, configuration: EngineConfiguration = EngineConfiguration()
+        hangUpBeforeRSTF: Bool = false, configuration: EngineConfiguration = EngineConfiguration(),
+        killTasksOnFailure: Bool = false
     ) throws -> RestoreRun {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -59,6 +60,15 @@ struct RestoreRun {
             }
             finished.signal()
             simulation.releaseWaiting()
+        }
+        if killTasksOnFailure {
+            // Like criu restore when the monitor fails: the restore's tasks are killed.
+            let watcher = Thread {
+                finished.wait()
+                finished.signal()
+                if case .failed = outcome { simulation.killAll() }
+            }
+            watcher.start()
         }
         let report = try simulation.wait()
         if finished.wait(timeout: .now() + 60) == .timedOut {

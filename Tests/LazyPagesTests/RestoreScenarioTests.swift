@@ -244,3 +244,21 @@ struct LazyPagesTestError: Error, CustomStringConvertible {
         #expect(run.statistics[.tasksAnnounced] == 2)
     }
 }
+
+/// One restore may not track more processes (uffds) than its bound: past it the restore fails naming the bound,
+/// and no process gets a wrong page.
+@Suite struct TrackedProcessLimitTests {
+    @Test(.timeLimit(.minutes(1))) func forksPastTheBoundFailTheRestoreClearly() throws {
+        var configuration = EngineConfiguration()
+        configuration.maxTrackedProcesses = 3  // two tasks and one forked child
+        let run = try RestoreRun.run(images: RestoreScenarioTests.images, scenario: "fork-storm",
+                                     configuration: configuration, killTasksOnFailure: true)
+        guard case .failed(let reason) = run.outcome else {
+            Issue.record("expected a failed restore: \(run.summary)")
+            return
+        }
+        #expect(reason.contains("maxTrackedProcesses"), "\(reason)")
+        // Killed (as criu restore does on failure), never a FAIL line: no wrong page was handed out.
+        for line in run.report.tasks.flatMap(\.output) { #expect(!line.hasPrefix("FAIL"), "\(line)") }
+    }
+}
