@@ -1,4 +1,5 @@
 import SystemPackage
+import Userfaultfd
 
 /// The engine's bookkeeping of remote pages: which dump ranges are in flight, per image pid.
 ///
@@ -64,17 +65,24 @@ extension RestoreEngine {
         let dumpEnd = request.dumpAddress + UInt64(pageCount * pageSize)
         // A copy can make us read a fork event, which tracks a new process of this pid: it needs the pages too.
         var visited = Set<Int>()
+        var copied: [Int: [AddressRange]] = [:]
         while true {
             let next = processes.values.first { $0.imagePid == request.imagePid && !visited.contains($0.id) }
             guard let process = next else { break }
             visited.insert(process.id)
-            deliver(bytes, from: request.dumpAddress, to: dumpEnd, into: process, urgent: request.urgent)
+            copied[process.id] = deliver(bytes, from: request.dumpAddress, to: dumpEnd, into: process,
+                                         urgent: request.urgent)
         }
         for process in Array(processes.values) where process.imagePid == request.imagePid {
             if !process.parkedFaults.isEmpty {
                 let parked = process.parkedFaults
                 process.parkedFaults.removeAll()
-                for page in parked where !process.retired { settleFault(process, at: page) }
+                let woken = copied[process.id] ?? []
+                // A parked page this arrival copied is home and its threads were woken by the copy; any other is
+                // settled again (fetched, zero-filled, or woken).
+                for page in parked where !process.retired && !woken.contains(where: { $0.contains(page) }) {
+                    settleFault(process, at: page)
+                }
             }
             retireIfComplete(process)
         }
@@ -176,12 +184,14 @@ extension RestoreEngine {
     // MARK: Delivery
 
     /// Copies the received dump range `[dumpStart, dumpEnd)` into every pending page of `process` it covers.
+    /// Returns the runtime ranges it filled (their waiting threads were woken by the copy).
     private func deliver(_ bytes: UnsafeRawPointer, from dumpStart: UInt64, to dumpEnd: UInt64,
-                         into process: TrackedProcess, urgent: Bool)
+                         into process: TrackedProcess, urgent: Bool) -> [AddressRange]
     {
+        var filled: [AddressRange] = []
         var refusals = 0
         while !process.retired {
-            guard let target = nextDeliverable(in: process, from: dumpStart, to: dumpEnd) else { return }
+            guard let target = nextDeliverable(in: process, from: dumpStart, to: dumpEnd) else { return filled }
             let source = bytes + Int(target.dumpAddress - dumpStart)
             let run = AddressSpace.Run(address: target.address, pageCount: target.pageCount,
                                        dumpAddress: target.dumpAddress, data: source)
@@ -191,7 +201,7 @@ extension RestoreEngine {
                 let pages = n / pageSize
                 process.space.markDelivered(run.address, pages: pages)
                 statistics.add(urgent ? .pagesCopiedOnFault : .pagesCopiedInBackground, pages)
-                if pages == 0 { refusals += 1 }
+                if pages == 0 { refusals += 1 } else { filled.append(AddressRange(start: run.address, length: UInt64(n))) }
             case .alreadyPresent:
                 statistics.add(.alreadyPresent)
                 process.space.markDelivered(run.address, pages: 1)
@@ -205,7 +215,7 @@ extension RestoreEngine {
                 retire(process, .exited, detail: "\(errno)")
             case .failed(let errno):
                 fail("copying \(run.length) bytes of remote pages to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
-                return
+                return filled
             }
             if refusals > 8 {
                 // The event behind the refusals is not readable yet: leave these pages pending; they are asked for
@@ -213,9 +223,10 @@ extension RestoreEngine {
                 logger.debug("remote pages not copied: the kernel keeps refusing", metadata: [
                     "pid": "\(process.imagePid)", "process": "\(process.id)", "dump": "\(hex(dumpStart))",
                 ])
-                return
+                return filled
             }
         }
+        return filled
     }
 
     /// The first pending run of `process` whose dump address lies in `[dumpStart, dumpEnd)`: runtime address,
