@@ -174,13 +174,30 @@ public enum ImageWriter {
                 run.fill(run.address &+ UInt64(index) &* UInt64(page), slot)
                 used += 1
                 if used == bufferPages {
-                    try writeAll(fd: fd, path: path, UnsafeRawBufferPointer(buffer))
+                    try writeOrSkip(fd: fd, path: path, UnsafeRawBufferPointer(buffer))
                     used = 0
                 }
             }
         }
         if used > 0 {
-            try writeAll(fd: fd, path: path, UnsafeRawBufferPointer(rebasing: buffer[0 ..< used * page]))
+            try writeOrSkip(fd: fd, path: path, UnsafeRawBufferPointer(rebasing: buffer[0 ..< used * page]))
+        }
+        // Holes at the end: the size comes from the offset reached.
+        let end = lseek(fd, 0, SEEK_CUR)
+        guard end >= 0, ftruncate(fd, end) == 0 else {
+            throw ImageError(file: path, problem: "cannot set the size: \(errnoText(errno))")
+        }
+    }
+
+    /// Writes `buffer`, or leaves a hole when it is all zeros (so images of zero pages stay sparse on disk; they
+    /// read back the same).
+    private static func writeOrSkip(fd: Int32, path: String, _ buffer: UnsafeRawBufferPointer) throws(ImageError) {
+        let words = buffer.count / 8
+        let allZero = buffer.count % 8 == 0
+            && (0 ..< words).allSatisfy { buffer.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
+        guard allZero else { return try writeAll(fd: fd, path: path, buffer) }
+        guard lseek(fd, off_t(buffer.count), SEEK_CUR) >= 0 else {
+            throw ImageError(file: path, problem: "seek failed: \(errnoText(errno))")
         }
     }
 

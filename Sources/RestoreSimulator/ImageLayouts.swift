@@ -13,6 +13,9 @@ public enum ImageLayout: String, CaseIterable, Sendable {
     /// Per task one VMA of the whole size holding about 300 short lazy runs (1 to 4 pages) at random places and
     /// two eager pages; everything else must read zeros.
     case sparse
+    /// Per task one VMA of the whole size, all of it one lazy run of zero pages: the pages file is all holes, so a
+    /// 16 GiB image takes no disk (for memory and scaling measurements).
+    case lazyZeros = "lazy-zeros"
 
     public static let base: UInt64 = 0x5b00_0000_0000
     static let page = UInt64(criuPageSize)
@@ -31,6 +34,9 @@ public enum ImageLayout: String, CaseIterable, Sendable {
             case .mixed: (vmas, runs) = Self.mixed(pages: pages, fill: fill)
             case .manyVMAs: (vmas, runs) = Self.manyVMAs(count: max(vmaCount, 1), fill: fill)
             case .sparse: (vmas, runs) = Self.sparse(pages: pages, seed: seed &+ UInt64(pid), fill: fill)
+            case .lazyZeros:
+                (vmas, runs) = ([Self.vma(Self.base, pages: pages)],
+                                [RunSpec(address: Self.base, pageCount: Int(pages), flags: Self.lazy)])
             }
             return ProcessSpec(pid: pid, ppid: index == 0 ? 0 : pids[0], vmas: vmas, runs: runs)
         }

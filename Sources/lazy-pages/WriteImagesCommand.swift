@@ -17,7 +17,7 @@ struct WriteImages: ParsableCommand {
     @Option(help: "Memory per task: bytes, or with a K/M/G suffix.")
     var size = "4M"
 
-    @Option(help: "mixed (three VMAs: lazy, eager, holes), many-vmas (one-page VMAs with gaps), sparse (one huge VMA with scattered lazy pages).")
+    @Option(help: "mixed (three VMAs: lazy, eager, holes), many-vmas (one-page VMAs with gaps), sparse (one huge VMA with scattered lazy pages), lazy-zeros (one VMA, all lazy zero pages, the pages file all holes).")
     var layout = "mixed"
 
     @Option(help: "For many-vmas: VMAs per task.")
