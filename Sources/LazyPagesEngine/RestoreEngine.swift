@@ -31,6 +31,9 @@ public final class RestoreEngine: @unchecked Sendable {
     /// forked with nothing pending would otherwise wait forever: its uffd may never become readable).
     private var newborns: [TrackedProcess] = []
     private var outcome: RestoreOutcome?
+    /// Uffds the engine could not track (a bound was reached) but must not close: closing would hand their
+    /// process zero pages. They stay open as long as the engine lives.
+    private var untracked: [Userfaultfd] = []
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
     private let zeroSource = ZeroSource()
@@ -293,6 +296,9 @@ public final class RestoreEngine: @unchecked Sendable {
                     "parent": "\(process.id)", "child": "\(child.id)", "pending": "\(child.space.pendingPages)",
                 ])
             } catch {
+                // Never close it: the kernel would zero-fill everything the child touches. Held open, the child
+                // waits on its next fault until the failed restore's processes are killed (guardian, criu).
+                untracked.append(uffd)
                 fail("cannot watch the uffd of a forked child of pid \(process.imagePid): \(error)")
             }
         case .remap(let from, let to, let length):
