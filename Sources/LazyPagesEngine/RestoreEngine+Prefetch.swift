@@ -50,11 +50,16 @@ extension RestoreEngine {
         prefetching.contains { !$0.awaitingEvents }
     }
 
-    /// Copies up to one fill chunk of profiled pages for the first process that has some (runs of consecutive
-    /// profiled pages go in one copy).
+    /// Copies up to one fill chunk of profiled pages for one process (runs of consecutive profiled pages go in one
+    /// copy).
     func prefetchOneChunk() {
         prefetching.removeAll { $0.retired || $0.prefetchHeld || $0.prefetchCursor >= $0.prefetchQueue.count }
-        guard let process = prefetching.first(where: { !$0.awaitingEvents }) else { return }
+        // The process that faulted last is running now: its working set first (ties: announce order).
+        var best: TrackedProcess?
+        for candidate in prefetching where !candidate.awaitingEvents {
+            if best == nil || candidate.lastFault > best!.lastFault { best = candidate }
+        }
+        guard let process = best else { return }
         let size = process.space.pageSize
         var budget = max(1, configuration.fillChunkPages / process.space.basePagesPerPage)
         let queue = process.prefetchQueue
