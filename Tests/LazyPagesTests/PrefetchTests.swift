@@ -1,6 +1,7 @@
 import Foundation
-import LazyPagesEngine
 import Testing
+import Userfaultfd
+@testable import LazyPagesEngine
 
 /// Working-set prefetch: a restore records the order of its faults; a later restore of the same images delivers
 /// those pages first, so the workload faults far less — and still reads every byte right.
@@ -60,6 +61,49 @@ import Testing
         #expect(run.statistics[.prefetchSkipped] + run.statistics[.pagesPrefetched] >= 3, "\(run.summary)")
         #expect(run.statistics.pagesCopied + run.statistics[.pagesDropped] == run.statistics[.pagesExpected],
                 "\(run.summary)")
+    }
+
+    /// CRIU hands over a task's uffd before its restorer registers the lazy ranges: a prefetch copy then fails
+    /// (ENOENT) without effect. The prefetch waits for RSTF and resumes at the same entry, delivering the right bytes.
+    @Test(.timeLimit(.minutes(1))) func prefetchBeforeRegistrationWaitsForRSTF() throws {
+        let pages = 16
+        let length = pages * pageSize
+        let region = try #require(EngineInProcessTests.mmapAnonymous(length))
+        let source = try #require(EngineInProcessTests.mmapAnonymous(length))
+        defer {
+            munmap(region, length)
+            munmap(source, length)
+        }
+        for p in 0..<pages { memset(source + p * pageSize, Int32(p + 1), pageSize) }
+        let address = UInt64(UInt(bitPattern: region))
+        let uffd = try Userfaultfd.open(required: Features.nonCooperativeEvents)
+        defer { uffd.close() }
+        let engine = try RestoreEngine(logger: testLogger())
+        let wanted = [5, 3, 4, 9]
+        engine.prefetch(WorkingSetProfile(entries: wanted.map {
+            .init(imagePid: 7, dumpAddress: address + UInt64($0 * pageSize))
+        }))
+        let space = AddressSpace(extents: [LazyExtent(start: address, dumpAddress: address, data: source, pageCount: pages)])
+        try engine.addTask(imagePid: 7, uffd: uffd, space: space)
+        let process = try #require(engine.processes.values.first)
+
+        engine.prefetchOneChunk()  // not registered yet: held, nothing delivered
+        #expect(process.prefetchHeld)
+        #expect(process.prefetchCursor == 0)
+        #expect(engine.statistics[.pagesPrefetched] == 0)
+        #expect(process.space.pendingPages == pages)
+
+        try uffd.register(AddressRange(start: address, length: UInt64(length)))
+        engine.allTasksAnnounced()
+        engine.prefetchOneChunk()
+        #expect(engine.statistics[.pagesPrefetched] == wanted.count)
+        #expect(process.space.pendingPages == pages - wanted.count)
+        // Only the delivered pages are read (any other would fault with nobody serving it).
+        for p in wanted {
+            let bytes = UnsafeRawBufferPointer(start: region + p * pageSize, count: pageSize)
+            #expect(bytes.allSatisfy { $0 == UInt8(p + 1) }, "page \(p)")
+        }
+        engine.closeAll()
     }
 
     @Test func malformedProfilesAreRefusedNamingTheLine() {
