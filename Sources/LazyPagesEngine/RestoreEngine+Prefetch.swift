@@ -114,7 +114,8 @@ extension RestoreEngine {
                 return retire(process, .exited, detail: "\(errno)")
             case .failed(let errno):
                 statistics.add(.copiesFailed)
-                return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
+                return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: "
+                            + "\(errno)")
             }
         }
         retireIfComplete(process)

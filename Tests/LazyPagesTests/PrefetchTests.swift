@@ -35,7 +35,8 @@ import Userfaultfd
         #expect(second.outcome == .completed, "\(second.summary)")
         #expect(second.report.allPassed, "\(second.summary)")
         let s = second.statistics
-        print("prefetch: faults without a profile \(faults), with \(s[.faults]) (\(s[.pagesPrefetched]) pages prefetched, \(profile.entries.count) profiled)")
+        print("prefetch: faults without a profile \(faults), with \(s[.faults]) "
+              + "(\(s[.pagesPrefetched]) pages prefetched, \(profile.entries.count) profiled)")
         #expect(s[.pagesPrefetched] > 0, "\(second.summary)")
         #expect(s[.faults] * 2 < faults, "faults without a profile: \(faults); with: \(s[.faults])\n\(second.summary)")
     }
@@ -83,7 +84,9 @@ import Userfaultfd
         engine.prefetch(WorkingSetProfile(entries: wanted.map {
             .init(imagePid: 7, dumpAddress: address + UInt64($0 * pageSize))
         }))
-        let space = AddressSpace(extents: [LazyExtent(start: address, dumpAddress: address, data: source, pageCount: pages)])
+        let space = AddressSpace(extents: [
+            LazyExtent(start: address, dumpAddress: address, data: source, pageCount: pages),
+        ])
         try engine.addTask(imagePid: 7, uffd: uffd, space: space)
         let process = try #require(engine.processes.values.first)
 
