@@ -41,6 +41,12 @@ public final class RestoreEngine: @unchecked Sendable {
     var remote: RemoteFetches?
     /// Set when the remote source gave up before every task was announced: later tasks are poisoned on arrival.
     var remoteFailure: String?
+    /// Faults recorded for a working-set profile (`startRecordingProfile`), if recording.
+    var profileRecorder: ProfileRecorder?
+    /// Dump addresses to deliver first, by image pid (`prefetch`).
+    var prefetchAddresses: [Int32: [UInt64]] = [:]
+    /// Processes with profiled pages still to copy, in announce order.
+    var prefetching: [TrackedProcess] = []
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -63,6 +69,7 @@ public final class RestoreEngine: @unchecked Sendable {
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
         observer?.taskAdded(id: process.id, imagePid: imagePid, uffd: uffd.descriptor)
         if remoteFailure != nil { return abandon(process) }
+        queuePrefetch(for: process)
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
             "ranges": "\(space.extents.count)", "process": "\(process.id)",
@@ -82,6 +89,7 @@ public final class RestoreEngine: @unchecked Sendable {
         allAnnounced = true
         if let remoteFailure { return fail(remoteFailure) }
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
+        resumeHeldPrefetches()
         for process in Array(processes.values) { retireIfComplete(process) }
     }
 
@@ -142,7 +150,8 @@ public final class RestoreEngine: @unchecked Sendable {
                 outcome = .completed
                 break
             }
-            let fillWaiting = allAnnounced && configuration.backgroundFill && hasFillWork
+            let prefetchWaiting = !prefetching.isEmpty && hasPrefetchWork
+            let fillWaiting = prefetchWaiting || (allAnnounced && configuration.backgroundFill && hasFillWork)
             let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = processes.values.contains { $0.awaitingEvents }
             let timeout: Int32 =
@@ -152,7 +161,7 @@ public final class RestoreEngine: @unchecked Sendable {
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
                 if awaiting { retryDeferredFaults() }
-                if fillWaiting { fillOneChunk() }
+                if prefetchWaiting { prefetchOneChunk() } else if fillWaiting { fillOneChunk() }
                 if probing && !awaiting { probeLiveness() }
             }
         }
@@ -344,6 +353,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.faults)
         faultClock &+= 1
         process.lastFault = faultClock
+        if profileRecorder != nil { recordFault(process, at: address & ~UInt64(process.space.pageSize - 1)) }
         let started = monotonicNanoseconds()
         settleFault(process, at: address & ~UInt64(process.space.pageSize - 1))
         statistics.recordFaultLatency(nanoseconds: monotonicNanoseconds() &- started)

@@ -35,6 +35,9 @@ public final class RestoreStatistics: @unchecked Sendable {
         case copiesProcessGone, copiesFailed
         /// Copies (`UFFDIO_COPY`) and zero fills that delivered pages.
         case copiesDone, zeroFillsDone
+        /// Pages delivered ahead of the fill from a working-set profile (also counted in `pagesCopiedInBackground`),
+        /// and profile entries skipped (not pending, or not in any range of the task).
+        case pagesPrefetched, prefetchSkipped
     }
 
     /// Upper bounds (µs) of the fault service latency buckets; one more bucket counts everything slower.

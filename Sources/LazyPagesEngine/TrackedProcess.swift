@@ -25,6 +25,11 @@ final class TrackedProcess {
     /// True while the background fill has nothing to ask a remote source for (everything pending is in flight, or
     /// the source takes no more background requests); cleared whenever remote pages arrive.
     var fillWaitsForRemote = false
+    /// Dump addresses of a working-set profile to deliver before the background fill, and how many were handled.
+    var prefetchQueue: [UInt64] = []
+    var prefetchCursor = 0
+    /// True while its prefetch waits for `RSTF` (a copy found a range not registered yet).
+    var prefetchHeld = false
     /// Set once the process has been retired (completed, exited, or failed).
     var retired = false
 

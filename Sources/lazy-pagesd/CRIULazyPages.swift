@@ -46,6 +46,14 @@ struct CRIULazyPages: ParsableCommand {
     @Flag(name: .customLong("no-background"), help: "Serve faults only; never copy pages in the background.")
     var noBackground = false
 
+    @Option(name: .customLong("record-profile"),
+            help: "When the restore completes, write the order in which it faulted pages to this file (a working-set profile for --prefetch-profile).")
+    var recordProfile: String?
+
+    @Option(name: .customLong("prefetch-profile"),
+            help: "Deliver the pages of this working-set profile (written by --record-profile on an earlier restore of the same images) first.")
+    var prefetchProfile: String?
+
     @Flag(name: .customLong("page-server"),
           help: "Fetch LAZY pages from a page server (`criu page-server --lazy-pages`, `criu dump --lazy-pages --port`, or `lazy-pages page-server`); the images directory holds everything but the page data.")
     var pageServer = false
@@ -96,6 +104,17 @@ struct CRIULazyPages: ParsableCommand {
         configuration.fillChunkPages = fillChunk
         configuration.backgroundFill = !noBackground
 
+        var profile: WorkingSetProfile?
+        if let prefetchProfile {
+            do {
+                profile = try loadProfile(prefetchProfile)
+            } catch {
+                logger.critical("cannot read the prefetch profile \(prefetchProfile): \(error)")
+                printError("lazy-pagesd: cannot read the prefetch profile \(prefetchProfile): \(error)")
+                throw ExitCode.failure
+            }
+        }
+
         var client: PageServerClient?
         if pageServer, let address, let port {
             var options = PageServerClientOptions(host: address, port: port)
@@ -114,6 +133,8 @@ struct CRIULazyPages: ParsableCommand {
             printError("lazy-pagesd: \(error)")
             throw ExitCode.failure
         }
+        if let profile { session.engine.prefetch(profile) }
+        if recordProfile != nil { session.engine.startRecordingProfile() }
         let detached = daemon ? try detach() : nil
         var guardian: GuardianLink?
         if !noGuardian {
@@ -135,6 +156,16 @@ struct CRIULazyPages: ParsableCommand {
         let outcome = session.run()
         client?.close()
         let summary = session.summary()
+        if let recordProfile, outcome == .completed, let recorded = session.engine.recordedProfile {
+            do {
+                try recorded.text.write(toFile: recordProfile, atomically: true, encoding: .utf8)
+                logger.info("working-set profile written", metadata: [
+                    "file": "\(recordProfile)", "pages": "\(recorded.entries.count)",
+                ])
+            } catch {
+                printError("lazy-pagesd: cannot write the profile \(recordProfile): \(error)")
+            }
+        }
         // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
         if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
             printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
@@ -169,4 +200,17 @@ func signalReady(on descriptor: Int32) {
 
 func printError(_ message: String) {
     FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Reads a working-set profile file (bounded in size; the parser names a malformed line).
+func loadProfile(_ path: String) throws -> WorkingSetProfile {
+    let attributes = try FileManager.default.attributesOfItem(atPath: path)
+    let size = (attributes[.size] as? NSNumber)?.intValue ?? 0
+    guard size <= WorkingSetProfile.maxEntries * 32 else {
+        throw ValidationError("\(size) bytes, more than a profile of \(WorkingSetProfile.maxEntries) entries can be")
+    }
+    guard let text = try String(data: Data(contentsOf: URL(fileURLWithPath: path)), encoding: .utf8) else {
+        throw ValidationError("not UTF-8 text")
+    }
+    return try WorkingSetProfile(parsing: text)
 }

@@ -121,6 +121,18 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: work + "/lazy-pages.socket"))
     }
 
+    @Test(.timeLimit(.minutes(1))) func malformedPrefetchProfileIsAStartupError() throws {
+        let (images, work) = try Self.fixtureCopy()
+        let profile = work + "/profile.txt"
+        try "lazy-pages-profile 1\n13290 0x7f0000000000\n13290 zzz\n".write(toFile: profile, atomically: true, encoding: .utf8)
+        let (_, wait) = try Self.startDaemon(["-D", images, "-W", work, "--prefetch-profile", profile])
+        let (status, _, stderr) = wait()
+        #expect(status == 1)
+        #expect(stderr.contains("profile.txt"), "\(stderr)")
+        #expect(stderr.contains("line 3"), "\(stderr)")
+        #expect(!FileManager.default.fileExists(atPath: work + "/lazy-pages.socket"))
+    }
+
     @Test(.timeLimit(.minutes(1))) func detachesWithDashDAndWritesThePidfile() throws {
         let (images, work) = try Self.fixtureCopy()
         let pidFile = work + "/daemon.pid"

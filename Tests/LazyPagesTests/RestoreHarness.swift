@@ -13,17 +13,21 @@ struct RestoreRun {
     var outcome: RestoreOutcome
     var report: SimulationReport
     var statistics: RestoreStatistics
+    /// The faults recorded (with `recordProfile`).
+    var profile: WorkingSetProfile?
 
     static func run(
         images: String, scenario: String, seed: UInt64 = 1, zombies: Set<Int32> = [],
         hangUpBeforeRSTF: Bool = false, configuration: EngineConfiguration = EngineConfiguration(),
-        killTasksOnFailure: Bool = false
+        killTasksOnFailure: Bool = false, recordProfile: Bool = false, prefetch: WorkingSetProfile? = nil
     ) throws -> RestoreRun {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let session = try LazyPagesSession(
             imagesDirectory: images, workDirectory: work, configuration: configuration,
             logger: testLogger("restore-test"))
+        if recordProfile { session.engine.startRecordingProfile() }
+        if let prefetch { session.engine.prefetch(prefetch) }
         let finished = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var outcome: RestoreOutcome = .failed(reason: "daemon did not finish")
         let thread = Thread {
@@ -75,7 +79,8 @@ struct RestoreRun {
             session.engine.cancel(reason: "daemon still running 60 s after the workloads ended")
             finished.wait()
         }
-        return RestoreRun(outcome: outcome, report: report, statistics: session.statistics)
+        return RestoreRun(outcome: outcome, report: report, statistics: session.statistics,
+                          profile: session.engine.recordedProfile)
     }
 
     var summary: String {
