@@ -10,7 +10,8 @@ import Testing
         let directory = try makeTemporaryDirectory("lp-service-activation")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/control.sock"
-        // Not close-on-exec: the shell below moves it to fd 3, as systemd would pass it.
+        // Not close-on-exec: the shell below moves it to fd 3, as systemd would pass it (bash: dash only takes
+        // descriptor numbers below 10, and in a busy test process this one may be higher).
         let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -21,7 +22,7 @@ import Testing
         try #require(bound == 0 && listen(listener, 8) == 0)
         let notify = try NotifyReceiver(path: directory + "/notify")
         let daemon = try DaemonProcess(
-            "/bin/sh",
+            "/bin/bash",
             ["-c", "LISTEN_PID=$$ exec \"$0\" serve --control-socket \"$1\" 3<&\(listener)", try BuiltProducts.path(of: "lazy-pagesd"),
              directory + "/not-used.sock"],
             environment: ["NOTIFY_SOCKET=\(notify.path)", "LISTEN_FDS=1", "LISTEN_FDNAMES=control"], directory: directory)
