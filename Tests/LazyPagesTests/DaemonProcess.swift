@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -34,31 +35,13 @@ final class ChildProcess {
             guard pipe(&pipeFDs) == 0 else { throw LazyPagesTestError("pipe: \(errno)") }
             for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        if statusFD { posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 3) }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ([path] + arguments).map { strdup($0) }
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = (argv + [nil]).withUnsafeBufferPointer { posix_spawn(&child, path, &actions, &attributes, $0.baseAddress!, environ) }
+        var descriptors: [(Int32, ChildDescriptor)] = [(0, .null), (1, .file(stdoutPath)), (2, .file(stderrPath))]
+        if statusFD { descriptors.append((3, .duplicate(pipeFDs[1]))) }
+        let spawned = Result { try spawnChild(path, arguments, descriptors: descriptors) }
         if statusFD { close(pipeFDs[1]) }
-        guard rc == 0 else {
+        guard case .success(let child) = spawned else {
             if statusFD { close(pipeFDs[0]) }
-            throw LazyPagesTestError("cannot start \(path): \(String(cString: strerror(rc)))")
+            throw LazyPagesTestError("cannot start \(path): \(spawned)")
         }
         pid = child
         statusPipe = statusFD ? pipeFDs[0] : -1

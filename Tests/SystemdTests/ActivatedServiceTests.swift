@@ -58,41 +58,16 @@ final class Service {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pipeEnds) == 0 else {
             throw TestFailure("socketpair: errno \(errno)")
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, listener, 3)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let inherited = ProcessInfo.processInfo.environment
-            .filter { !["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"].contains($0.key) }
-            .map { "\($0.key)=\($0.value)" }
-        let argv: [UnsafeMutablePointer<CChar>?] = ([String](["/bin/sh", "-c", script, argument])).map { strdup($0) }
-        let envp: [UnsafeMutablePointer<CChar>?] = (inherited + environment).map { strdup($0) }
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var child: pid_t = 0
-        let rc = (argv + [nil]).withUnsafeBufferPointer { argvBuffer in
-            (envp + [nil]).withUnsafeBufferPointer { envBuffer in
-                posix_spawn(&child, "/bin/sh", &actions, &attributes, argvBuffer.baseAddress!, envBuffer.baseAddress!)
-            }
+        let spawned = Result {
+            try spawnChild(
+                "/bin/sh", ["-c", script, argument],
+                descriptors: [(0, .null), (1, .duplicate(pipeEnds[1])), (3, .duplicate(listener))],
+                environment: environment, removing: ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"])
         }
         close(pipeEnds[1])
-        guard rc == 0 else {
+        guard case .success(let child) = spawned else {
             close(pipeEnds[0])
-            throw TestFailure("posix_spawn /bin/sh: errno \(rc)")
+            throw TestFailure("\(spawned)")
         }
         pid = child
         stdoutRead = pipeEnds[0]

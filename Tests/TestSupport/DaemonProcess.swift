@@ -10,36 +10,9 @@ public final class DaemonProcess {
     public init(_ executable: String, _ arguments: [String], environment: [String], directory: String) throws {
         stdoutPath = directory + "/daemon.out"
         stderrPath = directory + "/daemon.err"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let inherited = ProcessInfo.processInfo.environment.filter { $0.key != "NOTIFY_SOCKET" }.map { "\($0.key)=\($0.value)" }
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) }
-        let envp: [UnsafeMutablePointer<CChar>?] = (inherited + environment).map { strdup($0) }
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var child: pid_t = 0
-        let rc = (argv + [nil]).withUnsafeBufferPointer { a in
-            (envp + [nil]).withUnsafeBufferPointer { e in
-                posix_spawn(&child, executable, &actions, &attributes, a.baseAddress!, e.baseAddress!)
-            }
-        }
-        guard rc == 0 else { throw Emulator.Failure(description: "posix_spawn \(executable): errno \(rc)") }
+        let child = try spawnChild(
+            executable, arguments, descriptors: [(0, .null), (1, .file(stdoutPath)), (2, .file(stderrPath))],
+            environment: environment, removing: ["NOTIFY_SOCKET"])
         pid = child
     }
 

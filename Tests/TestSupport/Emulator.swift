@@ -42,34 +42,15 @@ public final class Emulator {
         guard socketpair(AF_UNIX, type, 0, &stdinPair) == 0, socketpair(AF_UNIX, type, 0, &stdoutPair) == 0 else {
             throw Failure(description: "socketpair: errno \(errno)")
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, stdinPair[1], 0)
-        posix_spawn_file_actions_adddup2(&actions, stdoutPair[1], 1)
-        // Default dispositions and an empty mask: the test runner's threads block signals the emulator must obey.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ([path] + arguments).map { strdup($0) }
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = (argv + [nil]).withUnsafeBufferPointer {
-            posix_spawn(&child, path, &actions, &attributes, $0.baseAddress!, environ)
+        let spawned = Result {
+            try spawnChild(path, arguments, descriptors: [(0, .duplicate(stdinPair[1])), (1, .duplicate(stdoutPair[1]))])
         }
         close(stdinPair[1])
         close(stdoutPair[1])
-        guard rc == 0 else {
+        guard case .success(let child) = spawned else {
             close(stdinPair[0])
             close(stdoutPair[0])
-            throw Failure(description: "posix_spawn \(path): errno \(rc)")
+            throw Failure(description: "\(spawned)")
         }
         pid = child
         input = stdinPair[0]

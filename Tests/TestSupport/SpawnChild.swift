@@ -1,0 +1,61 @@
+import Foundation
+
+/// What one descriptor of a spawned child is.
+public enum ChildDescriptor {
+    /// `/dev/null`, read-only.
+    case null
+    /// A file, created or truncated, for writing.
+    case file(String)
+    /// A duplicate of one of our descriptors.
+    case duplicate(Int32)
+}
+
+/// The one way the tests start a process: `posix_spawn` (the test process is never forked) with the listed
+/// descriptors, default signal dispositions and an empty signal mask (the test runner's threads block signals the
+/// child must obey), and our environment plus `environment` (minus the variables named in `removing`).
+/// Returns the child's pid.
+public func spawnChild(
+    _ path: String, _ arguments: [String], descriptors: [(Int32, ChildDescriptor)],
+    environment: [String] = [], removing: Set<String> = []
+) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    for (target, source) in descriptors {
+        switch source {
+        case .null: posix_spawn_file_actions_addopen(&actions, target, "/dev/null", O_RDONLY, 0)
+        case .file(let file): posix_spawn_file_actions_addopen(&actions, target, file, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        case .duplicate(let fd): posix_spawn_file_actions_adddup2(&actions, fd, target)
+        }
+    }
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var noSignals = sigset_t()
+    sigemptyset(&noSignals)
+    var allSignals = sigset_t()
+    sigfillset(&allSignals)
+    posix_spawnattr_setsigmask(&attributes, &noSignals)
+    posix_spawnattr_setsigdefault(&attributes, &allSignals)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let inherited = ProcessInfo.processInfo.environment.filter { !removing.contains($0.key) }
+        .map { "\($0.key)=\($0.value)" }
+    let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) }
+    let envp: [UnsafeMutablePointer<CChar>?] = (inherited + environment).map { strdup($0) }
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    var child: pid_t = 0
+    let rc = (argv + [nil]).withUnsafeBufferPointer { a in
+        (envp + [nil]).withUnsafeBufferPointer { e in
+            posix_spawn(&child, path, &actions, &attributes, a.baseAddress!, e.baseAddress!)
+        }
+    }
+    guard rc == 0 else { throw SpawnError(description: "posix_spawn \(path): \(String(cString: strerror(rc)))") }
+    return child
+}
+
+public struct SpawnError: Error, CustomStringConvertible {
+    public let description: String
+}
