@@ -353,9 +353,10 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.faults)
         faultClock &+= 1
         process.lastFault = faultClock
-        if profileRecorder != nil { recordFault(process, at: address & ~UInt64(process.space.pageSize - 1)) }
+        let page = address & ~UInt64(process.space.pageSize - 1)
+        if profileRecorder != nil { recordFault(process, at: page) }
         let started = monotonicNanoseconds()
-        settleFault(process, at: address & ~UInt64(process.space.pageSize - 1))
+        settleFault(process, at: page)
         statistics.recordFaultLatency(nanoseconds: monotonicNanoseconds() &- started)
     }
 
