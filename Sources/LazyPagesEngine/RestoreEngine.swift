@@ -24,6 +24,10 @@ public final class RestoreEngine: @unchecked Sendable {
     private(set) var processes: [Int: TrackedProcess] = [:]
     /// Counts served faults; each process remembers the count at its last fault, so the fill can follow the faults.
     private var faultClock: UInt64 = 0
+    /// Which process the background fill serves next (kept incrementally: no scan of every process per chunk).
+    private var fillOrder = FillOrder()
+    /// How many processes wait for an event before a refused copy can be retried.
+    private let awaitingTally = AwaitingTally()
     private var nextID = 1
     private var watchers: [Int32: () -> Void] = [:]
     private(set) var allAnnounced = false
@@ -153,7 +157,7 @@ public final class RestoreEngine: @unchecked Sendable {
             let prefetchWaiting = !prefetching.isEmpty && hasPrefetchWork
             let fillWaiting = prefetchWaiting || (allAnnounced && configuration.backgroundFill && hasFillWork)
             let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
-            let awaiting = processes.values.contains { $0.awaitingEvents }
+            let awaiting = awaitingTally.count > 0
             let timeout: Int32 =
                 fillWaiting ? 0
                 : awaiting ? configuration.refusedCopyRetryMilliseconds
@@ -195,8 +199,10 @@ public final class RestoreEngine: @unchecked Sendable {
                 "this restore already tracks \(processes.count) processes, the most one restore may "
                     + "(maxTrackedProcesses); refusing the uffd of pid \(imagePid)")
         }
-        let process = TrackedProcess(id: nextID, imagePid: imagePid, parentID: parentID, uffd: uffd, space: space)
+        let process = TrackedProcess(id: nextID, imagePid: imagePid, parentID: parentID, uffd: uffd, space: space,
+                                     awaitingTally: awaitingTally)
         nextID += 1
+        fillOrder.tracked(process)
         try epoll.add(uffd.descriptor, tag: UInt64(process.id))
         processes[process.id] = process
         return process
@@ -207,6 +213,7 @@ public final class RestoreEngine: @unchecked Sendable {
     func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
         guard !process.retired else { return }
         process.retired = true
+        process.awaitingEvents = false
         observer?.processRetired(id: process.id)
         epoll.remove(process.uffd.descriptor)
         process.uffd.close()
@@ -353,6 +360,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.faults)
         faultClock &+= 1
         process.lastFault = faultClock
+        fillOrder.faulted(process, clock: faultClock, liveCount: processes.count)
         let page = address & ~UInt64(process.space.pageSize - 1)
         if profileRecorder != nil { recordFault(process, at: page) }
         let started = monotonicNanoseconds()
@@ -467,25 +475,18 @@ public final class RestoreEngine: @unchecked Sendable {
 
     // MARK: Background fill
 
-    private var hasFillWork: Bool {
-        processes.values.contains { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
+    private var hasFillWork: Bool { nextToFill() != nil }
+
+    /// The process that faulted most recently (it is running and will touch more), or else the oldest one, among
+    /// those with pages to fill: the fill follows the faults, and short-lived children that never fault are served
+    /// last.
+    private func nextToFill() -> TrackedProcess? {
+        fillOrder.next { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
     }
 
-    /// Copies one chunk for the process that faulted most recently (it is running and will touch more), or else the
-    /// oldest one: the fill follows the faults, and short-lived children that never fault are served last.
+    /// Copies one chunk for the process `nextToFill` names.
     private func fillOneChunk() {
-        var best: TrackedProcess?
-        for process in processes.values
-        where !process.awaitingEvents && !process.fillWaitsForRemote && !process.space.isComplete {
-            guard let current = best else {
-                best = process
-                continue
-            }
-            if process.lastFault > current.lastFault || (process.lastFault == current.lastFault && process.id < current.id) {
-                best = process
-            }
-        }
-        if let best { fill(best) }
+        if let best = nextToFill() { fill(best) }
     }
 
     /// Copies one pending page into each process: cheap, and the only way to learn that a process has exited when

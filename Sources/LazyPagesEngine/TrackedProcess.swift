@@ -19,7 +19,11 @@ final class TrackedProcess {
     /// Faults whose copy the kernel refused (EAGAIN) before the event that caused it was readable.
     var deferredFaults: [UInt64] = []
     /// True while a copy was refused and the event behind it has not been read yet.
-    var awaitingEvents = false
+    var awaitingEvents = false {
+        didSet { if awaitingEvents != oldValue { awaitingTally.count += awaitingEvents ? 1 : -1 } }
+    }
+    /// The engine's count of processes with `awaitingEvents` set (so its loop need not scan every process).
+    private let awaitingTally: AwaitingTally
     /// Faulting pages (runtime addresses) waiting for remote pages in flight.
     var parkedFaults: [UInt64] = []
     /// True while the background fill has nothing to ask a remote source for (everything pending is in flight, or
@@ -33,11 +37,20 @@ final class TrackedProcess {
     /// Set once the process has been retired (completed, exited, or failed).
     var retired = false
 
-    init(id: Int, imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace) {
+    init(id: Int, imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace,
+         awaitingTally: AwaitingTally = AwaitingTally())
+    {
         self.id = id
+        self.awaitingTally = awaitingTally
         self.imagePid = imagePid
         self.parentID = parentID
         self.uffd = uffd
         self.space = space
     }
+}
+
+/// How many tracked processes wait for an event to be read (`TrackedProcess.awaitingEvents`), kept up to date by
+/// the processes themselves.
+final class AwaitingTally {
+    var count = 0
 }
