@@ -50,7 +50,7 @@
 #define SYS_pidfd_open 434
 #endif
 
-enum { MAX_PIDS = 16384, MAX_RESTORERS = 16 };
+enum { MAX_PIDS = 16384, MAX_RESTORERS = 16, PID_SET = 32768 /* a power of two above 2 * MAX_PIDS */ };
 
 struct known {
     pid_t pid;
@@ -63,6 +63,11 @@ static pid_t g_restorers[MAX_RESTORERS];
 static int g_nrestorers;
 static pid_t g_killed[MAX_PIDS];
 static int g_nkilled;
+/* Open-addressing sets of the pids in g_known and g_killed: a restore of thousands of tasks must not cost a scan
+ * of every known pid per pid found. */
+static pid_t g_known_set[PID_SET], g_killed_set[PID_SET];
+/* The breadth-first queue of walk(). */
+static pid_t g_queue[MAX_PIDS];
 static pid_t g_self, g_daemon;
 static int g_listener = -1;
 static int g_connections[MAX_RESTORERS];
@@ -165,22 +170,39 @@ static int gone(pid_t pid) {
 
 /* ---- the process tree ---- */
 
+/* Adds pid to set: 1 if added, 0 if it was there, -1 if the set is full. */
+static int set_add(pid_t *set, pid_t pid) {
+    unsigned h = ((unsigned)pid * 2654435761u) & (PID_SET - 1);
+    for (int n = 0; n < PID_SET; n++, h = (h + 1) & (PID_SET - 1)) {
+        if (set[h] == pid) return 0;
+        if (set[h] == 0) {
+            set[h] = pid;
+            return 1;
+        }
+    }
+    return -1;
+}
+
+static int set_has(const pid_t *set, pid_t pid) {
+    unsigned h = ((unsigned)pid * 2654435761u) & (PID_SET - 1);
+    for (int n = 0; n < PID_SET && set[h]; n++, h = (h + 1) & (PID_SET - 1))
+        if (set[h] == pid) return 1;
+    return 0;
+}
+
 static void record(pid_t pid) {
     if (pid == g_self || pid == g_daemon || pid <= 1) return;
-    for (int i = 0; i < g_nknown; i++)
-        if (g_known[i].pid == pid) return;
-    if (g_nknown == MAX_PIDS) return;
+    if (set_has(g_known_set, pid) || g_nknown == MAX_PIDS) return;
     unsigned long long st = start_time(pid, NULL);
-    if (st) g_known[g_nknown++] = (struct known){pid, st};
+    if (st && set_add(g_known_set, pid) == 1) g_known[g_nknown++] = (struct known){pid, st};
 }
 
 /* Stops a process of the restore (first pass: a stopped process cannot exit, so its children stay in the tree to
  * be found; SIGKILL comes once the whole tree is stopped). */
 static void stop_one(pid_t pid) {
     if (pid == g_self || pid == g_daemon || pid <= 1) return;
-    for (int i = 0; i < g_nkilled; i++)
-        if (g_killed[i] == pid) return;
-    if (g_nkilled < MAX_PIDS && kill(pid, SIGSTOP) == 0) g_killed[g_nkilled++] = pid;
+    if (set_has(g_killed_set, pid)) return;
+    if (g_nkilled < MAX_PIDS && kill(pid, SIGSTOP) == 0 && set_add(g_killed_set, pid) == 1) g_killed[g_nkilled++] = pid;
 }
 
 struct linux_dirent64 {
@@ -191,43 +213,53 @@ struct linux_dirent64 {
     char d_name[];
 };
 
-/* Calls fn on every descendant of pid, parents before children. */
-static void walk(pid_t pid, void (*fn)(pid_t), int depth) {
-    if (depth > 48) return;
-    char path[64];
-    proc_path(path, pid, "/task");
-    int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0) return;
-    char entries[2048];
-    long n;
-    pid_t kids[256];
-    int nkids = 0;
-    while ((n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
-        for (long off = 0; off < n;) {
-            struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
-            off += e->d_reclen;
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            char cpath[96], *p = cpath, list[4096];
-            put(&p, path);
-            put(&p, "/");
-            put(&p, e->d_name);
-            put(&p, "/children");
-            *p = 0;
-            if (read_file(cpath, list, sizeof list) <= 0) continue;
-            for (const char *s = list; *s && nkids < 256;) {
-                if (*s < '0' || *s > '9') {
-                    s++;
-                    continue;
+/* Calls fn on every descendant of root, parents before children (breadth first, every child listed: a process may
+ * have thousands). At most two descriptors are open at a time (the table may be nearly full). */
+static void walk(pid_t root, void (*fn)(pid_t)) {
+    int head = 0, tail = 0;
+    g_queue[tail++] = root;
+    while (head < tail) {
+        char path[64];
+        proc_path(path, g_queue[head++], "/task");
+        int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir < 0) continue;
+        char entries[2048];
+        long n;
+        while ((n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
+            for (long off = 0; off < n;) {
+                struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
+                off += e->d_reclen;
+                if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+                char cpath[96], *p = cpath, list[4096];
+                put(&p, path);
+                put(&p, "/");
+                put(&p, e->d_name);
+                put(&p, "/children");
+                *p = 0;
+                int fd = open(cpath, O_RDONLY | O_CLOEXEC);
+                if (fd < 0) continue;
+                long child = -1;
+                ssize_t got;
+                /* The list is read in pieces: a number may straddle two reads. */
+                for (;;) {
+                    got = read(fd, list, sizeof list);
+                    for (ssize_t i = 0; i < got || (got <= 0 && child >= 0); i++) {
+                        if (got > 0 && list[i] >= '0' && list[i] <= '9') {
+                            child = (child < 0 ? 0 : child * 10) + (list[i] - '0');
+                        } else if (child >= 0) { /* a separator, or the end of the list */
+                            if ((pid_t)child != g_self) {
+                                fn((pid_t)child);
+                                if (tail < MAX_PIDS) g_queue[tail++] = (pid_t)child;
+                            }
+                            child = -1;
+                        }
+                    }
+                    if (got <= 0) break;
                 }
-                pid_t child = (pid_t)parse_num(&s);
-                if (child != g_self) kids[nkids++] = child;
+                close(fd);
             }
         }
-    }
-    close(dir); /* before recursing: at most two descriptors open at a time (the table may be nearly full) */
-    for (int i = 0; i < nkids; i++) {
-        fn(kids[i]);
-        walk(kids[i], fn, depth + 1);
+        close(dir);
     }
 }
 
@@ -268,13 +300,32 @@ static void say(const char *text) {
     }
 }
 
+static long long monotonic_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
 static int guardian_main(int pidfd, int messages) {
+    int snapshot_due = 0;
+    long long next_walk = 0; /* walks are paced: after one of d ms, the next starts d ms later at the earliest */
     for (;;) {
         struct pollfd fds[2] = {{.fd = pidfd, .events = POLLIN}, {.fd = messages, .events = POLLIN}};
-        int ready = poll(fds, 2, -1);
+        long long wait = snapshot_due ? next_walk - monotonic_ms() : -1;
+        int ready = poll(fds, 2, snapshot_due ? (wait > 0 ? (int)wait : 0) : -1);
         if (ready < 0) {
             if (errno == EINTR) continue;
             break;
+        }
+        if (ready == 0) {
+            /* Every queued message read: one walk answers all the snapshots asked for meanwhile (a walk of a
+             * restore of thousands of tasks takes long; one per adopted uffd would fall ever further behind). */
+            snapshot_due = 0;
+            long long began = monotonic_ms();
+            for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], record);
+            long long now = monotonic_ms();
+            next_walk = now + (now - began);
+            continue;
         }
         if (fds[1].revents & POLLIN) {
             struct lp_guardian_msg m;
@@ -286,8 +337,7 @@ static int guardian_main(int pidfd, int messages) {
                 if (m.kind == LP_GUARDIAN_RESTORER && m.fd >= 0 && g_nconnections < MAX_RESTORERS)
                     g_connections[g_nconnections++] = m.fd;
                 if (m.kind == LP_GUARDIAN_LISTENER) g_listener = m.pid;
-                if (m.kind == LP_GUARDIAN_RESTORER || m.kind == LP_GUARDIAN_SNAPSHOT)
-                    for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], record, 0);
+                if (m.kind == LP_GUARDIAN_RESTORER || m.kind == LP_GUARDIAN_SNAPSHOT) snapshot_due = 1;
                 continue; /* messages first: a DONE may be queued right before the daemon's exit */
             }
         }
@@ -312,8 +362,8 @@ static int guardian_main(int pidfd, int messages) {
             for (int i = swept; i < g_nconnections; i++) drain_connection(g_connections[i]);
         }
         int before = g_nkilled;
-        for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], stop_one, 0);
-        for (int i = 0; i < g_nkilled; i++) walk(g_killed[i], stop_one, 0);
+        for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], stop_one);
+        for (int i = 0; i < g_nkilled; i++) walk(g_killed[i], stop_one);
         if (g_nkilled == before && round > 0) break;
     }
     for (int i = 0; i < g_nkilled; i++) kill(g_killed[i], SIGKILL);
