@@ -29,6 +29,13 @@ final class RestorerConnection {
     /// Uffds refused (unknown pid, pid twice): kept open, not closed — closing the last copy would hand that task
     /// zero pages; the failed restore's guardian kills it instead.
     private var refused: [Userfaultfd] = []
+    /// Descriptors that must stay free after taking a uffd (the guardian's walk of /proc, a fork child's uffd).
+    static let descriptorReserve = 4
+    /// Set when the connection was given up with uffds still queued in it: kept open until this object goes, so
+    /// those uffds stay alive (their tasks wait) while the failed restore's processes are killed.
+    private var heldOpen = false
+
+    deinit { if heldOpen { close(descriptor) } }
 
     init(descriptor: Int32, engine: RestoreEngine, source: CRIUImageSource, logger: Logger) {
         self.descriptor = descriptor
@@ -76,6 +83,11 @@ final class RestorerConnection {
                     state = .expectingDescriptor(pid: word)
                 }
             case .expectingDescriptor(let pid):
+                // With no descriptor free, the kernel would drop the uffd on receipt (MSG_CTRUNC) — its last copy,
+                // handing the task zero pages. Leave it queued and fail instead.
+                guard DescriptorLimit.hasRoom(reserve: Self.descriptorReserve, probe: descriptor) else {
+                    return outOfDescriptors(pid: pid)
+                }
                 let received: DescriptorPassing.Received
                 do {
                     received = try DescriptorPassing.receive(socket: descriptor, maxBytes: 1, maxDescriptors: 1)
@@ -90,6 +102,10 @@ final class RestorerConnection {
                 state = .expectingWord(bytes: [])
                 guard let fd = received.descriptors.first, received.descriptors.count == 1, !received.truncated else {
                     received.descriptors.forEach { close($0) }
+                    if received.descriptors.isEmpty && received.truncated {
+                        return broken("the kernel dropped the uffd of pid \(pid) on receipt (out of file descriptors? "
+                            + "limit \(DescriptorLimit.current.soft)); raise RLIMIT_NOFILE (ulimit -n) of lazy-pagesd")
+                    }
                     return broken("expected exactly one uffd for pid \(pid), got \(received.descriptors.count)"
                         + (received.truncated ? " (and more the kernel dropped)" : ""))
                 }
@@ -133,6 +149,14 @@ final class RestorerConnection {
             close(descriptor)
             return
         }
+    }
+
+    private func outOfDescriptors(pid: Int32) {
+        engine.unwatch(descriptor: descriptor)
+        heldOpen = true
+        state = .finished
+        engine.fail("out of file descriptors: cannot take the uffd of pid \(pid) (\(announced.count) tasks taken, "
+            + "limit \(DescriptorLimit.current.soft)); raise RLIMIT_NOFILE (ulimit -n) of lazy-pagesd")
     }
 
     private func broken(_ reason: String) {

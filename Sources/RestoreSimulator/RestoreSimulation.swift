@@ -1,4 +1,5 @@
 import CRIUImages
+import LazyPagesCRIU
 
 #if canImport(Glibc)
 import Glibc
@@ -41,6 +42,8 @@ public final class RestoreSimulation: @unchecked Sendable {
     public func start() throws {
         precondition(startedAt == nil, "start() runs once")
         startedAt = .now
+        // Three descriptors per workload (its socket, stdout, stderr) are held until it exits.
+        DescriptorLimit.raise(wanted: 3 * images.tasks.count + 256)
         let connection = try LazyPagesConnection(workDirectory: options.workDirectory)
         do {
             var template = Array("/tmp/lp-restore-sim.XXXXXX".utf8CString)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LazyPagesCRIU
 
 /// `lazy-pagesd`: the userfaultfd post-copy monitor.
 @main
@@ -28,6 +29,8 @@ struct LazyPagesDaemon: ParsableCommand {
     static func main() {
         // A peer that hangs up must never kill the daemon; writes report EPIPE instead.
         signal(SIGPIPE, SIG_IGN)
+        // A uffd per restored task and forked child: take every descriptor the hard limit allows.
+        DescriptorLimit.raise()
         let arguments = normalizedArguments(Array(CommandLine.arguments.dropFirst()))
         do {
             var command = try parseAsRoot(arguments)
