@@ -19,6 +19,7 @@ public final class RestoreSimulation: @unchecked Sendable {
     private var zombieTasks: [Int32] = []
     private var startedAt: ContinuousClock.Instant?
     private var planDirectory: String?
+    private var readBuffer = [UInt8](repeating: 0, count: 65536)
 
     /// Reads `pstree.img` and finds the workload executable.
     public init(options: SimulationOptions) throws {
@@ -69,6 +70,9 @@ public final class RestoreSimulation: @unchecked Sendable {
                 let uffd = try workload.receiveDescriptor(timeout: options.timeout)
                 defer { close(uffd) }
                 try connection.sendTask(virtualPid: virtualPid, uffd: uffd)
+                // Every spawn copies our descriptor table and the exec closes it again: collect what finished
+                // workloads wrote and let go of their descriptors, or a restore of thousands of tasks is quadratic.
+                if workloads.count % 32 == 0 { try collectOutput(timeoutMilliseconds: 0) }
             }
             if !options.hangUpBeforeRSTF { try connection.sendRestoreFinished() }
             connection.close()
@@ -99,25 +103,13 @@ public final class RestoreSimulation: @unchecked Sendable {
         let deadline = startedAt + options.timeout
         var timedOut = Set<Int32>()
         var killedAt: ContinuousClock.Instant?
-        var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
-            var fds: [pollfd] = []
-            var owners: [(WorkloadProcess, Bool)] = []  // (workload, isStdout)
-            for w in workloads {
-                if w.stdoutPipe >= 0 {
-                    fds.append(pollfd(fd: w.stdoutPipe, events: Int16(POLLIN), revents: 0))
-                    owners.append((w, true))
-                }
-                if w.stderrPipe >= 0 {
-                    fds.append(pollfd(fd: w.stderrPipe, events: Int16(POLLIN), revents: 0))
-                    owners.append((w, false))
-                }
-            }
-            if fds.isEmpty { break }
+            let owners = workloads.filter { $0.stdoutPipe >= 0 || $0.stderrPipe >= 0 }
+            if owners.isEmpty { break }
             let now = ContinuousClock.now
             if killedAt == nil && now >= deadline {
                 killedAt = now
-                for (w, _) in owners where !timedOut.contains(w.virtualPid) {
+                for w in owners where !timedOut.contains(w.virtualPid) {
                     timedOut.insert(w.virtualPid)
                     w.killGroup()
                 }
@@ -125,20 +117,7 @@ public final class RestoreSimulation: @unchecked Sendable {
             if let killedAt, now >= killedAt + .seconds(5) { break }  // something outside the group holds a pipe
             let limit = (killedAt.map { $0 + .seconds(5) } ?? deadline) - now
             let ms = Int32(clamping: max(1, limit.components.seconds * 1000 + limit.components.attoseconds / 1_000_000_000_000_000))
-            let ready = poll(&fds, nfds_t(fds.count), ms)
-            if ready < 0 && errno != EINTR {
-                throw SimulationError("poll: \(String(cString: strerror(errno)))")
-            }
-            guard ready > 0 else { continue }
-            for (i, entry) in fds.enumerated() where entry.revents != 0 {
-                let (w, isStdout) = owners[i]
-                let n = read(entry.fd, &buffer, buffer.count)
-                if n > 0 {
-                    if isStdout { w.stdoutBytes += buffer[0..<n] } else { w.stderrBytes += buffer[0..<n] }
-                } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
-                    if isStdout { w.closeStdout() } else { w.closeStderr() }
-                }
-            }
+            try collectOutput(from: owners, timeoutMilliseconds: ms)
         }
         var reports: [TaskReport] = []
         for w in workloads {
@@ -162,6 +141,40 @@ public final class RestoreSimulation: @unchecked Sendable {
         }
         removePlans()
         return SimulationReport(tasks: reports)
+    }
+
+    /// Polls the output of `workloads` (default: every workload) up to `timeoutMilliseconds`, appends what
+    /// arrived, and closes the streams that reached end of file (and the socket of a workload whose streams both
+    /// did: it has exited).
+    private func collectOutput(from candidates: [WorkloadProcess]? = nil, timeoutMilliseconds: Int32) throws {
+        var fds: [pollfd] = []
+        var owners: [(WorkloadProcess, Bool)] = []  // (workload, isStdout)
+        for w in candidates ?? workloads {
+            if w.stdoutPipe >= 0 {
+                fds.append(pollfd(fd: w.stdoutPipe, events: Int16(POLLIN), revents: 0))
+                owners.append((w, true))
+            }
+            if w.stderrPipe >= 0 {
+                fds.append(pollfd(fd: w.stderrPipe, events: Int16(POLLIN), revents: 0))
+                owners.append((w, false))
+            }
+        }
+        guard !fds.isEmpty else { return }
+        let ready = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
+        if ready < 0 && errno != EINTR {
+            throw SimulationError("poll: \(String(cString: strerror(errno)))")
+        }
+        guard ready > 0 else { return }
+        for (i, entry) in fds.enumerated() where entry.revents != 0 {
+            let (w, isStdout) = owners[i]
+            let n = read(entry.fd, &readBuffer, readBuffer.count)
+            if n > 0 {
+                if isStdout { w.stdoutBytes += readBuffer[0..<n] } else { w.stderrBytes += readBuffer[0..<n] }
+            } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
+                if isStdout { w.closeStdout() } else { w.closeStderr() }
+                if w.stdoutPipe < 0 && w.stderrPipe < 0 { w.closeControl() }
+            }
+        }
     }
 
     // MARK: Helpers
