@@ -14,7 +14,9 @@ public struct PageServerClientOptions: Sendable {
     public var retries: Int = 5
     /// Delay before the first reconnect; doubled for every further attempt (capped at 30 s).
     public var retryDelay: Double = 0.2
-    /// A connection with requests outstanding and no byte received for this long is considered dead.
+    /// A connection with requests outstanding and no answer completed for this long is considered dead. Counting
+    /// answers, not bytes, a source that trickles is caught too: with requests of at most 64 pages (the fill
+    /// chunk), the default asks for about 26 KiB/s at least.
     public var stallTimeout: Double = 10
     /// Background pages in flight at most (so a fault's request waits behind at most this much data).
     public var backgroundPagesInFlight: Int = 512  // 2 MiB
@@ -250,7 +252,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         }
         flush()
         if queue.count > queueHead, now - lastProgress > UInt64(options.stallTimeout * 1e9) {
-            connectionLost("no data for \(options.stallTimeout) s with \(queue.count - queueHead) requests outstanding")
+            connectionLost("no answer completed for \(options.stallTimeout) s with \(queue.count - queueHead) requests "
+                + "outstanding (a stalled or too slow source)")
         }
     }
 
@@ -300,7 +303,6 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                 return connectionLost("receiving failed: \(errnoText())")
             }
             if n == 0 { return connectionLost("the server closed the connection") }
-            lastProgress = monotonicNanoseconds()
             if headerBytes < PageServerMessage.size {
                 headerBytes += n
                 guard headerBytes == PageServerMessage.size else { continue }
@@ -336,6 +338,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         dataBytes = 0
         replyPages = 0
         failures = 0
+        lastProgress = monotonicNanoseconds()
         engine?.remotePagesArrived(outstanding.request, pageCount: pages, bytes: UnsafeRawPointer(buffer))
         flush()
     }

@@ -70,7 +70,7 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("retry-delay"), help: "Seconds before the first reconnect; doubled for each further attempt.")
     var retryDelay = 0.2
 
-    @Option(name: .customLong("stall-timeout"), help: "Seconds without data from the page server (with requests outstanding) before the connection counts as failed.")
+    @Option(name: .customLong("stall-timeout"), help: "Seconds without a complete answer from the page server (with requests outstanding) before the connection counts as failed (a stalled or trickling source).")
     var stallTimeout = 10.0
 
     @Flag(name: .customLong("no-guardian"),

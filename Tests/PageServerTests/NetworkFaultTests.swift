@@ -47,7 +47,7 @@ struct NetworkFaultTests {
         }
         #expect(reason.contains("127.0.0.1:\(stalling.port)"), "\(reason)")
         #expect(reason.contains("gave up after 2 retries"), "\(reason)")
-        #expect(reason.contains("no data for"), "\(reason)")
+        #expect(reason.contains("no answer completed for"), "\(reason)")
         #expect(elapsed < .seconds(15))
         for task in result.report.tasks {
             #expect(task.exitStatus == -SIGBUS, "\(describe(result.report))")
