@@ -115,7 +115,7 @@ extension RestoreEngine {
             case .failed(let errno):
                 statistics.add(.copiesFailed)
                 return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: "
-                            + "\(errno)")
+                            + "\(copyFailure(errno))")
             }
         }
         retireIfComplete(process)

@@ -214,7 +214,7 @@ extension RestoreEngine {
             case .processGone(let errno):
                 retire(process, .exited, detail: "\(errno)")
             case .failed(let errno):
-                fail("copying \(run.length) bytes of remote pages to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
+                fail("copying \(run.length) bytes of remote pages to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
                 return filled
             }
             if refusals > 8 {

@@ -407,7 +407,7 @@ public final class RestoreEngine: @unchecked Sendable {
                     return retire(process, .exited, detail: "\(errno)")
                 case .failed(let errno):
                     statistics.add(.copiesFailed)
-                    return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
+                    return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
                 }
             } else {
                 switch zeroFill(process, at: page) {
@@ -530,7 +530,7 @@ public final class RestoreEngine: @unchecked Sendable {
             retire(process, .exited, detail: "\(errno)")
         case .failed(let errno):
             statistics.add(.copiesFailed)
-            fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(errno)")
+            fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
         }
         retireIfComplete(process)
     }
@@ -555,3 +555,11 @@ extension AddressSpace {
 }
 
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+
+/// A refused copy's errno for an error message, with the likely cause where there is one: the kernel charges a
+/// copied page to the target's memory cgroup, and refuses it with ENOMEM when that cgroup is at its limit and may
+/// not OOM-kill (cgroup v1 `memory.oom_control` 1).
+func copyFailure(_ errno: Errno) -> String {
+    errno == .noMemory
+        ? "\(errno) (the process's memory cgroup is at its limit, or the system is out of memory)" : "\(errno)"
+}
