@@ -194,6 +194,19 @@ static void send_uffd(int uffd) {
     if (n != 1) die("sending the uffd over fd %d: %s", g_control_fd, n < 0 ? strerror(errno) : "short write");
 }
 
+/* Tests of memory limits: the workload (not the simulator that started it) enters this cgroup (v1: the
+ * cgroup.procs file of the directory) before mapping anything. */
+static void join_cgroup(const char *directory) {
+    if (!directory || !*directory) return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/cgroup.procs", directory);
+    FILE *f = fopen(path, "w");
+    if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "lp-workload: cannot join the cgroup %s: %s\n", directory, strerror(errno));
+        exit(2);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s PLAN SCENARIO SEED   (fd 3: socket to the simulator)\n", argv[0]);
@@ -201,6 +214,7 @@ int main(int argc, char **argv) {
     }
     g_scenario = argv[2];
     g_seed = strtoull(argv[3], NULL, 0);
+    join_cgroup(getenv("LP_WORKLOAD_CGROUP"));
     plan_read(argv[1], &g_plan);
     map_vmas();
     plan_open_files(&g_plan);

@@ -76,7 +76,8 @@ import Glibc
         GuardianTests.waitForGuardian(daemonStderr: daemon.stderrText)
         let output = RestoreSimOutput(simulator.stdoutText)
         #expect(output.wrongPageLines.isEmpty, "\(output.wrongPageLines.prefix(20))")
-        #expect(output.taskStatuses.count == Self.taskCount)
+        #expect(output.taskStatuses.count == Self.taskCount,
+                "\(simulator.stderrText.suffix(2000))\n\(output.text.suffix(2000))")
         #expect(output.taskStatuses.allSatisfy { $0 == -SIGKILL }, "\(output.text.suffix(4000))")
         #expect(daemon.stderrText.contains("killed \(Self.taskCount) processes"), "\(daemon.stderrText.suffix(4000))")
     }

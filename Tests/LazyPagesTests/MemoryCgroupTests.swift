@@ -66,8 +66,8 @@ struct MemoryCgroupTests {
         var daemonStatus: Int32
     }
 
-    /// One restore: the daemon (inside `cgroup` when `daemonInside`) and the simulator with its workloads inside
-    /// `cgroup` (nil: no cgroup at all).
+    /// One restore: the daemon (inside `cgroup` when `daemonInside`) and the workloads inside `cgroup` (nil: no
+    /// cgroup at all).
     static func restore(cgroup: String?, daemonInside: Bool = false, work: String) throws -> Run {
         try finish(start(cgroup: cgroup, daemonInside: daemonInside, work: work))
     }
@@ -82,10 +82,13 @@ struct MemoryCgroupTests {
             [BuiltTools.path("lazy-pagesd"), "-D", images, "-W", work, "--status-fd", "3", "-v3"], inside: daemonInside)
         let daemon = try ChildProcess(daemonPath, daemonArguments, directory: work, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "daemon did not start: \(daemon.stderrText)")
-        let (simPath, simArguments) = enter(
-            [BuiltTools.path("lazy-pages"), "restore-sim", "-D", images, "-W", work, "--scenario", "verify",
-             "--timeout", "60", "--workload", BuiltTools.path("lp-workload")], inside: true)
-        let simulator = try ChildProcess(simPath, simArguments, directory: work, name: "sim")
+        // The workloads enter the cgroup themselves (LP_WORKLOAD_CGROUP): the simulator, which plays criu restore,
+        // stays outside (the OOM killer would otherwise pick it as readily as a task).
+        let simulator = try ChildProcess(
+            "/usr/bin/env",
+            ["LP_WORKLOAD_CGROUP=\(cgroup ?? "")", BuiltTools.path("lazy-pages"), "restore-sim", "-D", images,
+             "-W", work, "--scenario", "verify", "--timeout", "60", "--workload", BuiltTools.path("lp-workload")],
+            directory: work, name: "sim")
         return (daemon, simulator)
     }
 
@@ -109,7 +112,7 @@ struct MemoryCgroupTests {
         let otherRun = Self.finish(other)
         #expect(MemoryCgroup.oomKills(cgroup) >= 1)
         #expect(run.output.wrongPageLines.isEmpty, "\(run.output.text)")
-        #expect(run.output.taskStatuses.count == 2)
+        #expect(run.output.taskStatuses.count == 2, "\(run.simulator.stderrText)")
         #expect(run.output.taskStatuses.contains(-SIGKILL), "\(run.output.text)")
         for status in run.output.taskStatuses { #expect(status == 0 || status == -SIGKILL, "\(run.output.text)") }
         // The daemon saw the killed targets go (ESRCH) and finished normally.
