@@ -54,6 +54,36 @@ import Glibc
         #expect(daemon.stdoutText.contains("lazy-pages: \(Self.taskCount) tasks,"), "\(daemon.stdoutText)")
     }
 
+    /// More tasks than descriptors (`prlimit --nofile=48`, 64 tasks): the daemon must stop taking uffds while it
+    /// still has room — with none free the kernel drops a uffd on receipt, its last copy, and that task would read
+    /// zeros — and fail naming RLIMIT_NOFILE; the guardian kills what it took.
+    @Test(.timeLimit(.minutes(1))) func moreTasksThanDescriptorsFailsClearly() throws {
+        let images = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: images) }
+        try ImageLayout.mixed.write(to: images, tasks: 64, bytesPerTask: 64 << 10)
+        let work = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let daemon = try ChildProcess(
+            "/usr/bin/prlimit",
+            ["--nofile=48:48", BuiltTools.path("lazy-pagesd"), "-D", images, "-W", work, "--status-fd", "3"],
+            directory: work, name: "daemon", statusFD: true)
+        try #require(daemon.waitUntilReady(), "\(daemon.stderrText)")
+        let simulator = try ChildProcess(
+            BuiltTools.path("lazy-pages"),
+            ["restore-sim", "-D", images, "-W", work, "--scenario", "verify", "--timeout", "60", "--workload",
+             BuiltTools.path("lp-workload")],
+            directory: work, name: "sim")
+        let status = daemon.wait()
+        simulator.wait()
+        GuardianTests.waitForGuardian(daemonStderr: daemon.stderrText)
+        #expect(status == 1)
+        #expect(daemon.stderrText.contains("out of file descriptors: cannot take the uffd of pid"),
+                "\(daemon.stderrText.suffix(3000))")
+        #expect(daemon.stderrText.contains("raise RLIMIT_NOFILE"))
+        #expect(daemon.stderrText.contains("lp-guardian: lazy-pagesd"), "\(daemon.stderrText.suffix(3000))")
+        #expect(RestoreSimOutput(simulator.stdoutText).wrongPageLines.isEmpty)
+    }
+
     /// The guardian must find every task of a large restore: with a thousand tasks under one restorer it once
     /// read only the first 4 KiB of the restorer's children list (256 of them) and left the rest on zero pages.
     /// No background fill and idle workloads: when the daemon dies every task still has every lazy page pending,
