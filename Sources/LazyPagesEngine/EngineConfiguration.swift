@@ -22,6 +22,10 @@ public struct EngineConfiguration: Sendable {
     /// The most processes (so uffds) one restore may track, announced tasks and forked children together. One
     /// restore must not exhaust the daemon's descriptors for every other: past the bound the restore fails clearly.
     public var maxTrackedProcesses: Int = 16_384
+    /// Copies into one process refused with ENOMEM in a row (its memory cgroup at its limit) before the restore
+    /// fails; each retry waits `refusedCopyRetryMilliseconds` (and the loop's other work). Gives the kernel's OOM
+    /// killer time to finish a victim: the copy then reports the process gone.
+    public var memoryRefusalRetries: Int = 1000
 
     public init() {}
 }

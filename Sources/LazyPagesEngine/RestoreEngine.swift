@@ -379,6 +379,7 @@ public final class RestoreEngine: @unchecked Sendable {
                 let outcome = copy(run, into: process)
                 switch outcome {
                 case .done(let bytes), .partial(let bytes):
+                    process.memoryRefusals = 0
                     // The faulting page leads the run, so it is home and its waiters are woken.
                     let pages = bytes / size
                     process.space.markDelivered(run.address, pages: pages)
@@ -406,6 +407,7 @@ public final class RestoreEngine: @unchecked Sendable {
                     statistics.add(.copiesProcessGone)
                     return retire(process, .exited, detail: "\(errno)")
                 case .failed(let errno):
+                    if memoryRefused(process, errno) { return deferFault(process, page) }
                     statistics.add(.copiesFailed)
                     return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
                 }
@@ -435,6 +437,16 @@ public final class RestoreEngine: @unchecked Sendable {
         }
         logger.error("fault not settled after 64 attempts; waking the thread", metadata: ["address": "\(hex(page))"])
         wake(process, page)
+    }
+
+    /// A copy refused with ENOMEM: the target's memory cgroup is at its limit. With the OOM killer on, the kernel
+    /// is often killing the target right then (the next copy gets ESRCH: process gone) and refuses charges meanwhile;
+    /// so retry, as for a refused copy, for up to `memoryRefusalRetries` refusals in a row before failing.
+    private func memoryRefused(_ process: TrackedProcess, _ errno: Errno) -> Bool {
+        guard errno == .noMemory, process.memoryRefusals < configuration.memoryRefusalRetries else { return false }
+        process.memoryRefusals += 1
+        statistics.add(.eagainRetries)
+        return true
     }
 
     private func deferFault(_ process: TrackedProcess, _ page: UInt64) {
@@ -506,6 +518,7 @@ public final class RestoreEngine: @unchecked Sendable {
         switch copy(run, into: process) {
         case .done(let bytes), .partial(let bytes):
             let pages = bytes / run.pageSize
+            process.memoryRefusals = 0
             process.space.markDelivered(run.address, pages: pages)
             statistics.add(.pagesCopiedInBackground, pages * process.space.basePagesPerPage)
             statistics.add(.copiesDone)
@@ -529,6 +542,10 @@ public final class RestoreEngine: @unchecked Sendable {
             statistics.add(.copiesProcessGone)
             retire(process, .exited, detail: "\(errno)")
         case .failed(let errno):
+            if memoryRefused(process, errno) {
+                process.awaitingEvents = true  // retried after refusedCopyRetryMilliseconds, like a refused copy
+                return
+            }
             statistics.add(.copiesFailed)
             fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
         }

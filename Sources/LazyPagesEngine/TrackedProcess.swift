@@ -24,6 +24,8 @@ final class TrackedProcess {
     }
     /// The engine's count of processes with `awaitingEvents` set (so its loop need not scan every process).
     private let awaitingTally: AwaitingTally
+    /// Copies refused with ENOMEM in a row (the target's memory cgroup at its limit).
+    var memoryRefusals = 0
     /// Faulting pages (runtime addresses) waiting for remote pages in flight.
     var parkedFaults: [UInt64] = []
     /// True while the background fill has nothing to ask a remote source for (everything pending is in flight, or

@@ -45,7 +45,8 @@ enum MemoryCgroup {
 
 /// Memory pressure beyond stress-ng: the restored processes (and in one case the daemon) in a cgroup v1 memory
 /// cgroup whose limit is far below what they need. The kernel charges every page `UFFDIO_COPY` places to the
-/// target's cgroup. With the OOM killer on it kills the target (the next copy gets ESRCH: a clean process-gone)
+/// target's cgroup. With the OOM killer on it kills the target (the next copy gets ESRCH: a clean process-gone;
+/// copies refused with ENOMEM while the victim dies are retried)
 /// or, with the daemon inside, possibly the daemon (its guardian then kills the restore); with the OOM killer off
 /// (`memory.oom_control` 1) the copy fails with ENOMEM (the restore fails naming it). Never a wrong or zero page;
 /// a restore outside the cgroup, at the same time, is untouched.
@@ -142,14 +143,12 @@ struct MemoryCgroupTests {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let run = try Self.restore(cgroup: cgroup, daemonInside: true, work: work)
-        #expect(MemoryCgroup.oomKills(cgroup) >= 1)
-        // Whoever the OOM killer picks — a target (process gone) or the daemon (its guardian kills the restore) —
-        // no process runs on with a wrong page.
+        // Whoever the OOM killer picks — a target (process gone) or the daemon (its guardian kills the restore; or,
+        // killed before any uffd was handed over, the restorer fails and kills its tasks) — no process runs on
+        // with a wrong page, none hangs.
         #expect(run.output.wrongPageLines.isEmpty, "\(run.output.text)")
+        #expect(!run.output.timedOut, "\(run.output.text)")
         for status in run.output.taskStatuses { #expect(status == 0 || status == -SIGKILL, "\(run.output.text)") }
         #expect([0, -SIGKILL].contains(run.daemonStatus), "\(run.daemon.stderrText.suffix(3000))")
-        if run.daemonStatus == -SIGKILL {
-            #expect(run.daemon.stderrText.contains("lp-guardian: lazy-pagesd"), "\(run.daemon.stderrText.suffix(3000))")
-        }
     }
 }
