@@ -160,7 +160,7 @@ public final class RestoreEngine: @unchecked Sendable {
                 : probing ? configuration.livenessProbeMilliseconds : -1
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
-                if awaiting { retryDeferredFaults() }
+                if awaiting { retryDeferredFaults(olderThan: fillWaiting ? 200_000 : 0) }
                 if prefetchWaiting { prefetchOneChunk() } else if fillWaiting { fillOneChunk() }
                 if probing && !awaiting { probeLiveness() }
             }
@@ -336,8 +336,13 @@ public final class RestoreEngine: @unchecked Sendable {
         process.queuedFaults.removeAll(keepingCapacity: true)
     }
 
-    private func retryDeferredFaults() {
-        for process in Array(processes.values) where process.awaitingEvents {
+    /// Retries the processes whose copies were refused at least `age` ns ago with no event to read since. While the
+    /// loop is busy (filling), a refused process is retried every 200 µs rather than after every chunk: a fork copying
+    /// the page tables of a large process refuses copies for milliseconds before its event is even queued, and
+    /// retrying at once would spin on EAGAIN (tens of thousands of refused copies in a fork storm).
+    private func retryDeferredFaults(olderThan age: UInt64 = 0) {
+        let now = monotonicNanoseconds()
+        for process in Array(processes.values) where process.awaitingEvents && now &- process.refusedAt >= age {
             process.awaitingEvents = false
             process.queuedFaults.append(contentsOf: process.deferredFaults)
             process.deferredFaults.removeAll(keepingCapacity: true)
@@ -353,7 +358,14 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.faults)
         faultClock &+= 1
         process.lastFault = faultClock
-        let page = address & ~UInt64(process.space.pageSize - 1)
+        let size = UInt64(process.space.pageSize)
+        let page = address & ~(size - 1)
+        // Reading forwards (this fault lies just past the previous one): the fill goes on from here, ahead of the
+        // reader, instead of where it was. Random faults leave the fill where it is.
+        if page > process.lastFaultPage, page - process.lastFaultPage <= UInt64(configuration.fillChunkPages) * size {
+            process.fillCursor = page + size
+        }
+        process.lastFaultPage = page
         if profileRecorder != nil { recordFault(process, at: page) }
         let started = monotonicNanoseconds()
         settleFault(process, at: page)
@@ -431,7 +443,7 @@ public final class RestoreEngine: @unchecked Sendable {
 
     private func deferFault(_ process: TrackedProcess, _ page: UInt64) {
         process.deferredFaults.append(page)
-        process.awaitingEvents = true
+        process.copiesRefused()
     }
 
     func wake(_ process: TrackedProcess, _ page: UInt64) {
@@ -511,7 +523,7 @@ public final class RestoreEngine: @unchecked Sendable {
             process.fillCursor = run.address + UInt64(bytes)
         case .retryAfterEvents:
             statistics.add(.eagainRetries)
-            if drainEvents(process) == 0 { process.awaitingEvents = true }
+            if drainEvents(process) == 0 { process.copiesRefused() }
             serveQueuedFaults(process)
         case .alreadyPresent:
             statistics.add(.alreadyPresent)
