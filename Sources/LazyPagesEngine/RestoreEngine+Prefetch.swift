@@ -95,7 +95,7 @@ extension RestoreEngine {
             case .retryAfterEvents:
                 // An event is (about to be) queued: the loop reads it, then the prefetch goes on.
                 statistics.add(.eagainRetries)
-                process.awaitingEvents = true
+                process.copiesRefused()
                 return
             case .rangeGone:
                 if !allAnnounced {

@@ -158,15 +158,18 @@ public final class RestoreEngine: @unchecked Sendable {
             let fillWaiting = prefetchWaiting || (allAnnounced && configuration.backgroundFill && hasFillWork)
             let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = awaitingTally.count > 0
+            // A fault waits for remote pages: poll rather than sleep for a moment, so the answer is taken the
+            // moment it arrives instead of after a wake-up.
+            let spinning = !fillWaiting && remoteAnswerDueSoon
             let timeout: Int32 =
-                fillWaiting ? 0
+                fillWaiting || spinning ? 0
                 : awaiting ? configuration.refusedCopyRetryMilliseconds
                 : probing ? configuration.livenessProbeMilliseconds : -1
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
-                if awaiting { retryDeferredFaults() }
+                if awaiting { retryDeferredFaults(olderThan: fillWaiting || spinning ? 200_000 : 0) }
                 if prefetchWaiting { prefetchOneChunk() } else if fillWaiting { fillOneChunk() }
-                if probing && !awaiting { probeLiveness() }
+                if probing && !awaiting && !spinning { probeLiveness() }
             }
         }
         let result = outcome ?? .completed
@@ -343,8 +346,13 @@ public final class RestoreEngine: @unchecked Sendable {
         process.queuedFaults.removeAll(keepingCapacity: true)
     }
 
-    private func retryDeferredFaults() {
-        for process in Array(processes.values) where process.awaitingEvents {
+    /// Retries the processes whose copies were refused at least `age` ns ago with no event to read since. While the
+    /// loop is busy (filling), a refused process is retried every 200 µs rather than after every chunk: a fork copying
+    /// the page tables of a large process refuses copies for milliseconds before its event is even queued, and
+    /// retrying at once would spin on EAGAIN (tens of thousands of refused copies in a fork storm).
+    private func retryDeferredFaults(olderThan age: UInt64 = 0) {
+        let now = monotonicNanoseconds()
+        for process in Array(processes.values) where process.awaitingEvents && now &- process.refusedAt >= age {
             process.awaitingEvents = false
             process.queuedFaults.append(contentsOf: process.deferredFaults)
             process.deferredFaults.removeAll(keepingCapacity: true)
@@ -361,7 +369,14 @@ public final class RestoreEngine: @unchecked Sendable {
         faultClock &+= 1
         process.lastFault = faultClock
         fillOrder.faulted(process, clock: faultClock, liveCount: processes.count)
-        let page = address & ~UInt64(process.space.pageSize - 1)
+        let size = UInt64(process.space.pageSize)
+        let page = address & ~(size - 1)
+        // Reading forwards (this fault lies just past the previous one): the fill goes on from here, ahead of the
+        // reader, instead of where it was. Random faults leave the fill where it is.
+        if page > process.lastFaultPage, page - process.lastFaultPage <= UInt64(configuration.fillChunkPages) * size {
+            process.fillCursor = page + size
+        }
+        process.lastFaultPage = page
         if profileRecorder != nil { recordFault(process, at: page) }
         let started = monotonicNanoseconds()
         settleFault(process, at: page)
@@ -451,7 +466,7 @@ public final class RestoreEngine: @unchecked Sendable {
 
     private func deferFault(_ process: TrackedProcess, _ page: UInt64) {
         process.deferredFaults.append(page)
-        process.awaitingEvents = true
+        process.copiesRefused()
     }
 
     func wake(_ process: TrackedProcess, _ page: UInt64) {
@@ -525,7 +540,7 @@ public final class RestoreEngine: @unchecked Sendable {
             process.fillCursor = run.address + UInt64(bytes)
         case .retryAfterEvents:
             statistics.add(.eagainRetries)
-            if drainEvents(process) == 0 { process.awaitingEvents = true }
+            if drainEvents(process) == 0 { process.copiesRefused() }
             serveQueuedFaults(process)
         case .alreadyPresent:
             statistics.add(.alreadyPresent)
@@ -542,10 +557,7 @@ public final class RestoreEngine: @unchecked Sendable {
             statistics.add(.copiesProcessGone)
             retire(process, .exited, detail: "\(errno)")
         case .failed(let errno):
-            if memoryRefused(process, errno) {
-                process.awaitingEvents = true  // retried after refusedCopyRetryMilliseconds, like a refused copy
-                return
-            }
+            if memoryRefused(process, errno) { return process.copiesRefused() }  // retried like a refused copy
             statistics.add(.copiesFailed)
             fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
         }

@@ -14,6 +14,11 @@ final class TrackedProcess {
     var fillCursor: UInt64 = 0
     /// The engine's fault count at this process's latest fault (0: never faulted); the fill prefers recent faulters.
     var lastFault: UInt64 = 0
+    /// The page of this process's latest fault (0: none yet): a fault just after it means the process is reading
+    /// forwards, and the fill jumps ahead of it.
+    var lastFaultPage: UInt64 = 0
+    /// When (monotonic ns) a copy was last refused with nothing to read (`awaitingEvents`): paces the retries.
+    var refusedAt: UInt64 = 0
     /// Faults read but not yet served (a batch, plus faults read while draining events).
     var queuedFaults: [UInt64] = []
     /// Faults whose copy the kernel refused (EAGAIN) before the event that caused it was readable.
@@ -38,6 +43,13 @@ final class TrackedProcess {
     var prefetchHeld = false
     /// Set once the process has been retired (completed, exited, or failed).
     var retired = false
+
+    /// A copy was refused (EAGAIN) and no event was readable yet: hold copies until the event is read or the retry
+    /// delay has passed.
+    func copiesRefused() {
+        awaitingEvents = true
+        refusedAt = monotonicNanoseconds()
+    }
 
     init(id: Int, imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace,
          awaitingTally: AwaitingTally = AwaitingTally())

@@ -40,6 +40,6 @@ public struct SimulationOptions: Sendable {
     public static let scenarios = [
         "verify", "idle", "fork-storm", "mremap-move", "mremap-grow", "mremap-shrink", "mremap-swap", "madvise",
         "munmap-partial", "threads", "exit-mid", "threads16", "uffd-events", "fork2-storm", "fork-exit-early",
-        "lazy-thp", "many-vmas", "sparse-huge", "kernel-faults",
+        "lazy-thp", "many-vmas", "sparse-huge", "kernel-faults", "forward-read",
     ]
 }

@@ -36,11 +36,13 @@ struct RestoreSim: ParsableCommand {
     @Option(help: "For `idle`: seconds to wait after the hand-over before telling the workloads to check.")
     var releaseAfter: Double = 0
 
-    @Option(help: "The lp-workload executable (default: next to this one).")
+    @Option(help: ArgumentHelp(
+        "The lp-workload executable (default: next to this one); another workload (e.g. lp-bench-workload) brings "
+            + "its own scenarios, which are passed on unchecked."))
     var workload: String?
 
     func validate() throws {
-        guard SimulationOptions.scenarios.contains(scenario) else {
+        guard workload != nil || SimulationOptions.scenarios.contains(scenario) else {
             throw ValidationError("unknown scenario '\(scenario)'; known: \(SimulationOptions.scenarios.joined(separator: ", "))")
         }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }

@@ -26,6 +26,8 @@
  *                   the rest (every 8th page), in random order.
  *   exit-mid        checks 8 random pages and exits 0 while the daemon still has pages to deliver.
  *   threads16       as threads, with 16 threads (every 16th page each).
+ *   forward-read    reads the top quarter of its pages in address order (a scan far from where the fill starts),
+ *                   then every other page at random: the fill should jump ahead of a forward reader.
  * The reliability scenarios (uffd-events, fork2-storm, fork-exit-early, lazy-thp, many-vmas, sparse-huge,
  * kernel-faults) are described in reliability_scenarios.c.
  */
@@ -124,6 +126,18 @@ struct segment *need_largest(uint64_t min_pages) {
 
 static int scenario_verify(void) {
     verify_all(1);
+    return finish(0, NULL, "");
+}
+
+static int scenario_forward_read(void) {
+    size_t n;
+    struct page_ref *all = model_flatten(&g_model, &n); /* address order */
+    size_t from = n - n / 4;
+    verify_list(all + from, n - from);
+    struct rng r = rng_for(1);
+    shuffle(&r, all, from);
+    verify_list(all, from);
+    free(all);
     return finish(0, NULL, "");
 }
 
@@ -443,6 +457,7 @@ int run_scenario(const char *name) {
     } table[] = {
         {"verify", scenario_verify},
         {"idle", scenario_idle},
+        {"forward-read", scenario_forward_read},
         {"fork-storm", scenario_fork_storm},
         {"mremap-move", scenario_mremap_move},
         {"mremap-grow", scenario_mremap_grow},

@@ -101,6 +101,50 @@ import Userfaultfd
         }
     }
 
+    /// The fill cursor (as a page index of the fixture) of the engine's only process, read on the loop thread.
+    static func fillCursorPage(_ engine: RestoreEngine, _ fixture: Fixture) -> Int {
+        let read = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var cursor: UInt64 = 0
+        engine.execute { engine in
+            cursor = engine.processes.values.first?.fillCursor ?? 0
+            read.signal()
+        }
+        read.wait()
+        return cursor < fixture.address ? -1 : Int((cursor - fixture.address) / UInt64(pageSize))
+    }
+
+    @Test("a process reading forwards pulls the fill ahead of it; scattered faults leave the fill where it is",
+          .timeLimit(.minutes(1)))
+    func fillJumpsAheadOfAForwardReader() throws {
+        let fixture = try Fixture(pages: 512)
+        var configuration = EngineConfiguration()
+        configuration.fillChunkPages = 16
+        let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
+        try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
+        let wait = Self.start(engine)
+        func touch(_ p: Int) {
+            #expect((fixture.region + p * pageSize).load(as: UInt64.self)
+                    == (fixture.source + p * pageSize).load(as: UInt64.self), "page \(p)")
+        }
+        touch(300)  // a first fault alone is no direction
+        #expect(Self.fillCursorPage(engine, fixture) == -1)
+        touch(301)
+        touch(302)
+        #expect(Self.fillCursorPage(engine, fixture) == 303)
+        touch(10)  // backwards: stays
+        #expect(Self.fillCursorPage(engine, fixture) == 303)
+        touch(400)  // 390 pages on from the last fault: a jump, not a scan
+        #expect(Self.fillCursorPage(engine, fixture) == 303)
+        touch(410)  // within one fill chunk (16 pages) after the last fault: reading forwards
+        #expect(Self.fillCursorPage(engine, fixture) == 411)
+        #expect(engine.statistics[.faults] == 6)
+        engine.execute { $0.allTasksAnnounced() }
+        #expect(wait() == .completed)
+        for p in 0..<512 {
+            #expect(memcmp(fixture.region + p * pageSize, fixture.source + p * pageSize, pageSize) == 0, "page \(p) differs")
+        }
+    }
+
     @Test(.timeLimit(.minutes(1))) func removedRangeReadsZerosNeverImageData() throws {
         let fixture = try Fixture(pages: 64)
         var configuration = EngineConfiguration()

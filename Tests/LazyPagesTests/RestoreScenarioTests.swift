@@ -15,7 +15,7 @@ import Testing
 
     @Test(.timeLimit(.minutes(2)), arguments: [
         "verify", "idle", "fork-storm", "mremap-move", "mremap-grow", "mremap-shrink", "mremap-swap", "madvise",
-        "munmap-partial", "threads", "exit-mid",
+        "munmap-partial", "threads", "exit-mid", "forward-read",
     ])
     func scenario(_ name: String) throws {
         let run = try RestoreRun.run(images: Self.images, scenario: name, seed: 7)
