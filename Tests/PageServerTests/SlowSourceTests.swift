@@ -37,10 +37,11 @@ struct SlowSourceTests {
         #expect(result.statistics[.pagesCopiedInBackground] > 0)
         // Backpressure: background pages in flight never exceed the bound; urgent ones are one fault-around run per
         // faulting thread (the threads scenario: a handful per task).
-        #expect(proxy.maxOutstandingPages <= backgroundBound + 32, "peak \(proxy.maxOutstandingPages) pages in flight")
+        #expect(proxy.maxOutstandingPages <= backgroundBound + 32,
+                "peak \(proxy.maxOutstandingPages) pages in flight, \(proxy.connections) connections")
         #expect(proxy.maxOutstandingPages > 0)
-        print("slow source: \(ContinuousClock.now - started), at most \(proxy.maxOutstandingPages) pages in flight "
-            + "(background bound \(backgroundBound)), \(result.statistics[.pagesCopiedOnFault]) pages on fault, "
+        print("slow source: \(ContinuousClock.now - started), \(proxy.connections) connection(s), at most "
+            + "\(proxy.maxOutstandingPages) pages in flight (background bound \(backgroundBound)), \(result.statistics[.pagesCopiedOnFault]) pages on fault, "
             + "\(result.statistics[.pagesCopiedInBackground]) in background")
     }
 

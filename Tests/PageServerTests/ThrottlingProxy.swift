@@ -20,6 +20,9 @@ final class ThrottlingProxy: @unchecked Sendable {
     private var deliveredPages = 0
     private var peak = 0
     private var closeSent = false
+    /// Connections accepted; the counts above are those of the latest (a client that reconnects sends every
+    /// unanswered request again).
+    private(set) var generation = 0
     private var sockets: [Int32] = []
 
     init(target: UInt16, bytesPerSecond: Int, replyDelay: Double = 0) throws {
@@ -34,6 +37,7 @@ final class ThrottlingProxy: @unchecked Sendable {
     /// The most pages asked for and not yet delivered to the client at any moment.
     var maxOutstandingPages: Int { lock.withLock { peak } }
     var pagesDelivered: Int { lock.withLock { deliveredPages } }
+    var connections: Int { lock.withLock { generation } }
 
     func stop() {
         shutdown(listener, Int32(SHUT_RDWR))
@@ -49,14 +53,20 @@ final class ThrottlingProxy: @unchecked Sendable {
                 close(client)
                 continue
             }
-            lock.withLock { sockets += [client, upstream] }
-            Thread.detachNewThread { [self] in forwardRequests(from: client, to: upstream) }
-            Thread.detachNewThread { [self] in forwardAnswers(from: upstream, to: client) }
+            let current = lock.withLock { () -> Int in
+                sockets += [client, upstream]
+                generation += 1
+                requestedPages = 0
+                deliveredPages = 0
+                return generation
+            }
+            Thread.detachNewThread { [self] in forwardRequests(from: client, to: upstream, generation: current) }
+            Thread.detachNewThread { [self] in forwardAnswers(from: upstream, to: client, generation: current) }
         }
     }
 
     /// Client → server, at once; counts the pages each `PS_IOV_GET` asks for.
-    private func forwardRequests(from client: Int32, to upstream: Int32) {
+    private func forwardRequests(from client: Int32, to upstream: Int32, generation current: Int) {
         while true {
             let header = Wire.receive(client, PageServerMessage.size)
             guard header.count == PageServerMessage.size else { break }
@@ -64,6 +74,7 @@ final class ThrottlingProxy: @unchecked Sendable {
             if message.command == PageServerCommand.close { lock.withLock { closeSent = true } }
             if message.command == PageServerCommand.get {
                 lock.withLock {
+                    guard generation == current else { return }
                     requestedPages += Int(message.pageCount)
                     peak = max(peak, requestedPages - deliveredPages)
                 }
@@ -75,7 +86,7 @@ final class ThrottlingProxy: @unchecked Sendable {
 
     /// Server → client, slowly: each answer's header after `replyDelay`, then its pages in slices paced to
     /// `bytesPerSecond` (the pacing is the slow network itself, not a synchronisation).
-    private func forwardAnswers(from upstream: Int32, to client: Int32) {
+    private func forwardAnswers(from upstream: Int32, to client: Int32, generation current: Int) {
         let slice = max(512, min(16 * 1024, bytesPerSecond / 50))
         while true {
             // After PS_IOV_CLOSE, with every answer delivered, the server's last word is a bare int32 status.
@@ -92,13 +103,20 @@ final class ThrottlingProxy: @unchecked Sendable {
             let isPages = message.command == PageServerCommand.add || message.command == PageServerCommand.get
                 || message.command == PageServerCommand.addWithFlags
             var remaining = isPages ? Int(message.pageCount) * 4096 : 0
+            // An answer counts as delivered just before its last byte goes out: the client may ask for more the
+            // moment it has it, and that must not be counted on top of the answer it just got.
+            func delivered() {
+                if isPages { lock.withLock { if generation == current { deliveredPages += Int(message.pageCount) } } }
+            }
+            if remaining == 0 { delivered() }
             guard pace(header, to: client) else { break }
             while remaining > 0 {
                 let bytes = Wire.receive(upstream, min(slice, remaining))
-                guard !bytes.isEmpty, pace(bytes, to: client) else { return finish(client) }
+                guard !bytes.isEmpty else { return finish(client) }
                 remaining -= bytes.count
+                if remaining == 0 { delivered() }
+                guard pace(bytes, to: client) else { return finish(client) }
             }
-            if isPages { lock.withLock { deliveredPages += Int(message.pageCount) } }
         }
         finish(client)
     }
