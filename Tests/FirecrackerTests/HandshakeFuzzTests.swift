@@ -393,7 +393,7 @@ import Glibc
         var rng = FuzzRandom(seed: budget.seed ^ 0xdae)
         let scratch = try Scratch()
         let daemon = try BuiltProducts.path(of: "lazy-pagesd")
-        var inputs = 0, crashes = 0, hangs = 0, clear = 0
+        var inputs = 0, crashes = 0, hangs = 0, clear = 0, killedFromOutside = 0
         var failures: [String] = []
         while budget.allows(inputs) {
             var input = Self.generate(&rng, scratch: scratch.address)
@@ -424,7 +424,12 @@ import Glibc
                 continue
             }
             let stderr = process.stderr
-            if status < 0 || status > 1 {
+            if status == -SIGKILL {
+                // Not something a daemon does to itself (a Swift trap is SIGILL or SIGTRAP): another test of a
+                // parallel `swift test` run, or the OOM killer. Counted and shown, not taken for a crash.
+                killedFromOutside += 1
+                print("firecracker handshake fuzzer: a daemon was killed with SIGKILL from outside (\(input.how))")
+            } else if status < 0 || status > 1 {
                 crashes += 1
                 if failures.count < 10 { failures.append("\(input.how): status \(status): \(stderr)") }
             } else if status == 1 && stderr.contains("lazy-pagesd: restore failed: Firecracker handshake refused (\(expected))") {
@@ -434,9 +439,9 @@ import Glibc
             }
         }
         print("firecracker handshake fuzzer (lazy-pagesd firecracker): inputs \(inputs), crashes \(crashes), hangs \(hangs), "
-              + "refused with the predicted reason \(clear)")
+              + "refused with the predicted reason \(clear), killed from outside \(killedFromOutside)")
         #expect(inputs >= 10, "too few inputs in the time allowed")
-        #expect(crashes == 0 && hangs == 0 && clear == inputs, "\(failures.joined(separator: "\n"))")
+        #expect(crashes == 0 && hangs == 0 && clear + killedFromOutside == inputs && killedFromOutside <= 2, "\(failures.joined(separator: "\n"))")
     }
 }
 
