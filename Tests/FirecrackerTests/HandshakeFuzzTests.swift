@@ -78,7 +78,7 @@ import Glibc
 
     static func render(_ mappings: [[String: String]], _ rng: inout FuzzRandom) -> String {
         "[" + mappings.map { m in
-            "{" + m.keys.sorted().shuffledBy(&rng).map { "\"\($0)\":\(m[$0]!)" }.joined(separator: ",") + "}"
+            "{" + rng.shuffled(m.keys.sorted()).map { "\"\($0)\":\(m[$0]!)" }.joined(separator: ",") + "}"
         }.joined(separator: ",") + "]"
     }
 
@@ -132,7 +132,7 @@ import Glibc
                 "base_host_virt_addr": "\(rng.pick(addresses))", "size": "\(rng.pick(sizes))",
                 "offset": "\(rng.pick(offsets))", "page_size": "\(rng.pick(pageSizes))",
             ]
-            for key in Array(m.keys) {
+            for key in m.keys.sorted() {
                 if rng.oneIn(16) {
                     m[key] = nil
                     how.append("no \(key)")
@@ -442,14 +442,5 @@ import Glibc
               + "refused with the predicted reason \(clear), killed from outside \(killedFromOutside)")
         #expect(inputs >= 10, "too few inputs in the time allowed")
         #expect(crashes == 0 && hangs == 0 && clear + killedFromOutside == inputs && killedFromOutside <= 2, "\(failures.joined(separator: "\n"))")
-    }
-}
-
-extension Array {
-    /// A seeded shuffle (key order in generated JSON).
-    func shuffledBy(_ rng: inout FuzzRandom) -> [Element] {
-        var out = self
-        for i in out.indices.reversed() where i > 0 { out.swapAt(i, rng.below(i + 1)) }
-        return out
     }
 }

@@ -92,7 +92,7 @@ import Glibc
             ("unknownOption", ["1", "{\"nested\":[1,2,3]}"]),
         ]
         for (key, values) in options where rng.oneIn(4) { fields[key] = rng.pick(values) }
-        return "{" + fields.keys.sorted().shuffledBy(&rng).map { "\"\($0)\":\(fields[$0]!)" }.joined(separator: ",") + "}"
+        return "{" + rng.shuffled(fields.keys.sorted()).map { "\"\($0)\":\(fields[$0]!)" }.joined(separator: ",") + "}"
     }
 
     static func request(_ rng: inout FuzzRandom, _ paths: Paths) -> String {
@@ -114,11 +114,12 @@ import Glibc
             fields["timeoutSeconds"] = rng.pick(["0", "0.01", "-1", "1e308", "\"x\"", "null", "-0", "1e-300"])
         }
         if rng.oneIn(6) { fields[rng.pick(["extra", "Version", "op ", ""])] = rng.pick(["1", "\"x\"", "{}", "[null]"]) }
-        if rng.oneIn(20), let key = fields.keys.randomElementBy(&rng) {
+        if rng.oneIn(20), !fields.isEmpty {
+            let key = rng.pick(fields.keys.sorted())
             // A duplicate key, second value different.
-            return "{" + fields.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + ",\"\(key)\":\"dup\"}"
+            return "{" + fields.keys.sorted().map { "\"\($0)\":\(fields[$0]!)" }.joined(separator: ",") + ",\"\(key)\":\"dup\"}"
         }
-        return "{" + fields.keys.sorted().shuffledBy(&rng).map { "\"\($0)\":\(fields[$0]!)" }.joined(separator: ",") + "}"
+        return "{" + rng.shuffled(fields.keys.sorted()).map { "\"\($0)\":\(fields[$0]!)" }.joined(separator: ",") + "}"
     }
 
     static func generate(_ rng: inout FuzzRandom, _ paths: Paths) -> Input {
@@ -440,19 +441,5 @@ import Glibc
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return true }
         return stat[stat.index(close, offsetBy: 2)] == "Z"
-    }
-}
-
-extension Array {
-    func shuffledBy(_ rng: inout FuzzRandom) -> [Element] {
-        var out = self
-        for i in out.indices.reversed() where i > 0 { out.swapAt(i, rng.below(i + 1)) }
-        return out
-    }
-}
-
-extension Collection {
-    func randomElementBy(_ rng: inout FuzzRandom) -> Element? {
-        isEmpty ? nil : self[index(startIndex, offsetBy: rng.below(count))]
     }
 }

@@ -42,6 +42,13 @@ public struct FuzzRandom {
     public mutating func pick<T>(_ choices: [T]) -> T { choices[below(choices.count)] }
 
     public mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
+
+    /// `array` in a seeded random order (Fisher–Yates).
+    public mutating func shuffled<T>(_ array: [T]) -> [T] {
+        var out = array
+        for i in out.indices.reversed() where i > 0 { out.swapAt(i, below(i + 1)) }
+        return out
+    }
 }
 
 /// Byte-level mutations shared by the fuzzers: bit flips, boundary bytes, truncation, insertion, deletion,
