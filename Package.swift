@@ -1,4 +1,5 @@
 // swift-tools-version: 6.1
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -141,3 +142,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// A libFuzzer target over the image parser, only for `Scripts/fuzz-images` (which sets LP_LIBFUZZER and builds with
+// `-sanitize=fuzzer` in its own build directory): the default build and `swift test` never see it.
+if ProcessInfo.processInfo.environment["LP_LIBFUZZER"] != nil {
+    package.targets.append(.executableTarget(
+        name: "lp-image-fuzz", dependencies: ["CRIUImages"], swiftSettings: [.define("LP_LIBFUZZER")]))
+}

@@ -65,7 +65,8 @@ public struct PageBitmap: Sendable, Hashable {
     /// Length of the run of set bits starting at `from` (which must be set), at most `limit`.
     @inlinable
     public func runLength(from: Int, limit: Int) -> Int {
-        let end = min(count, from + limit)
+        // `limit` may be Int.max ("the whole run"): never add it to `from`.
+        let end = limit >= count - from ? count : from + limit
         var i = from
         while i < end {
             let w = i >> 6

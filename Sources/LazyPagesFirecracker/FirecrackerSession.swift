@@ -32,7 +32,8 @@ public final class FirecrackerSession: @unchecked Sendable {
     private var peerGone = false
     private var handshakeReceived = false
 
-    /// Maps the memory file, then listens on `socketPath` (a stale socket file there is replaced).
+    /// Maps the memory file, then listens on `socketPath` (a stale socket there is replaced; any other file is an
+    /// error).
     public init(
         socketPath: String, memoryFile: String, configuration: EngineConfiguration = EngineConfiguration(),
         logger: Logger
@@ -43,8 +44,9 @@ public final class FirecrackerSession: @unchecked Sendable {
         configuration.retireCompletedProcesses = false
         memory = try MappedFile(path: memoryFile)
         let url = URL(fileURLWithPath: socketPath)
+        // The path is the caller's choice: never replace anything there but a stale socket.
         listener = try UnixListener(directory: url.deletingLastPathComponent().path, name: url.lastPathComponent,
-                                    backlog: 1)
+                                    backlog: 1, replacingOnlySockets: true)
         engine = try RestoreEngine(configuration: configuration, logger: logger)
         try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptFirecracker() }
         logger.info("listening for Firecracker", metadata: [

@@ -114,16 +114,17 @@ final class ControlServer: @unchecked Sendable {
             while let newline = buffered.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(buffered[..<newline])
                 buffered.removeSubrange(...newline)
+                // A whole oversized line can arrive in one read: the limit holds for it too.
+                guard line.count < ControlProtocol.maxMessageBytes else {
+                    refuseTooLarge(fd, peer: peer)
+                    return
+                }
                 if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { continue }
                 let reply = handler.reply(to: line, from: peer)
                 guard write(reply, to: fd) else { return }
             }
             if buffered.count >= ControlProtocol.maxMessageBytes {
-                let message = "the request is larger than \(ControlProtocol.maxMessageBytes) bytes"
-                logger.warning("request refused", metadata: [
-                    "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "code": "too-large", "error": "\(message)",
-                ])
-                write(.failure(.tooLarge, message), to: fd)
+                refuseTooLarge(fd, peer: peer)
                 return
             }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
@@ -131,6 +132,14 @@ final class ControlServer: @unchecked Sendable {
             guard n > 0 else { return }
             buffered += chunk[..<n]
         }
+    }
+
+    private func refuseTooLarge(_ fd: Int32, peer: PeerCredentials) {
+        let message = "the request is larger than \(ControlProtocol.maxMessageBytes) bytes"
+        logger.warning("request refused", metadata: [
+            "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "code": "too-large", "error": "\(message)",
+        ])
+        write(.failure(.tooLarge, message), to: fd)
     }
 
     @discardableResult

@@ -19,6 +19,12 @@ import Testing
         #expect(bitmap.runLength(from: 0, limit: 100) == 10)
         #expect(bitmap.nextSet(from: 10) == 22)
         #expect(bitmap.runLength(from: 22, limit: 1000) == 178)
+        // "The whole run" (Int.max) from a page past the first: used to overflow (found by the page-server fuzzer,
+        // through the engine poisoning what a lying server left pending).
+        #expect(bitmap.runLength(from: 22, limit: Int.max) == 178)
+        var partly = space([(base, 8)])
+        _ = partly.markDelivered(base, pages: 3)
+        #expect(partly.nextPendingRun(from: 0, maxPages: Int.max)?.pageCount == 5)
         let slice = bitmap.slice(5, 130)
         #expect(slice.count == 130)
         #expect(slice.setCount == 130 - 12)

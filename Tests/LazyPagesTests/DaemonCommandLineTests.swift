@@ -94,7 +94,10 @@ import Testing
 
     @Test(.timeLimit(.minutes(1))) func restorerHangingUpIsAClearFailure() throws {
         let (images, work) = try Self.fixtureCopy()
-        let (_, wait) = try Self.startDaemon(["-D", images, "-W", work])
+        // Without the guardian: the restorer here is the test process itself, and the guardian of a failed restore
+        // kills the restorer's descendants — every process any test running in parallel has started (this is what
+        // SIGKILLed the fuzzers' daemons and workloads now and then).
+        let (_, wait) = try Self.startDaemon(["-D", images, "-W", work, "--no-guardian"])
         try Self.waitForSocket(work)
         var options = SimulationOptions(imagesDirectory: images, workDirectory: work, scenario: "exit-mid")
         options.hangUpBeforeRSTF = true

@@ -68,6 +68,12 @@ import Testing
         let tooLarge = try big.sendLine(Array("{\"version\":1,\"op\":\"list\",\"pad\":\"".utf8)
             + [UInt8](repeating: UInt8(ascii: "x"), count: ControlProtocol.maxMessageBytes) + Array("\"}\n".utf8))
         #expect(tooLarge.code == .tooLarge)
+        // An oversized line whose newline arrives in the same read as its 64 KiB mark is refused too (fuzzer
+        // finding: the blank line first shifts the daemon's 16 KiB reads off the line's start).
+        let whole = try ControlClient(socketPath: daemon.controlSocket)
+        let wholeLine = try whole.sendLine(Array("   \n{\"version\":1,\"op\":\"list\",\"pad\":\"".utf8)
+            + [UInt8](repeating: UInt8(ascii: "x"), count: ControlProtocol.maxMessageBytes + 10) + Array("\"}\n".utf8))
+        #expect(wholeLine.code == .tooLarge)
         // Other connections are untouched.
         #expect(try daemon.request(ControlRequest(op: .list)).ok)
         #expect(daemon.process.stderr.contains("request refused"), "refusals are logged")
