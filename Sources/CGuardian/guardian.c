@@ -18,7 +18,9 @@
  *   LISTENER fd    the lazy-pages listening socket (in the shared table). A restorer that connected but was not
  *                  accepted yet has its tasks' uffds in flight in that connection: on the daemon's death the
  *                  guardian accepts such connections to learn their restorers (SO_PEERCRED) and keeps them open
- *                  until the tasks are dead (closing them would release the uffds in flight)
+ *                  until the tasks are dead (closing them would release the uffds in flight). A connection the
+ *                  daemon accepted but died before reporting (RESTORER) is found in the shared table by its local
+ *                  address, which is the listener's
  *   DONE           the restore ended cleanly: exit 0
  *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
  * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, counting those
@@ -42,6 +44,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,22 +95,6 @@ static void drain_connection(int fd) {
 enum { RESERVE = 4 };
 static int g_reserve[RESERVE] = {-1, -1, -1, -1};
 
-/* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
-static void sweep_listener(void) {
-    if (g_listener < 0) return;
-    int flags = fcntl(g_listener, F_GETFL);
-    if (flags < 0 || fcntl(g_listener, F_SETFL, flags | O_NONBLOCK) < 0) return; /* not a listener any more */
-    for (;;) {
-        int fd = accept4(g_listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;
-        int creds[3] = {0, 0, 0}; /* struct ucred */
-        socklen_t len = sizeof creds;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0 &&
-            g_nrestorers < MAX_RESTORERS)
-            g_restorers[g_nrestorers++] = creds[0];
-        if (g_nconnections < MAX_RESTORERS) g_connections[g_nconnections++] = fd;
-    }
-}
 
 /* ---- tiny helpers (no libc state) ---- */
 
@@ -263,6 +250,64 @@ static void walk(pid_t root, void (*fn)(pid_t)) {
     }
 }
 
+/* Records connection fd (once) and its peer as a restorer. */
+static void add_connection(int fd) {
+    for (int i = 0; i < g_nconnections; i++)
+        if (g_connections[i] == fd) return;
+    int creds[3] = {0, 0, 0}; /* struct ucred */
+    socklen_t len = sizeof creds;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0 && g_nrestorers < MAX_RESTORERS) {
+        int known = 0;
+        for (int i = 0; i < g_nrestorers; i++) known |= g_restorers[i] == creds[0];
+        if (!known) g_restorers[g_nrestorers++] = creds[0];
+    }
+    if (g_nconnections < MAX_RESTORERS) g_connections[g_nconnections++] = fd;
+}
+
+static int same_address(const struct sockaddr_un *a, socklen_t alen, const struct sockaddr_un *b, socklen_t blen) {
+    return alen == blen && alen > (socklen_t)sizeof(sa_family_t) && memcmp(a, b, alen) == 0;
+}
+
+/* Finds connections the daemon accepted from the listener but had not reported yet (it died between accept() and
+ * its RESTORER message): in the shared table, every socket whose local address is the listener's (an accepted
+ * unix socket carries its listener's address) is a restorer connection. Their queued uffds are in flight too. */
+static void sweep_accepted(void) {
+    if (g_listener < 0) return;
+    struct sockaddr_un listening, other;
+    socklen_t llen = sizeof listening;
+    if (getsockname(g_listener, (struct sockaddr *)&listening, &llen) != 0 || listening.sun_family != AF_UNIX) return;
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return;
+    char entries[2048];
+    long n;
+    while ((n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
+        for (long off = 0; off < n;) {
+            struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
+            off += e->d_reclen;
+            const char *name = e->d_name;
+            if (*name < '0' || *name > '9') continue;
+            int fd = (int)parse_num(&name);
+            if (fd == g_listener || fd == dir) continue;
+            socklen_t olen = sizeof other;
+            if (getsockname(fd, (struct sockaddr *)&other, &olen) != 0) continue; /* not a socket */
+            if (same_address(&listening, llen, &other, olen)) add_connection(fd);
+        }
+    }
+    close(dir);
+}
+
+/* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
+static void sweep_listener(void) {
+    if (g_listener < 0) return;
+    int flags = fcntl(g_listener, F_GETFL);
+    if (flags < 0 || fcntl(g_listener, F_SETFL, flags | O_NONBLOCK) < 0) return; /* not a listener any more */
+    for (;;) {
+        int fd = accept4(g_listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;
+        add_connection(fd);
+    }
+}
+
 /* Whether a uffd is open in the (shared) descriptor table: the restore is in flight. */
 static int uffds_open(void) {
     int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -346,6 +391,7 @@ static int guardian_main(int pidfd, int messages) {
     /* Either the daemon is gone or it gave up; the shared table still holds its uffds. */
     for (int i = 0; i < RESERVE; i++)
         if (g_reserve[i] >= 0) close(g_reserve[i]);
+    sweep_accepted();
     sweep_listener();
     for (int i = 0; i < g_nconnections; i++) drain_connection(g_connections[i]);
     /* Nothing in flight (no uffd open, none queued in a connection): every process had its pages, or the restorer

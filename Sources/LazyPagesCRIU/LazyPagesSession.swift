@@ -48,9 +48,14 @@ public final class LazyPagesSession: @unchecked Sendable {
         guardian.listener(descriptor: listener.descriptor)
     }
 
+    private static let stopAfterAccept = getenv("LP_FAULT_STOP_AFTER_ACCEPT") != nil
+
     private func acceptRestorer() {
         do {
             let fd = try listener.accept()
+            // Fault injection for the guardian's tests: the daemon stops in the one moment the guardian has not
+            // been told about the connection yet (the test then kills it).
+            if Self.stopAfterAccept { raise(SIGSTOP) }
             if let guardian, let restorer = peerProcess(of: fd) { guardian.restorer(pid: restorer, connection: fd) }
             guardian?.listener(descriptor: -1)  // closed below: its number may be reused
             // CRIU's restorer connects once; a second connection has nothing to say to us.

@@ -1,6 +1,7 @@
 import Foundation
 import RestoreSimulator
 import Testing
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -147,6 +148,52 @@ import Glibc
     }
 
     /// A clean restore: the guardian lets go (exit 0) and the daemon exits 0 with every byte right.
+    /// The daemon dies in the one moment between accepting the restorer's connection and telling the guardian about
+    /// it (`LP_FAULT_STOP_AFTER_ACCEPT` stops it there), while the tasks' uffds are still queued in that connection:
+    /// the guardian must find the connection in the shared table itself, receive the uffds and kill the tasks.
+    /// (Before it did, it saw no uffd open, exited, and the queued uffds were released: the tasks read zero pages —
+    /// twice in 24 random kills under the load of a full parallel test run.)
+    @Test(.timeLimit(.minutes(1))) func daemonKilledRightAfterAcceptingTheRestorer() throws {
+        let work = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let daemon = try ChildProcess(
+            "/usr/bin/env",
+            ["LP_FAULT_STOP_AFTER_ACCEPT=1", BuiltTools.path("lazy-pagesd"), "-D", Self.images, "-W", work,
+             "--status-fd", "3", "--no-background", "-v3"],
+            directory: work, name: "daemon", statusFD: true)
+        try #require(daemon.waitUntilReady(), "daemon did not start: \(daemon.stderrText)")
+        let simulator = try ChildProcess(
+            BuiltTools.path("lazy-pages"),
+            ["restore-sim", "-D", Self.images, "-W", work, "--scenario", "verify", "--timeout", "30",
+             "--workload", BuiltTools.path("lp-workload")],
+            directory: work, name: "sim")
+        // Wait until the daemon has stopped itself after accept() and the restorer has sent every task and hung up:
+        // the accepted socket (local address: the listener's, under the work directory) has bytes queued and no
+        // peer any more.
+        let deadline = ContinuousClock.now + .seconds(30)
+        var sent = false
+        while !sent && ContinuousClock.now < deadline {
+            let sockets = try Spawn.run(["ss", "-x", "-n"]).stdout.split(separator: "\n")
+            sent = sockets.contains { line in
+                let fields = line.split(separator: " ")
+                return line.contains(work + "/.lazy-pages.socket") && fields.count >= 8 && fields[1] == "ESTAB"
+                    && (Int(fields[2]) ?? 0) > 0 && fields[6] == "*" && fields[7] == "0"
+            }
+            if !sent { usleep(10_000) }  // polling the kernel's socket table (a safety-net deadline bounds it)
+        }
+        try #require(sent, "the restorer never finished sending: \(simulator.stdoutText)")
+        #expect(try String(contentsOfFile: "/proc/\(daemon.pid)/stat", encoding: .utf8).contains(") T "))
+        kill(daemon.pid, SIGKILL)
+        #expect(daemon.wait() == -SIGKILL)
+        simulator.wait()
+        Self.waitForGuardian(daemonStderr: daemon.stderrText)
+        let output = RestoreSimOutput(simulator.stdoutText)
+        #expect(output.wrongPageLines.isEmpty, "a task ran on with zero pages: \(output.text)")
+        #expect(output.taskStatuses == [-SIGKILL, -SIGKILL], "\(output.text)")
+        #expect(daemon.stderrText.contains("went away with a restore in flight; killed 2 processes"),
+                "\(daemon.stderrText)")
+    }
+
     @Test(.timeLimit(.minutes(1))) func cleanRestoreWithTheGuardian() throws {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
