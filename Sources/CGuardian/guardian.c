@@ -11,8 +11,9 @@
  *
  * The guardian waits on a pidfd of the daemon and on its message pipe:
  *   RESTORER pid fd  the process on the other end of the lazy-pages socket (the restored tasks are its
- *                  descendants) and that connection's descriptor: on the daemon's death, uffds still queued in it
- *                  are received (kept open) before deciding whether the restore is in flight
+ *                  descendants) and that connection's descriptor: on the daemon's death, bytes still queued in it
+ *                  (uffds in flight) mean the restore is in flight; they are not received (no room may be left in
+ *                  the table), the connection is kept open until the tasks are dead
  *   SNAPSHOT       a uffd was adopted: record the restorers' descendants now (pid and start time), so processes
  *                  the restorer lets go of later are still known
  *   LISTENER fd    the lazy-pages listening socket (in the shared table). A restorer that connected but was not
@@ -23,12 +24,14 @@
  *                  address, which is the listener's
  *   DONE           the restore ended cleanly: exit 0
  *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
- * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, counting those
- * received from the restorers' connections), it
+ * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, or bytes queued in
+ * a restorer's connection), it
  * stops (SIGSTOP) every process of the restore — the recorded ones whose start time still matches, and the
  * descendants of the restorers and of those, walking /proc/PID/task/TID/children until a pass finds nobody new —
  * then SIGKILLs them all (stopped first, none can exit and orphan a child before it is found), waits until they
- * are gone, and only then exits, which closes the uffds. Exit 3 after killing, 0 otherwise.
+ * are gone, and only then exits, which closes the uffds. The restorers themselves are held (SIGSTOP) meanwhile, so
+ * that none starts a task the walk cannot see any more; once the tasks are dead their connections are closed and
+ * they are continued (SIGCONT): their next send fails and they fail the restore. Exit 3 after killing, 0 otherwise.
  *
  * It runs in a copy of a multithreaded process without exec: only raw system calls here (no malloc, no stdio, no
  * locks), static storage only.
@@ -43,6 +46,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/syscall.h>
@@ -76,19 +80,12 @@ static int g_listener = -1;
 static int g_connections[MAX_RESTORERS];
 static int g_nconnections;
 
-/* Receives whatever a restorer connection still has queued; uffds passed with it stay open in the table. */
-static void drain_connection(int fd) {
-    for (int i = 0; i < 4096; i++) {
-        char data[256];
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * 16)];
-            struct cmsghdr align;
-        } control;
-        struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                             .msg_controllen = sizeof control.buf};
-        if (recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0) return;
-    }
+/* Whether a restorer connection still has bytes queued: its tasks' uffds may be in flight in it. Nothing is
+ * received: a descriptor received without room in the table is dropped by the kernel (its task's last copy: zero
+ * pages). Kept open until the tasks are dead, the connection keeps what it holds alive. */
+static int queued(int fd) {
+    int bytes = 0;
+    return ioctl(fd, FIONREAD, &bytes) == 0 && bytes > 0;
 }
 /* Descriptors kept in reserve in the shared table: if the daemon ran out of descriptors, the guardian still has
  * room to walk /proc once it closes these. */
@@ -308,6 +305,19 @@ static void sweep_listener(void) {
     }
 }
 
+/* Restorers stopped (SIGSTOP) while their tasks are killed, continued (SIGCONT) afterwards. */
+static pid_t g_held[MAX_RESTORERS];
+static int g_nheld;
+
+static void hold_restorers(void) {
+    for (int i = 0; i < g_nrestorers; i++) {
+        pid_t pid = g_restorers[i];
+        int held = pid == g_self || pid == g_daemon || pid <= 1;
+        for (int j = 0; j < g_nheld && !held; j++) held = g_held[j] == pid;
+        if (!held && g_nheld < MAX_RESTORERS && kill(pid, SIGSTOP) == 0) g_held[g_nheld++] = pid;
+    }
+}
+
 /* Whether a uffd is open in the (shared) descriptor table: the restore is in flight. */
 static int uffds_open(void) {
     int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -393,19 +403,22 @@ static int guardian_main(int pidfd, int messages) {
         if (g_reserve[i] >= 0) close(g_reserve[i]);
     sweep_accepted();
     sweep_listener();
-    for (int i = 0; i < g_nconnections; i++) drain_connection(g_connections[i]);
-    /* Nothing in flight (no uffd open, none queued in a connection): every process had its pages, or the restorer
-     * never handed one over (it keeps its own copies and fails the restore itself). */
-    if (!uffds_open()) return 0;
+    int in_flight = uffds_open();
+    for (int i = 0; i < g_nconnections && !in_flight; i++) in_flight = queued(g_connections[i]);
+    /* Nothing in flight (no uffd open, nothing queued in a connection): every process had its pages, or the
+     * restorer never handed one over (it keeps its own copies and fails the restore itself). */
+    if (!in_flight) return 0;
+    /* Hold the restorers (SIGSTOP) while their tasks are killed: a restorer still running would start more tasks
+     * after the walk found its children, and send their uffds into a connection about to close. */
+    hold_restorers();
     /* Stop the whole tree first (until a pass finds nobody new: a fork in progress may add a child), so that no
      * process exits and orphans its children before they are found; then kill everything stopped. */
     for (int i = 0; i < g_nknown; i++)
         if (start_time(g_known[i].pid, NULL) == g_known[i].start) stop_one(g_known[i].pid);
     for (int round = 0; round < 64; round++) {
-        if (round == 1) { /* a restorer that connected meanwhile */
-            int swept = g_nconnections;
+        if (round == 1) { /* a restorer that connected meanwhile (its connection is kept open) */
             sweep_listener();
-            for (int i = swept; i < g_nconnections; i++) drain_connection(g_connections[i]);
+            hold_restorers();
         }
         int before = g_nkilled;
         for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], stop_one);
@@ -421,6 +434,11 @@ static int guardian_main(int pidfd, int messages) {
             if (now.tv_sec - began.tv_sec > 10) break;
             nanosleep(&pause, NULL);
         }
+    /* Every task is dead: close the restorers' connections (a restorer sending more fails with EPIPE, and fails its
+     * restore) and the listener, then let the restorers go on. */
+    for (int i = 0; i < g_nconnections; i++) close(g_connections[i]);
+    if (g_listener >= 0) close(g_listener);
+    for (int i = 0; i < g_nheld; i++) kill(g_held[i], SIGCONT);
     char line[1024], *p = line;
     put(&p, "lp-guardian: lazy-pagesd (pid ");
     put_num(&p, g_daemon);

@@ -68,8 +68,16 @@ public final class RestoreSimulation: @unchecked Sendable {
                     arguments: [planPath, options.scenario, String(options.seed)])
                 workloads.append(workload)
                 let uffd = try workload.receiveDescriptor(timeout: options.timeout)
-                defer { close(uffd) }
-                try connection.sendTask(virtualPid: virtualPid, uffd: uffd)
+                do {
+                    try connection.sendTask(virtualPid: virtualPid, uffd: uffd)
+                } catch {
+                    // As CRIU does on a failed restore: kill the tasks first. Closing our copy of a uffd that never
+                    // reached the daemon while its task still runs would hand that task zero pages.
+                    for workload in workloads { workload.killGroup() }
+                    close(uffd)
+                    throw error
+                }
+                close(uffd)
                 // Every spawn copies our descriptor table and the exec closes it again: collect what finished
                 // workloads wrote and let go of their descriptors, or a restore of thousands of tasks is quadratic.
                 if workloads.count % 32 == 0 { try collectOutput(timeoutMilliseconds: 0) }
