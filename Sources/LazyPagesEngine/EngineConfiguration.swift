@@ -10,9 +10,6 @@ public struct EngineConfiguration: Sendable {
     public var backgroundFill: Bool = true
     /// How long (ms) to wait before retrying a copy the kernel refused when no event was readable yet.
     public var refusedCopyRetryMilliseconds: Int32 = 1
-    /// After sending a request for remote pages a fault waits on, the loop polls (rather than sleeps) this long for
-    /// the answer; 0 never polls.
-    public var remoteAnswerSpinMicroseconds: Int = 0
     /// Whether a process with every page home is retired (its uffd closed) once every task is announced. Right
     /// when the restored process no longer holds its own uffd (CRIU's restorer closes it): the kernel then
     /// zero-fills what it touches. A Firecracker VM keeps its uffd, so balloon removals would fault with nobody

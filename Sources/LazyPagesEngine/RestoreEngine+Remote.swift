@@ -31,36 +31,20 @@ final class RemoteFetches {
         return count
     }
 
-    /// Urgent requests (a fault waits on them) in flight, and when the latest was sent (monotonic ns).
-    private(set) var urgentInFlight = 0
-    private(set) var lastUrgentSentAt: UInt64 = 0
-
     func send(_ request: RemotePageRequest) {
         inFlight[request.imagePid, default: []].append(request)
-        if request.urgent {
-            urgentInFlight += 1
-            lastUrgentSentAt = monotonicNanoseconds()
-        }
         source.request(request)
     }
 
     /// Forgets an answered request.
     func answered(_ request: RemotePageRequest) {
         guard var list = inFlight[request.imagePid], let i = list.firstIndex(of: request) else { return }
-        if request.urgent { urgentInFlight -= 1 }
         list.remove(at: i)
         inFlight[request.imagePid] = list.isEmpty ? nil : list
     }
 }
 
 extension RestoreEngine {
-    /// True while a fault waits for an urgent remote request sent less than `remoteAnswerSpinMicroseconds` ago: the
-    /// loop polls instead of sleeping.
-    var remoteAnswerDueSoon: Bool {
-        guard let remote, remote.urgentInFlight > 0, configuration.remoteAnswerSpinMicroseconds > 0 else { return false }
-        return monotonicNanoseconds() &- remote.lastUrgentSentAt < UInt64(configuration.remoteAnswerSpinMicroseconds) * 1000
-    }
-
     /// Fetches the pages of extents without local data from `source` (a page server), starting it (it connects and
     /// watches its descriptors). Call before `run()`.
     public func useRemotePages(_ source: RemotePageSource) throws {

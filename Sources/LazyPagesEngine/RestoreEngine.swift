@@ -158,18 +158,15 @@ public final class RestoreEngine: @unchecked Sendable {
             let fillWaiting = prefetchWaiting || (allAnnounced && configuration.backgroundFill && hasFillWork)
             let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = awaitingTally.count > 0
-            // A fault waits for remote pages: poll rather than sleep for a moment, so the answer is taken the
-            // moment it arrives instead of after a wake-up.
-            let spinning = !fillWaiting && remoteAnswerDueSoon
             let timeout: Int32 =
-                fillWaiting || spinning ? 0
+                fillWaiting ? 0
                 : awaiting ? configuration.refusedCopyRetryMilliseconds
                 : probing ? configuration.livenessProbeMilliseconds : -1
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
-                if awaiting { retryDeferredFaults(olderThan: fillWaiting || spinning ? 200_000 : 0) }
+                if awaiting { retryDeferredFaults(olderThan: fillWaiting ? 200_000 : 0) }
                 if prefetchWaiting { prefetchOneChunk() } else if fillWaiting { fillOneChunk() }
-                if probing && !awaiting && !spinning { probeLiveness() }
+                if probing && !awaiting { probeLiveness() }
             }
         }
         let result = outcome ?? .completed

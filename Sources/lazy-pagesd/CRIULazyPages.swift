@@ -43,10 +43,6 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("fill-chunk"), help: "Pages per background copy.")
     var fillChunk = 64
 
-    @Option(name: .customLong("remote-spin"),
-            help: "With --page-server: microseconds to poll for the answer a fault waits on before sleeping (0: sleep at once).")
-    var remoteSpin = 0
-
     @Flag(name: .customLong("no-background"), help: "Serve faults only; never copy pages in the background.")
     var noBackground = false
 
@@ -84,7 +80,6 @@ struct CRIULazyPages: ParsableCommand {
     func validate() throws {
         guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
         guard fillChunk >= 1 else { throw ValidationError("--fill-chunk must be at least 1") }
-        guard (0...1_000_000).contains(remoteSpin) else { throw ValidationError("--remote-spin must be 0...1000000 µs") }
         if let level = logLevel, !(0...5).contains(level) { throw ValidationError("-v takes a level from 0 to 5") }
         if pageServer {
             guard address != nil else { throw ValidationError("--page-server needs --address") }
@@ -107,7 +102,6 @@ struct CRIULazyPages: ParsableCommand {
         var configuration = EngineConfiguration()
         configuration.faultAroundPages = faultAround
         configuration.fillChunkPages = fillChunk
-        configuration.remoteAnswerSpinMicroseconds = remoteSpin
         configuration.backgroundFill = !noBackground
 
         var profile: WorkingSetProfile?
