@@ -74,6 +74,8 @@ final class ControlServer: @unchecked Sendable {
                 continue
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            var replyTimeout = timeval(tv_sec: limits.replyTimeoutSeconds, tv_usec: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &replyTimeout, socklen_t(MemoryLayout<timeval>.size))
             // Credentials first, for every connection: the kernel's word on who connected.
             guard let peer = PeerCredentials(socket: fd) else {
                 logger.error("no SO_PEERCRED for a control connection; closing it", metadata: ["errno": "\(errno)"])
@@ -153,6 +155,11 @@ final class ControlServer: @unchecked Sendable {
             let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    logger.warning("control client not reading its replies; disconnecting it", metadata: [
+                        "timeout": "\(limits.replyTimeoutSeconds) s",
+                    ])
+                }
                 return false
             }
             offset += n

@@ -35,6 +35,10 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("max-uffds-per-job"), help: "Processes (uffds) one job may track, forked children included.")
     var maxUffdsPerJob = 16_384
 
+    @Option(name: .customLong("reply-timeout"),
+            help: "Seconds a reply may wait for its client to read it before the client is disconnected.")
+    var replyTimeout = 10
+
     @Option(name: [.customShort("o"), .customLong("log-file")], help: "Write the log to this file instead of stderr.")
     var logFile: String?
 
@@ -45,6 +49,7 @@ struct ServeCommand: ParsableCommand {
         guard shutdownTimeout >= 0 else { throw ValidationError("--shutdown-timeout must be 0 or more") }
         guard maxJobsPerUID >= 1 else { throw ValidationError("--max-jobs-per-uid must be at least 1") }
         guard maxUffdsPerJob >= 1 else { throw ValidationError("--max-uffds-per-job must be at least 1") }
+        guard (1...3600).contains(replyTimeout) else { throw ValidationError("--reply-timeout must be 1...3600 seconds") }
         if let metricsAddress { _ = try Self.parseAddress(metricsAddress) }
     }
 
@@ -75,6 +80,7 @@ struct ServeCommand: ParsableCommand {
         options.controlSocketPath = controlSocket
         options.limits.activeJobsPerUID = maxJobsPerUID
         options.limits.uffdsPerJob = maxUffdsPerJob
+        options.limits.replyTimeoutSeconds = replyTimeout
         if let socketGroup { options.socketGroup = try Self.groupID(socketGroup) }
         if let metricsAddress {
             let (host, port) = try Self.parseAddress(metricsAddress)

@@ -216,14 +216,37 @@ import Glibc
                     } catch { return false }
                     offset += n
                 } else {
-                    let sent = bytes[offset..<offset + n].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    let sent = bytes[offset..<offset + n].withUnsafeBytes {
+                        send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    }
                     if sent < 0 && errno == EINTR { continue }
+                    if sent < 0 && errno == EAGAIN {
+                        // Many short lines: the daemon's replies fill our receive buffer while we still write, and it
+                        // stops reading until we read them. Take the replies in while waiting for room.
+                        guard takeRepliesWhileBlocked() else { return false }
+                        continue
+                    }
                     guard sent > 0 else { return false }
                     offset += sent
                 }
                 first = false
             }
             return true
+        }
+
+        /// Waits (at most 20 s) until the socket takes more bytes, reading whatever replies arrive meanwhile into
+        /// `buffered`. False on end of file, error or timeout.
+        private func takeRepliesWhileBlocked() -> Bool {
+            var entry = pollfd(fd: fd, events: Int16(POLLIN | POLLOUT), revents: 0)
+            let ready = poll(&entry, 1, 20_000)
+            if ready < 0 && errno == EINTR { return true }
+            guard ready > 0 else { return false }
+            if entry.revents & Int16(POLLIN) != 0 {
+                var chunk = [UInt8](repeating: 0, count: 65536)
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n > 0 { buffered += chunk[..<n] } else if n == 0 || errno != EAGAIN { return false }
+            }
+            return entry.revents & Int16(POLLERR | POLLHUP) == 0 || entry.revents & Int16(POLLIN) != 0
         }
 
         private func sendWithDescriptor(_ bytes: [UInt8], _ extra: Int32) throws {

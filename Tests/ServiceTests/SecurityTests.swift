@@ -79,6 +79,38 @@ import Testing
         #expect(daemon.process.stderr.contains("request refused"), "refusals are logged")
     }
 
+    /// A client that writes requests and never reads the replies must not hold a connection thread forever: once a
+    /// reply has waited `--reply-timeout` for it, the daemon hangs up (the fuzzer's pipelined writes found the
+    /// deadlock: our receive buffer full of replies, the daemon blocked writing the next one).
+    @Test(.timeLimit(.minutes(1))) func aClientThatNeverReadsItsRepliesIsDisconnected() throws {
+        let daemon = try ServiceDaemon(["--reply-timeout", "1"])
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(daemon.controlSocket.utf8) + [0]) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(connected == 0)
+        // Requests until the daemon stops taking them (its replies fill our receive buffer, it blocks writing),
+        // then until it hangs up. Never a read.
+        let line = Array("{\"version\":1,\"op\":\"list\"}\n".utf8)
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var sentLines = 0
+        var outcome: Int32 = 0
+        while outcome == 0 && sentLines < 1_000_000 {
+            let n = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { outcome = errno } else { sentLines += 1 }
+        }
+        #expect(outcome == EPIPE || outcome == ECONNRESET, "errno \(outcome) after \(sentLines) requests")
+        // The daemon lives on and serves others.
+        #expect(try daemon.request(ControlRequest(op: .list)).ok)
+        #expect(daemon.process.stderr.contains("not reading its replies"), "\(daemon.process.stderr)")
+    }
+
     @Test(.timeLimit(.minutes(2))) func tooManyJobsPerUIDAreRefused() throws {
         let daemon = try ServiceDaemon(["--max-jobs-per-uid", "2"])
         let memory = try MemoryFixture(bytes: 1 << 20)
