@@ -128,3 +128,31 @@ func describe(_ report: SimulationReport) -> String {
     report.tasks.map { "task \($0.virtualPid) status \($0.exitStatus):\n  " + $0.output.joined(separator: "\n  ") }
         .joined(separator: "\n")
 }
+
+/// A restore from a page source that never completes an answer within `stallTimeout`: the client must give up after
+/// `retries` retries, the restore fail naming the server (`port`) within `bound`, and every task die by SIGBUS on a
+/// poisoned page — never run on, never read a zero page.
+func expectRestoreGivesUp(
+    _ images: RemoteImages, port: UInt16, stallTimeout: Double, retries: Int, within bound: Duration
+) throws {
+    let started = ContinuousClock.now
+    let result = try remoteRestore(images, port: port, scenario: "verify") {
+        $0.stallTimeout = stallTimeout
+        $0.retries = retries
+        $0.retryDelay = 0.05
+    }
+    let elapsed = ContinuousClock.now - started
+    guard case .failed(let reason) = result.outcome else {
+        Issue.record("expected a failed restore, got \(result.outcome)")
+        return
+    }
+    #expect(reason.contains("127.0.0.1:\(port)"), "\(reason)")
+    #expect(reason.contains("gave up after \(retries) retries"), "\(reason)")
+    #expect(reason.contains("no answer completed for"), "\(reason)")
+    #expect(elapsed < bound)
+    for task in result.report.tasks {
+        #expect(task.exitStatus == -SIGBUS, "\(describe(result.report))")
+        #expect(!task.output.contains { $0.hasPrefix("OK") }, "\(describe(result.report))")
+        #expect(!task.output.contains { $0.hasPrefix("FAIL") && $0.contains("byte=") }, "\(describe(result.report))")
+    }
+}
