@@ -85,16 +85,22 @@ let package = Package(
         .target(
             name: "RestoreSimulator",
             dependencies: ["CRIUImages", "LazyPagesCRIU"]),
+        // SCM_RIGHTS for the C helper programs below.
+        .target(name: "CDescriptorPassing"),
         // The workload process the simulator starts (C: it must fault, fork, mremap and madvise for real).
-        .executableTarget(name: "lp-workload", path: "Sources/lp-workload"),
+        .executableTarget(name: "lp-workload", dependencies: ["CDescriptorPassing"], path: "Sources/lp-workload"),
         // Does what Firecracker does with a UFFD memory backend, then acts as the guest and checks every byte (C).
-        .executableTarget(name: "fc-emulator", path: "Sources/fc-emulator", linkerSettings: [.linkedLibrary("pthread")]),
+        .executableTarget(
+            name: "fc-emulator", dependencies: ["CDescriptorPassing"], path: "Sources/fc-emulator",
+            linkerSettings: [.linkedLibrary("pthread")]),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
-        .executableTarget(name: "uffd-testee", path: "Sources/uffd-testee"),
+        .executableTarget(name: "uffd-testee", dependencies: ["CDescriptorPassing"], path: "Sources/uffd-testee"),
         // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
-        .executableTarget(name: "lp-bench-baseline", path: "Sources/lp-bench-baseline"),
+        .executableTarget(
+            name: "lp-bench-baseline", dependencies: ["CDescriptorPassing"], path: "Sources/lp-bench-baseline"),
         // The restored task the benchmark times faults in (speaks lp-workload's plan/fd-3 protocol).
-        .executableTarget(name: "lp-bench-workload", path: "Sources/lp-bench-workload"),
+        .executableTarget(
+            name: "lp-bench-workload", dependencies: ["CDescriptorPassing"], path: "Sources/lp-bench-workload"),
         // `lazy-pages bench`: images, daemons, baselines and workloads run side by side; report and ratios.
         .target(
             name: "LazyPagesBench",

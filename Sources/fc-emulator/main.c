@@ -47,6 +47,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "CDescriptorPassing.h"
+
 #ifndef MAP_HUGE_2MB
 #define MAP_HUGE_2MB (21 << 26)
 #endif
@@ -268,23 +270,7 @@ int main(int argc, char **argv) {
     strcpy(sa.sun_path, socket_path);
     if (connect(sock, (struct sockaddr *)&sa, sizeof sa) != 0) die("connect %s: %s", socket_path, strerror(errno));
 
-    struct iovec iov = {.iov_base = json, .iov_len = n};
-    union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        msg.msg_control = control.buf;
-        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-    }
-    if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)n) die("sendmsg: %s", strerror(errno));
+    if (lp_send_with_fds(sock, json, n, fds, nfds) != (ssize_t)n) die("sendmsg: %s", strerror(errno));
 
     if (strcmp(mode, "normal")) {
         /* A bad handshake: a handler must refuse it (kill us or close the socket), never serve us. */

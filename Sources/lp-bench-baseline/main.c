@@ -40,6 +40,8 @@
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 #include <stdarg.h>
+
+#include "CDescriptorPassing.h"
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -88,19 +90,7 @@ struct handover {
 };
 
 static void send_fd(int sock, int fd, const struct handover *h) {
-    struct iovec iov = {.iov_base = (void *)h, .iov_len = sizeof *h};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
-    if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof *h) die("sendmsg: %s", strerror(errno));
+    if (lp_send_with_fds(sock, h, sizeof *h, &fd, 1) != (ssize_t)sizeof *h) die("sendmsg: %s", strerror(errno));
 }
 
 static int receive_fd(int sock, struct handover *h) {

@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "CDescriptorPassing.h"
+
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
@@ -164,19 +166,7 @@ static int open_uffd(void) {
 
 static void send_uffd(int uffd) {
     char byte = 0;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-    if (sendmsg(CONTROL_FD, &msg, MSG_NOSIGNAL) != 1) die("sending the uffd: %s", strerror(errno));
+    if (lp_send_with_fds(CONTROL_FD, &byte, 1, &uffd, 1) != 1) die("sending the uffd: %s", strerror(errno));
 }
 
 /* Every lazy page: its address and where its data is. */

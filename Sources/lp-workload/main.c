@@ -46,6 +46,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "CDescriptorPassing.h"
+
 #include "workload.h"
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -175,22 +177,7 @@ static void register_lazy(int uffd) {
 
 static void send_uffd(int uffd) {
     char byte = 0;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof control.buf};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-    ssize_t n;
-    do n = sendmsg(g_control_fd, &msg, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = lp_send_with_fds(g_control_fd, &byte, 1, &uffd, 1);
     if (n != 1) die("sending the uffd over fd %d: %s", g_control_fd, n < 0 ? strerror(errno) : "short write");
 }
 

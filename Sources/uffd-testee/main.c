@@ -41,6 +41,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "CDescriptorPassing.h"
+
 enum { COMMAND_TIMEOUT_MS = 30000, RUN_TIMEOUT_S = 120, MAX_MESSAGE = 256 };
 
 static int sock = -1;
@@ -101,20 +103,7 @@ static int make_uffd(void) {
 static void send_ready(int uffd) {
     char line[MAX_MESSAGE];
     snprintf(line, sizeof line, "ready %lx %zu %zu %d\n", (unsigned long)region, pages, page_size, (int)getpid());
-    struct iovec iov = {.iov_base = line, .iov_len = strlen(line)};
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr msg = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &uffd, sizeof(int));
-    if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) fail("sendmsg");
+    if (lp_send_with_fds(sock, line, strlen(line), &uffd, 1) < 0) fail("sendmsg");
 }
 
 /* Waits for the next command; returns its length (0 when the test hung up). */
