@@ -265,32 +265,52 @@ static int same_address(const struct sockaddr_un *a, socklen_t alen, const struc
     return alen == blen && alen > (socklen_t)sizeof(sa_family_t) && memcmp(a, b, alen) == 0;
 }
 
-/* Finds connections the daemon accepted from the listener but had not reported yet (it died between accept() and
- * its RESTORER message): in the shared table, every socket whose local address is the listener's (an accepted
- * unix socket carries its listener's address) is a restorer connection. Their queued uffds are in flight too. */
-static void sweep_accepted(void) {
-    if (g_listener < 0) return;
-    struct sockaddr_un listening, other;
-    socklen_t llen = sizeof listening;
-    if (getsockname(g_listener, (struct sockaddr *)&listening, &llen) != 0 || listening.sun_family != AF_UNIX) return;
+/* Calls visit on every descriptor of the (shared) table until it returns non-zero. Returns that value, 0 when no
+ * visit did, -1 when /proc/self/fd cannot be read. */
+static int each_descriptor(int (*visit)(int fd)) {
     int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0) return;
+    if (dir < 0) return -1;
     char entries[2048];
     long n;
-    while ((n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
-        for (long off = 0; off < n;) {
+    int result = 0;
+    while (!result && (n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
+        for (long off = 0; off < n && !result;) {
             struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
             off += e->d_reclen;
             const char *name = e->d_name;
             if (*name < '0' || *name > '9') continue;
             int fd = (int)parse_num(&name);
-            if (fd == g_listener || fd == dir) continue;
-            socklen_t olen = sizeof other;
-            if (getsockname(fd, (struct sockaddr *)&other, &olen) != 0) continue; /* not a socket */
-            if (same_address(&listening, llen, &other, olen)) add_connection(fd);
+            if (fd != dir) result = visit(fd);
         }
     }
     close(dir);
+    return result;
+}
+
+/* The listener's address, for take_if_accepted. */
+static struct sockaddr_un g_listening;
+static socklen_t g_listening_len;
+
+/* A socket whose local address is the listener's was accepted from it (an accepted unix socket carries its
+ * listener's address): a restorer connection. */
+static int take_if_accepted(int fd) {
+    struct sockaddr_un other;
+    socklen_t len = sizeof other;
+    if (fd != g_listener && getsockname(fd, (struct sockaddr *)&other, &len) == 0 && same_address(&g_listening,
+        g_listening_len, &other, len))
+        add_connection(fd);
+    return 0;
+}
+
+/* Finds connections the daemon accepted from the listener but had not reported yet (it died between accept() and
+ * its RESTORER message). Their queued uffds are in flight too. */
+static void sweep_accepted(void) {
+    if (g_listener < 0) return;
+    g_listening_len = sizeof g_listening;
+    if (getsockname(g_listener, (struct sockaddr *)&g_listening, &g_listening_len) != 0 ||
+        g_listening.sun_family != AF_UNIX)
+        return;
+    each_descriptor(take_if_accepted);
 }
 
 /* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
@@ -318,31 +338,20 @@ static void hold_restorers(void) {
     }
 }
 
+static int is_uffd(int fd) {
+    char path[64], *p = path, target[64];
+    put(&p, "/proc/self/fd/");
+    put_num(&p, fd);
+    *p = 0;
+    ssize_t len = readlink(path, target, sizeof target - 1);
+    if (len <= 0) return 0;
+    target[len] = 0;
+    return strcmp(target, "anon_inode:[userfaultfd]") == 0;
+}
+
 /* Whether a uffd is open in the (shared) descriptor table: the restore is in flight. */
 static int uffds_open(void) {
-    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0) return 1; /* cannot tell: assume the worst */
-    char entries[4096];
-    long n;
-    int found = 0;
-    while (!found && (n = syscall(SYS_getdents64, dir, entries, sizeof entries)) > 0) {
-        for (long off = 0; off < n && !found;) {
-            struct linux_dirent64 *e = (struct linux_dirent64 *)(entries + off);
-            off += e->d_reclen;
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            char path[64], *p = path, target[64];
-            put(&p, "/proc/self/fd/");
-            put(&p, e->d_name);
-            *p = 0;
-            ssize_t len = readlink(path, target, sizeof target - 1);
-            if (len > 0) {
-                target[len] = 0;
-                found = strcmp(target, "anon_inode:[userfaultfd]") == 0;
-            }
-        }
-    }
-    close(dir);
-    return found;
+    return each_descriptor(is_uffd) != 0; /* -1: cannot tell, assume the worst */
 }
 
 static void say(const char *text) {
