@@ -84,15 +84,8 @@ import Testing
     /// deadlock: our receive buffer full of replies, the daemon blocked writing the next one).
     @Test(.timeLimit(.minutes(1))) func aClientThatNeverReadsItsRepliesIsDisconnected() throws {
         let daemon = try ServiceDaemon(["--reply-timeout", "1"])
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(daemon.controlSocket.utf8) + [0]) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        try #require(connected == 0)
+        let connection = try ControlProtocolFuzzTests.Connection(path: daemon.controlSocket)
+        let fd = connection.fd
         // Requests until the daemon stops taking them (its replies fill our receive buffer, it blocks writing),
         // then until it hangs up. Never a read.
         let line = Array("{\"version\":1,\"op\":\"list\"}\n".utf8)
@@ -105,6 +98,7 @@ import Testing
             if n < 0 && errno == EINTR { continue }
             if n < 0 { outcome = errno } else { sentLines += 1 }
         }
+        withExtendedLifetime(connection) {}
         #expect(outcome == EPIPE || outcome == ECONNRESET, "errno \(outcome) after \(sentLines) requests")
         // The daemon lives on and serves others.
         #expect(try daemon.request(ControlRequest(op: .list)).ok)
