@@ -99,7 +99,7 @@ public struct RestoreSummary: Sendable {
     public var line: String {
         let s = statistics
         let seconds = s.elapsedSeconds
-        let bytes = Double(s.pagesCopied * pageSize)
+        let bytes = Double(s.pagesCopied * basePageSize)
         let rate = seconds > 0 ? bytes / seconds / Double(1 << 30) : 0
         return "lazy-pages: \(s[.tasksAnnounced]) tasks, \(s[.forks]) forked children, "
             + "\(s.pagesCopied) pages copied (\(s[.pagesCopiedOnFault]) on fault, \(s[.pagesCopiedInBackground]) in background), "
