@@ -72,8 +72,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     public init(options: PageServerClientOptions, logger: Logger) {
         self.options = options
         self.logger = logger
-        bufferSize = 64 * pageSize
-        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+        bufferSize = 64 * basePageSize
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
     }
 
     deinit {
@@ -295,7 +295,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                     recv(socket, $0.baseAddress! + headerBytes, $0.count - headerBytes, Int32(MSG_DONTWAIT))
                 }
             } else {
-                n = recv(socket, buffer + dataBytes, replyPages * pageSize - dataBytes, Int32(MSG_DONTWAIT))
+                n = recv(socket, buffer + dataBytes, replyPages * basePageSize - dataBytes, Int32(MSG_DONTWAIT))
             }
             if n < 0 {
                 if errno == EINTR { continue }
@@ -312,15 +312,15 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                 } catch {
                     return giveUp("page server \(options.serverName) broke the protocol: \(error)")
                 }
-                if replyPages * pageSize > bufferSize {
+                if replyPages * basePageSize > bufferSize {
                     buffer.deallocate()
-                    bufferSize = replyPages * pageSize
-                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+                    bufferSize = replyPages * basePageSize
+                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
                 }
                 dataBytes = 0
             } else {
                 dataBytes += n
-                guard dataBytes == replyPages * pageSize else { continue }
+                guard dataBytes == replyPages * basePageSize else { continue }
                 complete(outstanding, pages: replyPages)
             }
         }

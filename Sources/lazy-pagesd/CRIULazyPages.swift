@@ -164,7 +164,7 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
-        if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
+        if let guardian, guardian.finish(clean: outcome == .completed) == GuardianLink.killedExitStatus {
             printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
         }
         switch outcome {
