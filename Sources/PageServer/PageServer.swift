@@ -310,7 +310,7 @@ public final class PageServer: @unchecked Sendable {
         switch client.connection.handshakeStep() {
         case .wantRead: setInterest(client, tag: tag, EPOLLIN.rawValue)
         case .wantWrite: setInterest(client, tag: tag, EPOLLOUT.rawValue)
-        case .failed(let reason):
+        case .failed(let reason), .refused(let reason):
             counterState.withLock { $0.tlsFailures += 1 }
             client.log.warning("TLS refused", metadata: ["reason": "\(reason)"])
             drop(tag)
@@ -343,7 +343,7 @@ public final class PageServer: @unchecked Sendable {
                     client.log.warning("connection ended in the middle of a header", metadata: ["bytes": "\(client.headerBytes)"])
                 }
                 return drop(tag)
-            case .failed(let reason):
+            case .failed(let reason), .refused(let reason):
                 client.log.warning("connection failed", metadata: ["error": "\(reason)"])
                 return drop(tag)
             case .done(let n):
@@ -417,7 +417,7 @@ public final class PageServer: @unchecked Sendable {
             case .done(let n): client.smallSent += n
             case .wouldBlock: return wait()
             case .closed: return broken("connection closed")
-            case .failed(let reason): return broken(reason)
+            case .failed(let reason), .refused(let reason): return broken(reason)
             }
         }
         while client.fileLeft > 0 {
@@ -425,7 +425,7 @@ public final class PageServer: @unchecked Sendable {
             case .done(let n): client.fileLeft -= n
             case .wouldBlock: return wait()
             case .closed: return broken("connection closed")
-            case .failed(let reason): return broken(reason)
+            case .failed(let reason), .refused(let reason): return broken(reason)
             }
         }
         if connection.hasPendingOutput {
@@ -433,7 +433,7 @@ public final class PageServer: @unchecked Sendable {
             case .done: break
             case .wouldBlock: return wait()
             case .closed: return broken("connection closed")
-            case .failed(let reason): return broken(reason)
+            case .failed(let reason), .refused(let reason): return broken(reason)
             }
         }
         client.small = []

@@ -169,7 +169,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             case .done(let n): sent += n
             case .wouldBlock: if !wait(POLLOUT) { failure = "timed out" }
             case .closed: failure = "connection closed"
-            case .failed(let reason): failure = reason
+            case .failed(let reason), .refused(let reason): failure = reason
             }
         }
         if let failure {
@@ -184,7 +184,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             case .done(let n): have += n
             case .wouldBlock: if !wait(POLLIN) { failure = "no answer within \(timeoutSeconds) s" }
             case .closed: failure = "connection closed"
-            case .failed(let reason): failure = reason
+            case .failed(let reason), .refused(let reason): failure = reason
             }
             if let failure {
                 logger.warning("the page server did not answer PS_IOV_CLOSE", metadata: [
@@ -300,7 +300,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             case .done: break
             case .wouldBlock: return  // the timer tries again
             case .closed: return connectionLost("the server closed the connection")
-            case .failed(let reason): return connectionLost("sending a request failed: \(reason)")
+            case .failed(let reason), .refused(let reason): return connectionLost("sending a request failed: \(reason)")
             }
         }
         var scratch = [UInt8](repeating: 0, count: PageServerMessage.size)
@@ -316,7 +316,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                 }
             case .wouldBlock: return  // the timer tries again
             case .closed: return connectionLost("the server closed the connection")
-            case .failed(let reason): return connectionLost("sending a request failed: \(reason)")
+            case .failed(let reason), .refused(let reason): return connectionLost("sending a request failed: \(reason)")
             }
         }
     }
@@ -342,6 +342,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             case .done(let count): n = count
             case .wouldBlock: return
             case .closed: return connectionLost("the server closed the connection")
+            case .refused(let reason): return giveUp("page server \(options.serverName) refused us: \(reason)")
             case .failed(let reason): return connectionLost("receiving failed: \(reason)")
             }
             if headerBytes < PageServerMessage.size {
@@ -390,7 +391,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         switch connection.receive(&byte, 1) {
         case .wouldBlock: return
         case .closed: return connectionLost("the server closed the connection")
-        case .failed(let reason): return connectionLost("receiving failed: \(reason)")
+        case .refused(let reason): giveUp("page server \(options.serverName) refused us: \(reason)")
+        case .failed(let reason): connectionLost("receiving failed: \(reason)")
         case .done: giveUp("page server \(options.serverName) broke the protocol: it sent data nobody asked for")
         }
     }

@@ -14,6 +14,8 @@ public final class TCPConnection {
         case done(Int)
         case wouldBlock
         case closed
+        /// A failure a reconnect cannot cure (the peer refused our TLS certificate).
+        case refused(String)
         case failed(String)
     }
 
@@ -117,7 +119,9 @@ public final class TCPConnection {
     /// Nil when the peer's certificate chains to a trusted CA, is valid now, not revoked, and (with `hostname`)
     /// names `hostname`; else the reason, in GnuTLS's words.
     public func verifyPeer(hostname: String?) -> String? {
-        tls?.verifyPeer(hostname: hostname)
+        guard let reason = tls?.verifyPeer(hostname: hostname) else { return nil }
+        tls?.refuseCertificate()
+        return reason
     }
 
     // MARK: Data

@@ -49,6 +49,7 @@ final class TLSSession {
         if rc == GNUTLS_E_SUCCESS { return .done }
         if rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED { return .again }
         if gnutls_error_is_fatal(rc) == 0 { return .again }  // a warning alert: keep going, as CRIU does
+        if rc == GNUTLS_E_FATAL_ALERT_RECEIVED { return .failed("the peer sent the alert '\(alertName)'") }
         return .failed(Self.describe(rc))
     }
 
@@ -106,11 +107,22 @@ final class TLSSession {
         if rc == 0 { return .closed }
         if rc == Int(GNUTLS_E_AGAIN) || rc == Int(GNUTLS_E_INTERRUPTED) { return .wouldBlock }
         if rc == Int(GNUTLS_E_PREMATURE_TERMINATION) { return .closed }
+        if rc == Int(GNUTLS_E_FATAL_ALERT_RECEIVED) {
+            return .refused("the peer ended the TLS session with the alert '\(alertName)'")
+        }
         return .failed("TLS receive failed: \(Self.describe(Int32(truncatingIfNeeded: rc)))")
     }
 
     /// Decrypted bytes waiting in the session (the socket may be empty: epoll will not report them).
     var pendingInput: Int { gnutls_record_check_pending(session) }
+
+    /// The last alert the peer sent, in GnuTLS's words ("Certificate is bad", ...).
+    var alertName: String {
+        gnutls_alert_get_name(gnutls_alert_get(session)).map { String(cString: $0) } ?? "unknown alert"
+    }
+
+    /// Tells the peer its certificate was refused (a fatal alert), so that it learns why we close.
+    func refuseCertificate() { _ = gnutls_alert_send(session, GNUTLS_AL_FATAL, GNUTLS_A_BAD_CERTIFICATE) }
 
     /// Sends our close_notify without waiting for the peer's (as CRIU does after an error).
     func bye() { _ = gnutls_bye(session, GNUTLS_SHUT_WR) }
