@@ -310,7 +310,7 @@ public final class PageServer: @unchecked Sendable {
         switch client.connection.handshakeStep() {
         case .wantRead: setInterest(client, tag: tag, EPOLLIN.rawValue)
         case .wantWrite: setInterest(client, tag: tag, EPOLLOUT.rawValue)
-        case .failed(let reason), .refused(let reason):
+        case .failed(let reason):
             counterState.withLock { $0.tlsFailures += 1 }
             client.log.warning("TLS refused", metadata: ["reason": "\(reason)"])
             drop(tag)

@@ -38,14 +38,14 @@ public final class TCPConnection {
     public func close() {
         guard !closed else { return }
         closed = true
-        tls?.bye()
+        if handshakeDone { tls?.bye() }
         tls = nil
         Glibc.close(descriptor)
     }
 
     /// Ends our direction (TLS close_notify, then FIN); reading stays possible.
     public func finishSending() {
-        tls?.bye()
+        if handshakeDone { tls?.bye() }
         shutdown(descriptor, Int32(SHUT_WR))
     }
 
@@ -79,13 +79,17 @@ public final class TCPConnection {
             sawFirstByte = true
         }
         switch tls.handshake() {
-        case .done: return .done
+        case .done:
+            handshakeDone = true
+            return .done
         case .again: return tls.wantsWrite ? .wantWrite : .wantRead
         case .failed(let reason): return .failed("TLS handshake failed: \(reason)")
         }
     }
 
     private var sawFirstByte = false
+    /// Only a finished handshake ends with a close_notify (a plain-text peer gets no TLS bytes at all).
+    private var handshakeDone = false
 
     /// The whole handshake, waiting at most `timeout` seconds, then the peer's certificate check (`hostname`: the
     /// name its certificate must carry; nil: only the chain is checked).

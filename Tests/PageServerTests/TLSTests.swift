@@ -76,7 +76,7 @@ struct TLSTests {
         let reason = try #require(failure, "the client accepted a server with a bad certificate (\(kind))")
         #expect(reason.contains("page server 127.0.0.1:\(server.port)"), "\(reason)")
         #expect(reason.contains("certificate is refused"), "\(reason)")
-        let words = ["untrusted": "not trusted", "expired": "expired", "wrong-name": "does not match"][kind]!
+        let words = ["untrusted": "NOT trusted", "expired": "expired", "wrong-name": "does not match"][kind]!
         #expect(reason.contains(words), "\(reason)")
     }
 
