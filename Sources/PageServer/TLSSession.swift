@@ -50,7 +50,7 @@ final class TLSSession {
         if rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED { return .again }
         if gnutls_error_is_fatal(rc) == 0 { return .again }  // a warning alert: keep going, as CRIU does
         if rc == GNUTLS_E_FATAL_ALERT_RECEIVED { return .failed("the peer sent the alert '\(alertName)'") }
-        return .failed(Self.describe(rc))
+        return .failed(Self.describe(rc, handshake: true))
     }
 
     /// Verifies the peer's certificate chain against our CAs (validity dates and revocation included) and, when
@@ -131,12 +131,16 @@ final class TLSSession {
     static let maxRecord = 16384
 
     /// GnuTLS's words, plus what they most likely mean for errors a peer without TLS provokes.
-    static func describe(_ code: Int32) -> String {
+    /// (In a handshake, a peer that resets or closes the connection, or answers with something that is not TLS,
+    /// is most likely one without TLS.)
+    static func describe(_ code: Int32, handshake: Bool = false) -> String {
         let text = TLSCredentials.text(code)
         switch code {
-        case GNUTLS_E_PREMATURE_TERMINATION, GNUTLS_E_UNEXPECTED_PACKET_LENGTH, GNUTLS_E_UNSUPPORTED_VERSION_PACKET,
-             GNUTLS_E_UNEXPECTED_PACKET, GNUTLS_E_RECORD_OVERFLOW:
+        case GNUTLS_E_UNEXPECTED_PACKET_LENGTH, GNUTLS_E_UNSUPPORTED_VERSION_PACKET, GNUTLS_E_UNEXPECTED_PACKET,
+             GNUTLS_E_RECORD_OVERFLOW:
             return text + " (does the peer speak TLS? a plain-text peer, or one started without --tls)"
+        case GNUTLS_E_PREMATURE_TERMINATION, GNUTLS_E_PULL_ERROR, GNUTLS_E_PUSH_ERROR where handshake:
+            return text + " (the peer hung up during the handshake: does the peer speak TLS? a plain-text peer, or one started without --tls)"
         default:
             return text
         }
