@@ -149,7 +149,13 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         if let pidFile {
-            try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+            do {
+                try OutputFile.write("\(getpid())\n", to: pidFile)
+            } catch {
+                logger.critical("cannot write the pid file", metadata: ["error": "\(error)"])
+                printError("lazy-pagesd: cannot write the pid file: \(error)")
+                throw ExitCode.failure
+            }
         }
         if let statusFD { signalReady(on: statusFD) }
         detached?()
