@@ -149,8 +149,7 @@ struct CRIULazyPages: ParsableCommand {
             do {
                 try OutputFile.write("\(getpid())\n", to: pidFile)
             } catch {
-                logger.critical("cannot write the pid file", metadata: ["error": "\(error)"])
-                printError("lazy-pagesd: cannot write the pid file: \(error)")
+                reportFatal("cannot write the pid file: \(error)", logger: logger)
                 throw ExitCode.failure
             }
         }
