@@ -86,11 +86,6 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
 
 /// The pid of the process on the other end of a unix socket (`SO_PEERCRED`), or nil.
 public func peerProcess(of socket: Int32) -> pid_t? {
-    // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (not exported by Glibc's module without _GNU_SOURCE)
-    var credentials: (Int32, UInt32, UInt32) = (0, 0, 0)
-    var length = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
-    guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, credentials.0 > 0 else {
-        return nil
-    }
-    return credentials.0
+    guard let peer = PeerCredentials(socket: socket), peer.pid > 0 else { return nil }
+    return peer.pid
 }

@@ -44,8 +44,12 @@ final class ServiceMetrics: @unchecked Sendable {
         ("lazy_pages_tasks_total", [], { $0[.tasksAnnounced, default: 0] }),
     ]
 
-    init(jobs: JobRegistry) {
+    /// Per-job series (`lazy_pages_job_*{job}`); off by default (see `LazyPagesService.Options.metricsPerJob`).
+    private let perJob: Bool
+
+    init(jobs: JobRegistry, perJob: Bool = false) {
         self.jobs = jobs
+        self.perJob = perJob
         factory = PrometheusMetricsFactory(registry: registry)
         var states: [JobState: CoreMetrics.Gauge] = [:]
         for state in JobState.allCases {
@@ -77,6 +81,7 @@ final class ServiceMetrics: @unchecked Sendable {
             latencySum &+= latency.sumNanoseconds
             let state = job.state.0
             byState[state, default: 0] += 1
+            guard perJob else { continue }
             seen.insert(job.id)
             let gauges = jobGauges[job.id] ?? {
                 let made = ["lazy_pages_job_pages_home", "lazy_pages_job_pages_expected", "lazy_pages_job_faults"].map {

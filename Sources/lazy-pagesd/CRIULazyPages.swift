@@ -157,7 +157,12 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         if let pidFile {
-            try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+            do {
+                try OutputFile.write("\(getpid())\n", to: pidFile)
+            } catch {
+                reportFatal("cannot write the pid file: \(error)", logger: logger)
+                throw ExitCode.failure
+            }
         }
         if let statusFD { signalReady(on: statusFD) }
         detached?()
