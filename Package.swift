@@ -105,11 +105,19 @@ let package = Package(
         .target(
             name: "LazyPagesBench",
             dependencies: ["CRIUImages", "RestoreSimulator"]),
+        // CRIU's command line for our drop-ins: CRIU's option grammar and configuration files rewritten for
+        // swift-argument-parser, the options CRIU's daemons share, and their conventions (-d, --status-fd, the log).
+        .target(
+            name: "CRIUCommandLine",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
-                "LazyPagesService", "LazyPagesControl",
+                "LazyPagesService", "LazyPagesControl", "CRIUCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -117,7 +125,7 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                "PageServer", "LazyPagesControl",
+                "PageServer", "LazyPagesControl", "CRIUCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -125,6 +133,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine"]),
         .testTarget(
             name: "ServiceTests",
             dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 
 /// CRIU's verbosity numbers (0 silent ... 4 debug) mapped to swift-log levels; 5 is trace.
-func criuLogLevel(_ level: Int) -> Logger.Level {
+public func criuLogLevel(_ level: Int) -> Logger.Level {
     switch level {
     case ...1: return .error
     case 2: return .warning
@@ -13,7 +13,7 @@ func criuLogLevel(_ level: Int) -> Logger.Level {
 }
 
 /// Sends every logger to stderr, or to `file` (appended), at `level`.
-func bootstrapLogging(level: Logger.Level, file: String?) throws {
+public func bootstrapLogging(level: Logger.Level, file: String?) throws {
     let sink: LogSink
     if let file {
         guard let handle = FileHandle(forWritingAtPath: file) ?? {
@@ -34,9 +34,9 @@ func bootstrapLogging(level: Logger.Level, file: String?) throws {
     }
 }
 
-struct LogFileError: Error, CustomStringConvertible {
+public struct LogFileError: Error, CustomStringConvertible {
     var path: String
-    var description: String { "cannot open the log file \(path)" }
+    public var description: String { "cannot open the log file \(path)" }
 }
 
 /// Where log lines go; one write per line.
