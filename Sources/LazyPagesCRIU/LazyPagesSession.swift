@@ -16,8 +16,8 @@ public final class LazyPagesSession: @unchecked Sendable {
     public private(set) var guardian: GuardianLink?
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
-    /// With `remotePages`, `LAZY` pages without local data come from that source (a page server), which is started
-    /// (connected) here.
+    /// With `remotePages`, every `LAZY` page comes from that source (a page server, the truth even where the image
+    /// directory holds data for the page), which is started (connected) here.
     public init(
         imagesDirectory: String, workDirectory: String? = nil,
         configuration: EngineConfiguration = EngineConfiguration(), remotePages: RemotePageSource? = nil,
@@ -26,7 +26,7 @@ public final class LazyPagesSession: @unchecked Sendable {
         self.logger = logger
         listener = try UnixListener(directory: workDirectory ?? imagesDirectory, name: Self.socketName)
         do {
-            source = try CRIUImageSource(directory: imagesDirectory, allowRemoteOnly: remotePages != nil)
+            source = try CRIUImageSource(directory: imagesDirectory, lazyPages: remotePages != nil ? .pageServer : .images)
             engine = try RestoreEngine(configuration: configuration, logger: logger)
             if let remotePages { try engine.useRemotePages(remotePages) }
         } catch {
@@ -36,6 +36,7 @@ public final class LazyPagesSession: @unchecked Sendable {
         try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptRestorer() }
         logger.info("listening", metadata: [
             "socket": "\(listener.path)", "images": "\(imagesDirectory)", "tasks": "\(source.taskPids)",
+            "dead": "\(source.deadTasks.sorted())",
         ])
     }
 

@@ -123,7 +123,7 @@ import Glibc
     /// What a loaded image must satisfy for the daemon to serve it safely; nil when it does.
     static func inconsistency(_ source: CRIUImageSource, pid: Int32) -> String? {
         guard let image = try? source.images.process(pid: pid) else { return "loaded, but process(\(pid)) throws" }
-        guard let space = source.addressSpace(forTask: pid) else { return "no address space for \(pid)" }
+        guard let space = try? source.addressSpace(forTask: pid) else { return "no address space for \(pid)" }
         var previousEnd: UInt64 = 0
         for run in image.lazyRuns {
             if run.address % UInt64(criuPageSize) != 0 { return "lazy run at \(run.address) unaligned" }
