@@ -133,7 +133,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
-        .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine"]),
+        .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine", "TestSupport"]),
         .testTarget(
             name: "ServiceTests",
             dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),

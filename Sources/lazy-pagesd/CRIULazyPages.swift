@@ -39,7 +39,7 @@ struct CRIULazyPages: ParsableCommand {
     var prefetchProfile: String?
 
     @Flag(name: .customLong("page-server"), inversion: .prefixedNo, exclusivity: .chooseLast,
-          help: "Fetch LAZY pages from a page server (`criu page-server --lazy-pages`, `criu dump --lazy-pages --port`, or `lazy-pages page-server`); the images directory holds everything but the page data.")
+          help: "Fetch every LAZY page from a page server (`criu page-server --lazy-pages`, `criu dump --lazy-pages --port`, or `lazy-pages page-server`), even where the images directory holds data for it; the pages files are not opened.")
     var pageServer = false
 
     @Option(name: .customLong("address"), help: "The page server's address (with --page-server).")
@@ -67,8 +67,6 @@ struct CRIULazyPages: ParsableCommand {
         if pageServer {
             guard address != nil else { throw ValidationError("--page-server needs --address") }
             guard port != nil else { throw ValidationError("--page-server needs --port") }
-        } else if address != nil || port != nil {
-            throw ValidationError("--address and --port only go with --page-server")
         }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
         guard retryDelay >= 0 else { throw ValidationError("--retry-delay must be 0 or more") }
@@ -78,6 +76,10 @@ struct CRIULazyPages: ParsableCommand {
     func run() throws {
         try criu.bootstrapLog(label: "lazy-pagesd")
         let logger = Logger(label: "lazy-pagesd")
+        if !pageServer && (address != nil || port != nil) {
+            // As in CRIU (a configuration file may set them for `criu dump --page-server`).
+            logger.warning("--address and --port are ignored without --page-server")
+        }
 
         var configuration = EngineConfiguration()
         configuration.faultAroundPages = faultAround
