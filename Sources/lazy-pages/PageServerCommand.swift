@@ -34,8 +34,7 @@ struct PageServerCommand: ParsableCommand {
         do {
             server = try PageServer(directory: criu.imagesDirectory, host: address, port: port, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            FileHandle.standardError.write(Data("lazy-pages page-server: \(error)\n".utf8))
+            reportFatal("\(error)", logger: logger, command: "lazy-pages page-server")
             throw ExitCode.failure
         }
         FileHandle.standardOutput.write(Data("page-server: listening on port \(server.port)\n".utf8))

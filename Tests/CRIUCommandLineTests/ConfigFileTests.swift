@@ -1,5 +1,6 @@
 import CRIUCommandLine
 import Foundation
+import TestSupport
 import Testing
 
 /// CRIU's configuration files: the format of `criu/config.c` and the order of the sources (default files, then
@@ -53,8 +54,7 @@ import Testing
     struct Files {
         let directory: String
         init() throws {
-            directory = FileManager.default.temporaryDirectory.appendingPathComponent("criu-config-\(UUID().uuidString)").path
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            directory = try TestScratch.makeDirectory("criu-config")
         }
         func write(_ name: String, _ text: String) throws -> String {
             let path = directory + "/" + name
