@@ -119,11 +119,19 @@ let package = Package(
         .target(
             name: "LazyPagesBench",
             dependencies: ["CRIUImages", "RestoreSimulator"]),
+        // CRIU's command line for our drop-ins: CRIU's option grammar and configuration files rewritten for
+        // swift-argument-parser, the options CRIU's daemons share, and their conventions (-d, --status-fd, the log).
+        .target(
+            name: "CRIUCommandLine",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
-                "LazyPagesService", "LazyPagesControl", "PageServerCommandLine",
+                "LazyPagesService", "LazyPagesControl", "CRIUCommandLine", "PageServerCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -133,7 +141,7 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                "PageServer", "LazyPagesControl", "PageServerCommandLine",
+                "PageServer", "LazyPagesControl", "CRIUCommandLine", "PageServerCommandLine",
                 "lp-workload", "lp-bench-baseline", "lp-bench-workload",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -142,6 +150,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "TestSupport"]),
+        .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine", "TestSupport"]),
         .testTarget(
             name: "ServiceTests",
             dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
