@@ -67,7 +67,19 @@ let package = Package(
         // page source for the engine).
         .target(
             name: "PageServer",
-            dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CRIUImages", "LazyPagesEngine", "CUserfaultfd", "CGnuTLS", .product(name: "Logging", package: "swift-log"),
+            ]),
+        // GnuTLS (Debian: libgnutls28-dev) for the page-server protocol's TLS, as CRIU uses it: module map and
+        // one-line shims only.
+        .systemLibrary(name: "CGnuTLS", pkgConfig: "gnutls", providers: [.apt(["libgnutls28-dev"])]),
+        // The page-server options both executables share (`--tls*`), as ArgumentParser option groups.
+        .target(
+            name: "PageServerCommandLine",
+            dependencies: [
+                "PageServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // The control protocol of `lazy-pagesd serve` (versioned line-delimited JSON) and its client.
         .target(name: "LazyPagesControl"),
         // setfsuid/setfsgid (per-thread filesystem identity) for Swift: one header, no logic.
@@ -111,7 +123,7 @@ let package = Package(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
-                "LazyPagesService", "LazyPagesControl",
+                "LazyPagesService", "LazyPagesControl", "PageServerCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -121,7 +133,7 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                "PageServer", "LazyPagesControl",
+                "PageServer", "LazyPagesControl", "PageServerCommandLine",
                 "lp-workload", "lp-bench-baseline", "lp-bench-workload",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -38,7 +38,7 @@ final class ServiceMetrics: @unchecked Sendable {
         ("lazy_pages_pages_delivered_total", [("how", "zero")], { $0[.pagesZeroed, default: 0] }),
         ("lazy_pages_bytes_delivered_total", [], {
             ($0[.pagesCopiedOnFault, default: 0] + $0[.pagesCopiedInBackground, default: 0]
-                + $0[.pagesZeroed, default: 0]) * LazyPagesEngine.pageSize
+                + $0[.pagesZeroed, default: 0]) * basePageSize
         }),
         ("lazy_pages_eagain_retries_total", [], { $0[.eagainRetries, default: 0] }),
         ("lazy_pages_tasks_total", [], { $0[.tasksAnnounced, default: 0] }),

@@ -4,6 +4,7 @@ import LazyPagesCRIU
 import LazyPagesEngine
 import Logging
 import PageServer
+import PageServerCommandLine
 
 /// The drop-in for `criu lazy-pages`, with CRIU's own option spellings for the local case.
 struct CRIULazyPages: ParsableCommand {
@@ -73,6 +74,9 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("stall-timeout"), help: "Seconds without a complete answer from the page server (with requests outstanding) before the connection counts as failed (a stalled or trickling source).")
     var stallTimeout = 10.0
 
+    @OptionGroup(title: "TLS (with --page-server)")
+    var tls: TLSOptionGroup
+
     @Flag(name: .customLong("no-guardian"),
           help: "Do not start lp-guardian (without it, if this daemon dies mid-restore, the restored processes read zero pages).")
     var noGuardian = false
@@ -120,6 +124,13 @@ struct CRIULazyPages: ParsableCommand {
             options.retries = retries
             options.retryDelay = retryDelay
             options.stallTimeout = stallTimeout
+            do {
+                options.tls = try tls.credentials(logger: logger)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                printError("lazy-pagesd: \(error)")
+                throw ExitCode.failure
+            }
             client = PageServerClient(options: options, logger: logger)
         }
         let session: LazyPagesSession
@@ -169,7 +180,7 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
-        if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
+        if let guardian, guardian.finish(clean: outcome == .completed) == GuardianLink.killedExitStatus {
             printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
         }
         switch outcome {
