@@ -26,7 +26,8 @@ public final class LazyPagesSession: @unchecked Sendable {
     ) throws {
         self.logger = logger
         listener = try UnixListener(
-            directory: workDirectory ?? imagesDirectory, name: Self.socketName, access: socketAccess, logger: logger)
+            directory: workDirectory ?? imagesDirectory, name: Self.socketName, access: socketAccess,
+            replacingStaleFiles: true, logger: logger)
         do {
             source = try CRIUImageSource(directory: imagesDirectory, lazyPages: remotePages != nil ? .pageServer : .images)
             engine = try RestoreEngine(configuration: configuration, logger: logger)
