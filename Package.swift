@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: [
-                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian",
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "CFsuid",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.
@@ -105,6 +105,8 @@ let package = Package(
         .executableTarget(
             name: "fc-emulator", dependencies: ["CDescriptorPassing"], path: "Sources/fc-emulator",
             linkerSettings: [.linkedLibrary("pthread")]),
+        // Holds connections to a unix socket as whatever user runs it (the security tests' other users) (C).
+        .executableTarget(name: "lp-socket-client", path: "Sources/lp-socket-client"),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", dependencies: ["CDescriptorPassing"], path: "Sources/uffd-testee"),
         // A real process for `criu dump` / `criu restore --lazy-pages`: patterned memory, forks, zombies, threads,

@@ -76,8 +76,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     public init(options: PageServerClientOptions, logger: Logger) {
         self.options = options
         self.logger = logger
-        bufferSize = 64 * pageSize
-        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+        bufferSize = 64 * basePageSize
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
     }
 
     deinit {
@@ -335,7 +335,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                     connection.receive($0.baseAddress! + headerBytes, $0.count - headerBytes)
                 }
             } else {
-                result = connection.receive(buffer + dataBytes, replyPages * pageSize - dataBytes)
+                result = connection.receive(buffer + dataBytes, replyPages * basePageSize - dataBytes)
             }
             let n: Int
             switch result {
@@ -354,15 +354,15 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                 } catch {
                     return giveUp("page server \(options.serverName) broke the protocol: \(error)")
                 }
-                if replyPages * pageSize > bufferSize {
+                if replyPages * basePageSize > bufferSize {
                     buffer.deallocate()
-                    bufferSize = replyPages * pageSize
-                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+                    bufferSize = replyPages * basePageSize
+                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
                 }
                 dataBytes = 0
             } else {
                 dataBytes += n
-                guard dataBytes == replyPages * pageSize else { continue }
+                guard dataBytes == replyPages * basePageSize else { continue }
                 complete(outstanding, pages: replyPages)
             }
         }

@@ -157,7 +157,12 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         if let pidFile {
-            try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+            do {
+                try OutputFile.write("\(getpid())\n", to: pidFile)
+            } catch {
+                reportFatal("cannot write the pid file: \(error)", logger: logger)
+                throw ExitCode.failure
+            }
         }
         if let statusFD { signalReady(on: statusFD) }
         detached?()
@@ -175,7 +180,7 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
-        if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
+        if let guardian, guardian.finish(clean: outcome == .completed) == GuardianLink.killedExitStatus {
             printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
         }
         switch outcome {
