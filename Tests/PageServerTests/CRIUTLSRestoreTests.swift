@@ -15,7 +15,7 @@ import Glibc
 @Suite("Restores over TLS with the real CRIU", .serialized, .timeLimit(.minutes(4)),
        .enabled(if: criuAvailable, "needs the reference CRIU at \(criuBinary)"),
        .enabled(if: TestCertificates.openssl != nil, "needs openssl to make the test certificates"),
-       .enabled(if: access("/usr/bin/setsid", X_OK) == 0, "needs setsid (util-linux)"))
+       .enabled(if: access("/usr/bin/setsid", X_OK) == 0 && access("/bin/bash", X_OK) == 0, "needs setsid (util-linux) and bash"))
 struct CRIUTLSRestoreTests {
     enum Direction: String, CaseIterable, CustomTestStringConvertible {
         case criuServerToOurDaemon, ourServerToCRIUDaemon
@@ -60,11 +60,14 @@ struct CRIUTLSRestoreTests {
         mkfifo(ready, 0o600)
         mkfifo(result, 0o600)
 
-        // A real process with 16 MiB of patterned memory, in a session of its own.
+        // A real process with 16 MiB of patterned memory, in a session of its own, holding no descriptor but its
+        // stdio (the test process's other descriptors, such as other suites' TCP sockets, would be dumped with it
+        // and could not be restored).
+        let closeInherited = #"for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-" 2>/dev/null; done; exec /usr/bin/setsid "$@""#
         let workload = try spawnChild(
-            "/usr/bin/setsid",
-            [try BuiltProducts.path(of: "lp-criu-workload"), "--mode", "idle", "--mib", "16", "--seed", "11",
-             "--ready", ready, "--result", result],
+            "/bin/bash",
+            ["-c", closeInherited, "bash", try BuiltProducts.path(of: "lp-criu-workload"), "--mode", "idle", "--mib", "16",
+             "--seed", "11", "--ready", ready, "--result", result],
             descriptors: [(0, .null), (1, .file(root + "/workload.out")), (2, .file(root + "/workload.err"))])
         let readyLine = try #require(Self.readLine(fifo: ready), "the workload never got ready")
         let pid = try #require(readyLine.split(separator: " ").first { $0.hasPrefix("pid=") }.flatMap { pid_t($0.dropFirst(4)) })
