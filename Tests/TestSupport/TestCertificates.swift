@@ -35,9 +35,7 @@ public struct TestCertificates {
 
     public init() throws {
         guard let openssl = Self.openssl else { throw CertificateError("openssl is not installed") }
-        var template = Array("/tmp/lp-tls.XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw CertificateError("mkdtemp: \(errno)") }
-        directory = String(cString: made)
+        directory = try TestScratch.makeDirectory("lp-tls")  // removed at exit at the latest
         let dir = directory
         func run(_ arguments: [String]) throws {
             let out = try Spawn.run([openssl] + arguments)
