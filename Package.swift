@@ -152,7 +152,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Helpers shared by the test targets: finding built executables, running them.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["CPidfd"], path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "TestSupport"]),
         .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine", "TestSupport"]),
@@ -160,6 +160,9 @@ let package = Package(
             name: "ServiceTests",
             dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),
         .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport", "TestSupport"]),
+        // Real `criu dump` / `criu restore --lazy-pages` of lp-criu-workload against lazy-pagesd, CRIU's page server,
+        // our page server and CRIU's own daemon.
+        .testTarget(name: "CRIUEndToEndTests", dependencies: ["CRIUImages", "TestSupport"]),
         .testTarget(
             name: "FirecrackerTests",
             dependencies: [
