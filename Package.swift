@@ -104,7 +104,7 @@ let package = Package(
         // `lazy-pages bench`: images, daemons, baselines and workloads run side by side; report and ratios.
         .target(
             name: "LazyPagesBench",
-            dependencies: ["CRIUImages", "RestoreSimulator"]),
+            dependencies: ["CRIUImages", "RestoreSimulator", "CPidfd"]),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [

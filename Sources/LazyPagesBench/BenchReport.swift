@@ -21,6 +21,8 @@ public struct BenchReport: Sendable, Codable {
     public var remoteFill: FillScenario?
     /// (f) concurrent restores.
     public var concurrent: ConcurrentScenario?
+    /// The CRIU comparison: real dumps restored by `criu lazy-pages` and by lazy-pagesd, alternating.
+    public var criu: [CRIUComparison] = []
     /// Scenarios that could not run, with why.
     public var failures: [String: String] = [:]
 

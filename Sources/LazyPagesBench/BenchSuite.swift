@@ -6,7 +6,7 @@ import RestoreSimulator
 /// `progress` gets one line per step (for stderr).
 public final class BenchSuite {
     public let configuration: BenchConfiguration
-    private let progress: (String) -> Void
+    let progress: (String) -> Void
 
     public init(configuration: BenchConfiguration, progress: @escaping (String) -> Void = { _ in }) {
         self.configuration = configuration
@@ -126,6 +126,11 @@ public final class BenchSuite {
         }
         attempt("f-concurrent") {
             report.concurrent = try concurrentScenario(scratch: scratch.path, latencyFile: latencies + "/concurrent.txt")
+        }
+        for workload in configuration.criuWorkloadNames {
+            attempt("criu-\(workload)") {
+                report.criu.append(try criuComparison(workload, scratch: scratch.path))
+            }
         }
         report.machine.loadAtEnd = currentLoad()
         return report
