@@ -281,10 +281,11 @@ public final class BenchSuite {
             report = try simulation.wait()
         } else {
             // Without the background fill nothing tells the daemon that a workload which touched only some pages
-            // has exited (a uffd gives no hang-up when its mm goes away; only a copy's ESRCH would), so it is
-            // stopped once the workload is done.
+            // has exited (a uffd gives no hang-up when its mm goes away) until its liveness probe (one copy per
+            // process after a second without activity) gets ESRCH; then it completes and prints its summary.
+            // SIGTERM only if it has not ended well after that.
             report = try simulation.wait()
-            if !daemon.process.hasExited(waitingMilliseconds: 100) { daemon.kill(SIGTERM) }
+            if !daemon.process.hasExited(waitingMilliseconds: 5_000) { daemon.kill(SIGTERM) }
             try waitForDaemons([daemon], timeout: 30)
         }
         let result = try daemon.result()
