@@ -17,6 +17,10 @@ extension BenchReport {
             let p50 = ratio(demand.latency.p50, floor.latency.p50)
             let p99 = ratio(demand.latency.p99, floor.latency.p99)
             checks.append(TargetCheck(name: "(a) fault p50 / floor", measured: fmt(p50) + "x", target: "<= 1.2x", met: p50 <= 1.2))
+            if let spin = floorSpin {
+                let r = ratio(demand.latency.p50, spin.latency.p50)
+                checks.append(TargetCheck(name: "(a) p50 / spinning floor", measured: fmt(r) + "x", target: "<= 1.2x", met: r <= 1.2))
+            }
             checks.append(TargetCheck(name: "(a) fault p99 / floor", measured: fmt(p99) + "x", target: "<= 1.5x", met: p99 <= 1.5))
         }
         if let fill, ceilingGiBps > 0 {
@@ -70,10 +74,14 @@ extension BenchReport {
         out.append("")
         out.append("baselines (C)")
         for c in ceiling {
-            out.append("  ceiling UFFDIO_COPY \(pad(kib(c.chunkBytes), 8))  median \(fmt(c.median)) GiB/s  best \(fmt(c.best)) GiB/s  passes \(c.passes.map(fmt).joined(separator: " "))")
+            let threads = c.threads == 1 ? "" : " x\(c.threads) threads"
+            out.append("  ceiling UFFDIO_COPY \(pad(kib(c.chunkBytes) + threads, 8))  median \(fmt(c.median)) GiB/s  best \(fmt(c.best)) GiB/s  passes \(c.passes.map(fmt).joined(separator: " "))")
         }
         if let floor {
             out.append("  floor   minimal handler      \(latencyText(floor.latency))")
+        }
+        if let spin = floorSpin {
+            out.append("  floor   spinning handler     \(latencyText(spin.latency))")
         }
         out.append("")
         out.append("lazy-pagesd")

@@ -53,10 +53,17 @@ public final class BenchSuite {
                 report.ceiling.append(
                     try baselines.ceiling(pagesFile: image.pagesFile, chunkKiB: kib, repeats: configuration.ceilingRepeats))
             }
+            // One thread per CPU, each over its own slice.
+            let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            if cpus > 1 {
+                report.ceiling.append(try baselines.ceiling(
+                    pagesFile: image.pagesFile, chunkKiB: 4096, repeats: configuration.ceilingRepeats,
+                    threads: min(cpus, 64)))
+            }
         }
         // The floor and (a) are interleaved, `latencyRounds` times, and each pools its rounds' latencies, so that
         // noise from other load on the machine falls on both alike.
-        var floorRuns: [[UInt64]] = [], demandRuns: [FaultScenario] = [], singleRuns: [FaultScenario] = []
+        var floorRuns: [[UInt64]] = [], spinRuns: [[UInt64]] = [], demandRuns: [FaultScenario] = [], singleRuns: [FaultScenario] = []
         var demandLatencies: [UInt64] = [], singleLatencies: [UInt64] = []
         var remoteDemandRuns: [FaultScenario] = [], remoteDemandLatencies: [UInt64] = []
         for round in 0..<configuration.latencyRounds {
@@ -66,6 +73,13 @@ public final class BenchSuite {
                     pagesFile: image.pagesFile, touches: configuration.touches,
                     seed: configuration.seed &+ UInt64(round), latencyFile: file)
                 floorRuns.append(readLatencies(file))
+            }
+            attempt("floor-spin (round \(round + 1))") {
+                let file = latencies + "/floor-spin.\(round).txt"
+                _ = try baselines.floor(
+                    pagesFile: image.pagesFile, touches: configuration.touches,
+                    seed: configuration.seed &+ UInt64(round), latencyFile: file, spin: true)
+                spinRuns.append(readLatencies(file))
             }
             attempt("a-demand (round \(round + 1))") {
                 var tunables = configuration.tunables
@@ -99,6 +113,10 @@ public final class BenchSuite {
         if !floorRuns.isEmpty {
             report.floor = FloorResult(latency: LatencySummary(nanoseconds: floorRuns.flatMap { $0 }))
             try? writeLatencies(floorRuns.flatMap { $0 }, to: latencies + "/floor.txt")
+        }
+        if !spinRuns.isEmpty {
+            report.floorSpin = FloorResult(latency: LatencySummary(nanoseconds: spinRuns.flatMap { $0 }))
+            try? writeLatencies(spinRuns.flatMap { $0 }, to: latencies + "/floor-spin.txt")
         }
         report.demand = pooled(demandRuns, demandLatencies)
         report.demandSinglePage = pooled(singleRuns, singleLatencies)
