@@ -95,6 +95,11 @@ let package = Package(
             linkerSettings: [.linkedLibrary("pthread")]),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", dependencies: ["CDescriptorPassing"], path: "Sources/uffd-testee"),
+        // A real process for `criu dump` / `criu restore --lazy-pages`: patterned memory, forks, zombies, threads,
+        // a process tree; after the restore it checks every byte and reports through a fifo (C).
+        .executableTarget(
+            name: "lp-criu-workload", path: "Sources/lp-criu-workload",
+            linkerSettings: [.linkedLibrary("pthread")]),
         // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
         .executableTarget(
             name: "lp-bench-baseline", dependencies: ["CDescriptorPassing"], path: "Sources/lp-bench-baseline"),
