@@ -49,7 +49,7 @@ extension BenchSuite {
             let dump = try CRIUDump(
                 criu: c.criu, workload: c.binaries.criuWorkload, mode: mode, bytes: bytes,
                 directory: scratch + "/criu-\(workload)", timeout: c.timeout)
-            defer { removeTree(dump.directory) }
+            defer { dump.remove() }
             var remoteView: String?
             if workload == "remote" {
                 remoteView = scratch + "/criu-\(workload)-client"
@@ -63,7 +63,8 @@ extension BenchSuite {
                     progress("criu-\(workload) round \(round + 1): \(monitor.rawValue)")
                     let work = scratch + "/criu-\(workload)-\(round)-\(monitor.rawValue)"
                     defer { removeTree(work) }
-                    let run = try restorer.restore(dump, monitor: monitor, work: work, remoteView: remoteView)
+                    let run = try restorer.restore(
+                        dump, monitor: monitor, work: work, remoteView: remoteView, wakeAtOnce: mode != "idle")
                     if monitor == .criu { result.criu.append(run) } else { result.ours.append(run) }
                 }
             }

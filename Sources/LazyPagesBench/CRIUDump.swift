@@ -3,48 +3,49 @@ import Foundation
 import Glibc
 #endif
 
-/// A real process, checkpointed by a real `criu dump`: the workload (`lp-criu-workload MODE MIB`) is started in a
-/// session of its own with its output in a file, fills its memory, says `ready PID`, and is dumped (and so killed)
-/// into `directory`. Every restore of the dump brings the same pid back, so the dump is restored once at a time.
+/// A real process, checkpointed by a real `criu dump`: `lp-criu-workload --mode MODE` is started in a session of
+/// its own with its output in a file, fills its memory, says `READY pid=P` on a fifo, and is dumped (and so
+/// killed) into `directory`. Every restore of the dump brings the same pid back, so it is restored once at a time;
+/// after each, SIGUSR1 to its process group makes every process check every byte and the first report `OK ...` or
+/// `FAIL ...` on the result fifo.
 struct CRIUDump {
     let directory: String
     let pid: pid_t
     let mode: String
     let bytes: Int
-    /// The workload's stdout (restored with the process: it keeps writing there).
+    /// The workload's stdout and stderr (restored with the process).
     let outputPath: String
-    /// Its size at the dump.
+    /// Its size at the dump: CRIU refuses to restore a regular file whose size changed.
     let outputBytes: Int
+    /// The fifo the restored workload reports on (opened by path after each restore).
+    let resultFifo: String
 
     init(criu: String, workload: String, mode: String, bytes: Int, directory: String, timeout: Double) throws {
         self.directory = directory
         self.mode = mode
         self.bytes = bytes
         outputPath = directory + ".out"
+        resultFifo = directory + ".result"
+        let readyFifo = directory + ".ready"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let child = try spawnDetached(path: workload, arguments: [mode, String(bytes >> 20)], output: outputPath)
-        let deadline = monotonicSeconds() + timeout
-        var announced: pid_t?
-        while announced == nil {
-            if let line = readText(outputPath).split(separator: "\n").first(where: { $0.hasPrefix("ready ") }) {
-                announced = pid_t(line.split(separator: " ")[1])
-                break
-            }
-            var status: Int32 = 0
-            if waitpid(child, &status, WNOHANG) == child {
-                throw BenchError("\(workload) \(mode) exited before it was ready: \(readText(outputPath).suffix(300))")
-            }
-            guard monotonicSeconds() < deadline else {
-                kill(child, SIGKILL)
-                _ = waitpid(child, nil, 0)
-                throw BenchError("\(workload) \(mode) not ready after \(Int(timeout)) s")
-            }
-            usleep(5_000)  // polling the output file: the workload must not hold a pipe of ours (it is dumped)
+        for fifo in [readyFifo, resultFifo] {
+            unlink(fifo)
+            guard mkfifo(fifo, 0o600) == 0 else { throw BenchError("mkfifo \(fifo): \(String(cString: strerror(errno)))") }
         }
-        guard announced == child else {
+        let ready = open(readyFifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard ready >= 0 else { throw BenchError("open \(readyFifo): \(String(cString: strerror(errno)))") }
+        defer { close(ready) }
+        let child = try spawnDetached(
+            path: workload,
+            arguments: ["--mode", mode, "--mib", String(bytes >> 20), "--seed", "1", "--ready", readyFifo,
+                        "--result", resultFifo],
+            output: outputPath)
+        let line = readLine(ready, timeout: timeout)
+        guard line.hasPrefix("READY "), let said = field(line, "pid").flatMap({ pid_t($0) }), said == child else {
             kill(child, SIGKILL)
             _ = waitpid(child, nil, 0)
-            throw BenchError("\(workload) said ready as pid \(announced ?? -1), not \(child)")
+            throw BenchError("\(workload) --mode \(mode) did not say READY with its pid (said '\(line)'): "
+                + readText(outputPath).suffix(300))
         }
         pid = child
         let dump = try ChildProcess(
@@ -67,6 +68,11 @@ struct CRIUDump {
                 close(fd)
             }
         }
+    }
+
+    func remove() {
+        removeTree(directory)
+        for path in [outputPath, resultFifo, directory + ".ready"] { unlink(path) }
     }
 
     /// The last error lines of a CRIU log.
@@ -101,4 +107,30 @@ func spawnDetached(path: String, arguments: [String], output: String) throws -> 
     }
     guard rc == 0 else { throw BenchError("cannot start \(path): \(String(cString: strerror(rc)))") }
     return child
+}
+
+/// One line (without the newline) from a non-blocking fifo `fd`: what arrived before the writer closed it or before
+/// `timeout` seconds; "" if nothing.
+func readLine(_ fd: Int32, timeout: Double) -> String {
+    let deadline = monotonicSeconds() + timeout
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 512)
+    while !bytes.contains(UInt8(ascii: "\n")) {
+        let left = deadline - monotonicSeconds()
+        guard left > 0 else { break }
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&entry, 1, Int32(min(left, 1) * 1000))
+        if ready < 0 && errno != EINTR { break }
+        guard ready > 0 else { continue }
+        let n = read(fd, &buffer, buffer.count)
+        if n > 0 {
+            bytes += buffer[0..<n]
+        } else if n == 0 {
+            // No writer: before the first writer opens the fifo Linux reports no hang-up, so this is after one.
+            break
+        } else if errno != EAGAIN && errno != EINTR {
+            break
+        }
+    }
+    return String(decoding: bytes.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
 }

@@ -1,4 +1,3 @@
-import CPidfd
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -34,11 +33,13 @@ struct CRIURestorer {
     let timeout: Double
 
     /// Restores `dump` lazily served by `monitor`: starts the daemon (with `remoteView`, it fetches from a fresh page
-    /// server of the same kind serving the dump), runs `criu restore --lazy-pages -d`, sends the restored process
-    /// SIGUSR1 (start: fork, read, ...), waits for the daemon to exit, then SIGUSR2 (verify every page and exit) and
-    /// requires the workload's last line to be `OK`. The bench is the subreaper of what `criu restore -d` leaves, so
-    /// the restored process is reaped (its pid free for the next restore) before this returns.
-    func restore(_ dump: CRIUDump, monitor: LazyMonitor, work: String, remoteView: String? = nil) throws
+    /// server of the same kind serving the dump), runs `criu restore --lazy-pages -d`, and wakes the restored
+    /// process group with SIGUSR1 — at once when `wakeAtOnce` (it works while the fill runs: reads, forks), else once
+    /// the daemon has exited — and requires its `OK` on the result fifo. Timed: `criu restore` started → the daemon
+    /// exited. The bench is the subreaper of what `criu restore -d` leaves, so the restored process is reaped (its
+    /// pid free for the next restore) before this returns.
+    func restore(_ dump: CRIUDump, monitor: LazyMonitor, work: String, remoteView: String? = nil, wakeAtOnce: Bool)
+        throws
         -> CRIURestoreResult
     {
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -70,39 +71,42 @@ struct CRIURestorer {
         guard restoreStatus == 0 else {
             throw BenchError("criu restore (\(monitor.rawValue)) exited \(restoreStatus): \(CRIUDump.tail(work + "/restore.log"))")
         }
-        let restored = CPidfd_open(dump.pid, 0)
-        guard restored >= 0 else { throw BenchError("restored pid \(dump.pid) not found: \(String(cString: strerror(errno)))") }
+        let result = open(dump.resultFifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard result >= 0 else { throw BenchError("open \(dump.resultFifo): \(String(cString: strerror(errno)))") }
+        var reaped = false
         defer {
-            close(restored)
-            while waitpid(dump.pid, nil, WNOHANG) < 0 && errno == EINTR {}
+            close(result)
+            if !reaped {  // the restored tree, when it did not end by itself (nothing else: it is not reaped yet)
+                kill(-dump.pid, SIGKILL)
+                while waitpid(dump.pid, nil, 0) < 0 && errno == EINTR {}
+            }
         }
-        _ = CPidfd_send_signal(restored, SIGUSR1, 0)
+        if wakeAtOnce { kill(-dump.pid, SIGUSR1) }
         let deadline = started + timeout
         while !daemon.poll() {
             if monotonicSeconds() > deadline {
                 daemon.kill()
-                _ = CPidfd_send_signal(restored, SIGKILL, 0)
                 throw BenchError("\(monitor.rawValue) still serving \(dump.mode) after \(Int(timeout)) s; killed")
             }
             daemon.waitBriefly()
         }
         let seconds = daemon.exitedAt - started
-        _ = CPidfd_send_signal(restored, SIGUSR2, 0)
-        var exit = pollfd(fd: restored, events: Int16(POLLIN), revents: 0)
-        let exited = Glibc.poll(&exit, 1, Int32(timeout * 1000)) > 0
-        if !exited { _ = CPidfd_send_signal(restored, SIGKILL, 0) }
-        while waitpid(dump.pid, nil, 0) < 0 && errno == EINTR {}
-        let result = try daemon.finish()
+        if !wakeAtOnce { kill(-dump.pid, SIGUSR1) }
+        let verdict = readLine(result, timeout: timeout)
+        if !verdict.isEmpty {
+            while waitpid(dump.pid, nil, 0) < 0 && errno == EINTR {}
+            reaped = true
+        }
+        let finished = try daemon.finish()
         let serverCPU = server?.stop()
-        guard result.status == 0 else { throw BenchError("\(monitor.rawValue) exited \(result.status): \(result.failure)") }
-        let said = String(decoding: Array(readText(dump.outputPath).utf8.dropFirst(dump.outputBytes)), as: UTF8.self)
-        guard exited, said.split(separator: "\n").last == "OK" else {
-            throw BenchError("restored \(dump.mode) workload (\(monitor.rawValue)) \(exited ? "said" : "did not exit; said"): "
-                + said.split(separator: "\n").suffix(3).joined(separator: " | "))
+        guard finished.status == 0 else { throw BenchError("\(monitor.rawValue) exited \(finished.status): \(finished.failure)") }
+        guard verdict.hasPrefix("OK ") else {
+            throw BenchError("restored \(dump.mode) workload (\(monitor.rawValue)): '\(verdict)' "
+                + String(decoding: Array(readText(dump.outputPath).utf8.dropFirst(dump.outputBytes)).suffix(300), as: UTF8.self))
         }
         return CRIURestoreResult(
-            seconds: seconds, daemonCPUSeconds: result.cpuSeconds, daemonPeakAnonKiB: result.peakAnonKiB,
-            pageServerCPUSeconds: serverCPU, summary: result.summary)
+            seconds: seconds, daemonCPUSeconds: finished.cpuSeconds, daemonPeakAnonKiB: finished.peakAnonKiB,
+            pageServerCPUSeconds: serverCPU, summary: finished.summary)
     }
 }
 
