@@ -17,14 +17,16 @@ public final class LazyPagesSession: @unchecked Sendable {
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
     /// With `remotePages`, `LAZY` pages without local data come from that source (a page server), which is started
-    /// (connected) here.
+    /// (connected) here. The socket is created with the calling thread's filesystem identity and `socketAccess` says
+    /// who may connect (see `UnixListener`).
     public init(
         imagesDirectory: String, workDirectory: String? = nil,
         configuration: EngineConfiguration = EngineConfiguration(), remotePages: RemotePageSource? = nil,
-        logger: Logger
+        socketAccess: SocketAccess = SocketAccess(), logger: Logger
     ) throws {
         self.logger = logger
-        listener = try UnixListener(directory: workDirectory ?? imagesDirectory, name: Self.socketName)
+        listener = try UnixListener(
+            directory: workDirectory ?? imagesDirectory, name: Self.socketName, access: socketAccess, logger: logger)
         do {
             source = try CRIUImageSource(directory: imagesDirectory, allowRemoteOnly: remotePages != nil)
             engine = try RestoreEngine(configuration: configuration, logger: logger)
@@ -52,7 +54,8 @@ public final class LazyPagesSession: @unchecked Sendable {
 
     private func acceptRestorer() {
         do {
-            let fd = try listener.accept()
+            // A peer that is not the restore's owner (or root) is refused and logged there; we go on listening.
+            guard let fd = try listener.accept() else { return }
             // Fault injection for the guardian's tests: the daemon stops in the one moment the guardian has not
             // been told about the connection yet (the test then kills it).
             if Self.stopAfterAccept { raise(SIGSTOP) }
@@ -96,11 +99,16 @@ public struct RestoreSummary: Sendable {
     public let statistics: RestoreStatistics
     public init(statistics: RestoreStatistics) { self.statistics = statistics }
 
+    /// Every page copied (on fault and in background) over the restore's time, in GiB/s.
+    public var gibPerSecond: Double {
+        let seconds = statistics.elapsedSeconds
+        return seconds > 0 ? Double(statistics.pagesCopied * basePageSize) / seconds / Double(1 << 30) : 0
+    }
+
     public var line: String {
         let s = statistics
         let seconds = s.elapsedSeconds
-        let bytes = Double(s.pagesCopied * pageSize)
-        let rate = seconds > 0 ? bytes / seconds / Double(1 << 30) : 0
+        let rate = gibPerSecond
         return "lazy-pages: \(s[.tasksAnnounced]) tasks, \(s[.forks]) forked children, "
             + "\(s.pagesCopied) pages copied (\(s[.pagesCopiedOnFault]) on fault, \(s[.pagesCopiedInBackground]) in background), "
             + "\(s[.pagesZeroed]) zero-filled, \(s[.faults]) faults, \(s[.eagainRetries]) EAGAIN retries, "

@@ -66,12 +66,17 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var fillChunk: Int?
     /// A name shown by `list` (free text, at most 128 bytes).
     public var name: String?
+    /// Let members of the caller's group connect to the job's socket too (mode 0660, the caller's primary gid);
+    /// by default only the caller (and root) may (mode 0600).
+    public var socketGroupAccess: Bool?
 
     public init(
         frontEnd: FrontEnd, workDirectory: String? = nil, imagesDirectory: String? = nil,
         pageServer: PageServerAddress? = nil, socketPath: String? = nil, memoryFile: String? = nil,
-        backgroundFill: Bool? = nil, faultAround: Int? = nil, fillChunk: Int? = nil, name: String? = nil
+        backgroundFill: Bool? = nil, faultAround: Int? = nil, fillChunk: Int? = nil, name: String? = nil,
+        socketGroupAccess: Bool? = nil
     ) {
+        self.socketGroupAccess = socketGroupAccess
         self.frontEnd = frontEnd
         self.workDirectory = workDirectory
         self.imagesDirectory = imagesDirectory
@@ -157,6 +162,9 @@ public struct ControlReply: Codable, Sendable, Equatable {
         case startFailed = "start-failed"
         case alreadyFinished = "already-finished"
         case timedOut = "timed-out"
+        case tooManyConnections = "too-many-connections"
+        case tooManyWaits = "too-many-waits"
+        case notAllowed = "not-allowed"
     }
 
     public var version: Int

@@ -21,7 +21,7 @@ final class CRIUJobSession: JobSession, @unchecked Sendable {
     let session: LazyPagesSession
     let client: PageServerClient?
 
-    init(spec: JobSpec, configuration: EngineConfiguration, logger: Logger) throws {
+    init(spec: JobSpec, configuration: EngineConfiguration, socketAccess: SocketAccess, logger: Logger) throws {
         if let server = spec.pageServer {
             client = PageServerClient(options: PageServerClientOptions(host: server.address, port: server.port),
                                       logger: logger)
@@ -31,7 +31,7 @@ final class CRIUJobSession: JobSession, @unchecked Sendable {
         do {
             session = try LazyPagesSession(
                 imagesDirectory: spec.imagesDirectory!, workDirectory: spec.workDirectory,
-                configuration: configuration, remotePages: client, logger: logger)
+                configuration: configuration, remotePages: client, socketAccess: socketAccess, logger: logger)
         } catch {
             _ = client?.close()
             throw error
@@ -57,9 +57,10 @@ final class CRIUJobSession: JobSession, @unchecked Sendable {
 final class FirecrackerJobSession: JobSession, @unchecked Sendable {
     let session: FirecrackerSession
 
-    init(spec: JobSpec, configuration: EngineConfiguration, logger: Logger) throws {
+    init(spec: JobSpec, configuration: EngineConfiguration, socketAccess: SocketAccess, logger: Logger) throws {
         session = try FirecrackerSession(
-            socketPath: spec.socketPath!, memoryFile: spec.memoryFile!, configuration: configuration, logger: logger)
+            socketPath: spec.socketPath!, memoryFile: spec.memoryFile!, configuration: configuration,
+            socketAccess: socketAccess, logger: logger)
     }
 
     var socketPath: String { session.listener.path }

@@ -1,4 +1,5 @@
 import Foundation
+import LazyPagesCRIU
 import LazyPagesControl
 import LazyPagesEngine
 import Logging
@@ -7,9 +8,13 @@ import Logging
 /// line; nothing else is affected.
 struct RequestHandler: Sendable {
     let registry: JobRegistry
+    let policy: JobPolicy
     let logger: Logger
 
-    func reply(to line: [UInt8], from peer: PeerCredentials) -> ControlReply {
+    /// Runs a blocking `wait` (the closure) in a slot of its own, or refuses it: the connection's bounds.
+    typealias WaitSlot = (_ wait: () -> ControlReply) -> ControlReply
+
+    func reply(to line: [UInt8], from peer: PeerCredentials, waitSlot: WaitSlot = { $0() }) -> ControlReply {
         let request: ControlRequest
         do {
             request = try decode(line)
@@ -17,7 +22,7 @@ struct RequestHandler: Sendable {
             return refuse(error.code, error.message, peer: peer, op: nil)
         }
         do {
-            return try handle(request, from: peer)
+            return try handle(request, from: peer, waitSlot: waitSlot)
         } catch {
             return refuse(error.code, error.message, peer: peer, op: request.op)
         }
@@ -69,13 +74,16 @@ struct RequestHandler: Sendable {
 
     private static func path(_ keys: [any CodingKey]) -> String { keys.map(\.stringValue).joined(separator: ".") }
 
-    private func handle(_ request: ControlRequest, from peer: PeerCredentials) throws(JobRegistry.Refusal) -> ControlReply {
+    private func handle(_ request: ControlRequest, from peer: PeerCredentials, waitSlot: WaitSlot)
+        throws(JobRegistry.Refusal) -> ControlReply
+    {
         switch request.op {
         case .add:
             guard let spec = request.job else { throw .init(code: .invalidJob, message: "add needs a \"job\"") }
-            try JobValidation.check(spec)
+            try JobValidation.check(spec, policy: policy)
+            let access = SocketAccess(groupAccess: spec.socketGroupAccess ?? false, allowRoot: policy.allowRootPeers)
             let job = try registry.add(spec: spec, owner: peer) { id, logger in
-                try Self.makeSession(spec, uffdLimit: registry.limits.uffdsPerJob, logger: logger)
+                try Self.makeSession(spec, uffdLimit: registry.limits.uffdsPerJob, socketAccess: access, logger: logger)
             }
             logger.info("job added", metadata: [
                 "job": "\(job.id)", "peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)",
@@ -93,10 +101,12 @@ struct RequestHandler: Sendable {
             guard timeout >= 0, timeout.isFinite else {
                 throw .init(code: .malformed, message: "\"timeoutSeconds\" must be 0 or more")
             }
-            guard job.wait(until: Date(timeIntervalSinceNow: min(timeout, 365 * 86400))) else {
-                return .failure(.timedOut, "job \(job.id) has not ended within \(timeout) s", job: job.info)
+            return waitSlot {
+                guard job.wait(until: Date(timeIntervalSinceNow: min(timeout, 365 * 86400))) else {
+                    return .failure(.timedOut, "job \(job.id) has not ended within \(timeout) s", job: job.info)
+                }
+                return .success(job: job.info)
             }
-            return .success(job: job.info)
         case .cancel:
             let job = try registry.job(try requireID(request), for: peer)
             guard job.cancel(reason: "cancelled by uid \(peer.uid) (pid \(peer.pid))") else {
@@ -117,22 +127,27 @@ struct RequestHandler: Sendable {
         return id
     }
 
-    private static func makeSession(_ spec: JobSpec, uffdLimit: Int, logger: Logger) throws -> any JobSession {
+    private static func makeSession(_ spec: JobSpec, uffdLimit: Int, socketAccess: SocketAccess, logger: Logger) throws
+        -> any JobSession
+    {
         var configuration = EngineConfiguration()
         configuration.maxTrackedProcesses = uffdLimit
         if let fill = spec.backgroundFill { configuration.backgroundFill = fill }
         if let pages = spec.faultAround { configuration.faultAroundPages = pages }
         if let pages = spec.fillChunk { configuration.fillChunkPages = pages }
         switch spec.frontEnd {
-        case .criu: return try CRIUJobSession(spec: spec, configuration: configuration, logger: logger)
-        case .firecracker: return try FirecrackerJobSession(spec: spec, configuration: configuration, logger: logger)
+        case .criu:
+            return try CRIUJobSession(spec: spec, configuration: configuration, socketAccess: socketAccess, logger: logger)
+        case .firecracker:
+            return try FirecrackerJobSession(
+                spec: spec, configuration: configuration, socketAccess: socketAccess, logger: logger)
         }
     }
 }
 
 /// The rules a job spec must follow before anything is opened.
 enum JobValidation {
-    static func check(_ spec: JobSpec) throws(JobRegistry.Refusal) {
+    static func check(_ spec: JobSpec, policy: JobPolicy) throws(JobRegistry.Refusal) {
         func invalid(_ message: String) -> JobRegistry.Refusal { .init(code: .invalidJob, message: message) }
         func absolute(_ value: String?, _ name: String) throws(JobRegistry.Refusal) {
             guard let value else { return }
@@ -152,6 +167,12 @@ enum JobValidation {
             if let server = spec.pageServer {
                 guard !server.address.isEmpty, server.port != 0 else {
                     throw invalid("\"pageServer\" needs an address and a non-zero port")
+                }
+                // Checked before anything is connected: the reply says nothing about whether the host answers.
+                guard policy.allows(server) else {
+                    throw .init(code: .notAllowed, message: "page server \(server.address):\(server.port) is not allowed "
+                        + "by this service (the operator allows page servers with lazy-pagesd serve --allow-page-server); "
+                        + "nothing was connected")
                 }
             }
         case .firecracker:

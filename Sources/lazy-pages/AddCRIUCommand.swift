@@ -33,7 +33,8 @@ struct AddCRIUCommand: ParsableCommand {
         let spec = JobSpec(
             frontEnd: .criu, workDirectory: workDirectory.map(absolutePath), imagesDirectory: absolutePath(imagesDirectory),
             pageServer: try pageServer.map(Self.parse), backgroundFill: job.noBackground ? false : nil,
-            faultAround: job.faultAround, fillChunk: job.fillChunk, name: job.name)
+            faultAround: job.faultAround, fillChunk: job.fillChunk, name: job.name,
+            socketGroupAccess: job.groupAccess ? true : nil)
         let reply = try control.send(ControlRequest(op: .add, job: spec))
         if control.json { control.printJSON(reply) } else { print(reply.job?.id ?? "?") }
     }

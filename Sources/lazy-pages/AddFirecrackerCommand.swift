@@ -20,7 +20,7 @@ struct AddFirecrackerCommand: ParsableCommand {
         let spec = JobSpec(
             frontEnd: .firecracker, socketPath: absolutePath(socket), memoryFile: absolutePath(memoryFile),
             backgroundFill: job.noBackground ? false : nil, faultAround: job.faultAround, fillChunk: job.fillChunk,
-            name: job.name)
+            name: job.name, socketGroupAccess: job.groupAccess ? true : nil)
         let reply = try control.send(ControlRequest(op: .add, job: spec))
         if control.json { control.printJSON(reply) } else { print(reply.job?.id ?? "?") }
     }

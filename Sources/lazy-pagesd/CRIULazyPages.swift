@@ -4,6 +4,7 @@ import LazyPagesCRIU
 import LazyPagesEngine
 import Logging
 import PageServer
+import PageServerCommandLine
 
 /// The drop-in for `criu lazy-pages`, with CRIU's own option spellings for the local case.
 struct CRIULazyPages: ParsableCommand {
@@ -73,6 +74,9 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("stall-timeout"), help: "Seconds without a complete answer from the page server (with requests outstanding) before the connection counts as failed (a stalled or trickling source).")
     var stallTimeout = 10.0
 
+    @OptionGroup(title: "TLS (with --page-server)")
+    var tls: TLSOptionGroup
+
     @Flag(name: .customLong("no-guardian"),
           help: "Do not start lp-guardian (without it, if this daemon dies mid-restore, the restored processes read zero pages).")
     var noGuardian = false
@@ -109,8 +113,7 @@ struct CRIULazyPages: ParsableCommand {
             do {
                 profile = try loadProfile(prefetchProfile)
             } catch {
-                logger.critical("cannot read the prefetch profile \(prefetchProfile): \(error)")
-                printError("lazy-pagesd: cannot read the prefetch profile \(prefetchProfile): \(error)")
+                reportFatal("cannot read the prefetch profile \(prefetchProfile): \(error)", logger: logger)
                 throw ExitCode.failure
             }
         }
@@ -121,6 +124,13 @@ struct CRIULazyPages: ParsableCommand {
             options.retries = retries
             options.retryDelay = retryDelay
             options.stallTimeout = stallTimeout
+            do {
+                options.tls = try tls.credentials(logger: logger)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                printError("lazy-pagesd: \(error)")
+                throw ExitCode.failure
+            }
             client = PageServerClient(options: options, logger: logger)
         }
         let session: LazyPagesSession
@@ -129,8 +139,7 @@ struct CRIULazyPages: ParsableCommand {
                 imagesDirectory: imagesDirectory, workDirectory: workDirectory,
                 configuration: configuration, remotePages: client, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            printError("lazy-pagesd: \(error)")
+            reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
         if let profile { session.engine.prefetch(profile) }
@@ -143,13 +152,17 @@ struct CRIULazyPages: ParsableCommand {
                 session.attach(guardian: link)
                 guardian = link
             } catch {
-                logger.critical("cannot start the guardian: \(error)")
-                printError("lazy-pagesd: cannot start the guardian: \(error) (use --no-guardian to run without)")
+                reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
                 throw ExitCode.failure
             }
         }
         if let pidFile {
-            try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+            do {
+                try OutputFile.write("\(getpid())\n", to: pidFile)
+            } catch {
+                reportFatal("cannot write the pid file: \(error)", logger: logger)
+                throw ExitCode.failure
+            }
         }
         if let statusFD { signalReady(on: statusFD) }
         detached?()
@@ -167,7 +180,7 @@ struct CRIULazyPages: ParsableCommand {
             }
         }
         // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
-        if let guardian, guardian.finish(clean: outcome == .completed) == 3 {
+        if let guardian, guardian.finish(clean: outcome == .completed) == GuardianLink.killedExitStatus {
             printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
         }
         switch outcome {
@@ -175,7 +188,7 @@ struct CRIULazyPages: ParsableCommand {
             logger.info("\(summary)")
             print(summary)
         case .cancelled(let reason), .failed(let reason):
-            logger.error("restore failed: \(reason)")
+            if !loggingToStandardError { logger.error("restore failed: \(reason)") }
             printError("lazy-pagesd: restore failed: \(reason)\n\(summary)")
             throw ExitCode.failure
         }

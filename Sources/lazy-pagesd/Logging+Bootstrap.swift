@@ -12,18 +12,27 @@ func criuLogLevel(_ level: Int) -> Logger.Level {
     }
 }
 
+/// Whether log lines go to stderr (no `--log-file`); set once by `bootstrapLogging`, before any other thread runs.
+nonisolated(unsafe) private(set) var loggingToStandardError = true
+
+/// A fatal error, said once: `<command>: <message>` on stderr; a critical log line too only when the log goes to a
+/// file (on stderr, the log line would say the same thing a second time).
+func reportFatal(_ message: String, logger: Logger, command: String = "lazy-pagesd") {
+    if !loggingToStandardError { logger.critical("\(message)") }
+    FileHandle.standardError.write(Data("\(command): \(message)\n".utf8))
+}
+
 /// Sends every logger to stderr, or to `file` (appended), at `level`.
 func bootstrapLogging(level: Logger.Level, file: String?) throws {
+    loggingToStandardError = file == nil
     let sink: LogSink
     if let file {
-        guard let handle = FileHandle(forWritingAtPath: file) ?? {
-            FileManager.default.createFile(atPath: file, contents: nil)
-            return FileHandle(forWritingAtPath: file)
-        }() else {
-            throw LogFileError(path: file)
+        // Never through a symlink, never into someone else's file (see OutputFile).
+        do {
+            sink = LogSink(handle: try OutputFile.openForAppending(file))
+        } catch {
+            throw LogFileError(path: file, reason: "\(error)")
         }
-        handle.seekToEndOfFile()
-        sink = LogSink(handle: handle)
     } else {
         sink = LogSink(handle: .standardError)
     }
@@ -36,7 +45,8 @@ func bootstrapLogging(level: Logger.Level, file: String?) throws {
 
 struct LogFileError: Error, CustomStringConvertible {
     var path: String
-    var description: String { "cannot open the log file \(path)" }
+    var reason: String
+    var description: String { "cannot open the log file \(path): \(reason)" }
 }
 
 /// Where log lines go; one write per line.
