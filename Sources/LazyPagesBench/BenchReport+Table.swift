@@ -138,7 +138,9 @@ extension BenchReport {
                 let what = row.workload == "remote" ? "idle, page server on 127.0.0.1" : row.workload
                 out.append("  \(pad("\(what) \(row.bytes >> 20) MiB", 38)) CRIU \(fmt(row.criuMedian)) s  ours \(fmt(row.oursMedian)) s  CRIU/ours \(fmt(row.speedup))x  (load \(row.loadAtStart) -> \(row.loadAtEnd))")
                 out.append("       CRIU: \(row.criu.map { fmt($0.seconds) }.joined(separator: " ")) s, daemon CPU \(fmt(median(row.criu.map(\.daemonCPUSeconds)))) s, peak anon \(row.criu.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.criu))")
-                out.append("       ours: \(row.ours.map { fmt($0.seconds) }.joined(separator: " ")) s, daemon CPU \(fmt(median(row.ours.map(\.daemonCPUSeconds)))) s, peak anon \(row.ours.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.ours))")
+                let fills = row.ours.compactMap(\.fillSeconds)
+                let fill = fills.isEmpty ? "" : " (fill alone \(fills.map(fmt).joined(separator: " ")) s)"
+                out.append("       ours: \(row.ours.map { fmt($0.seconds) }.joined(separator: " ")) s\(fill), daemon CPU \(fmt(median(row.ours.map(\.daemonCPUSeconds)))) s, peak anon \(row.ours.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.ours))")
             }
         }
         out.append("")

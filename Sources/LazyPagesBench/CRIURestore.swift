@@ -21,6 +21,8 @@ public struct CRIURestoreResult: Sendable, Codable {
     public var pageServerCPUSeconds: Double?
     /// The daemon's summary (lazy-pagesd only).
     public var summary: String?
+    /// lazy-pagesd only: RSTF read → restore finished (its log), i.e. the fill without CRIU's own restore work.
+    public var fillSeconds: Double?
 }
 
 /// What the restore of one dump needs: the programs and, for remote pages, the client's view of the dump.
@@ -106,7 +108,7 @@ struct CRIURestorer {
         }
         return CRIURestoreResult(
             seconds: seconds, daemonCPUSeconds: finished.cpuSeconds, daemonPeakAnonKiB: finished.peakAnonKiB,
-            pageServerCPUSeconds: serverCPU, summary: finished.summary)
+            pageServerCPUSeconds: serverCPU, summary: finished.summary, fillSeconds: finished.fillSeconds)
     }
 }
 
@@ -172,14 +174,16 @@ enum MonitorProcess {
         }
     }
 
-    func finish() throws -> (status: Int32, cpuSeconds: Double, peakAnonKiB: Int, summary: String?, failure: String) {
+    func finish() throws
+        -> (status: Int32, cpuSeconds: Double, peakAnonKiB: Int, summary: String?, fillSeconds: Double?, failure: String)
+    {
         switch self {
         case .ours(let d):
             let r = try d.result()
-            return (r.status, r.cpuSeconds, r.peakAnonKiB, r.summary, d.failureText())
+            return (r.status, r.cpuSeconds, r.peakAnonKiB, r.summary, r.fillSeconds, d.failureText())
         case .criu(let d):
             let r = try d.finish()
-            return (r.status, r.cpuSeconds, r.peakAnonKiB, nil, CRIUDump.tail(d.work + "/lazy-pages.log"))
+            return (r.status, r.cpuSeconds, r.peakAnonKiB, nil, nil, CRIUDump.tail(d.work + "/lazy-pages.log"))
         }
     }
 }
