@@ -123,7 +123,7 @@ let package = Package(
         // `lazy-pages bench`: images, daemons, baselines and workloads run side by side; report and ratios.
         .target(
             name: "LazyPagesBench",
-            dependencies: ["CRIUImages", "RestoreSimulator"]),
+            dependencies: ["CRIUImages", "RestoreSimulator", "CPidfd"]),
         // CRIU's command line for our drop-ins: CRIU's option grammar and configuration files rewritten for
         // swift-argument-parser, the options CRIU's daemons share, and their conventions (-d, --status-fd, the log).
         .target(

@@ -220,7 +220,7 @@ public enum ImageWriter {
 
     // MARK: - Framing
 
-    private static func header(_ kind: ImageKind) -> [UInt8] {
+    static func header(_ kind: ImageKind) -> [UInt8] {
         var bytes: [UInt8] = []
         for word in kind.header { appendLittleEndian(word, to: &bytes) }
         return bytes
@@ -230,7 +230,7 @@ public enum ImageWriter {
         withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
     }
 
-    private static func appendMessage<M: SwiftProtobuf.Message>(_ message: M, to bytes: inout [UInt8]) throws {
+    static func appendMessage<M: SwiftProtobuf.Message>(_ message: M, to bytes: inout [UInt8]) throws {
         let payload: [UInt8] = try message.serializedBytes()
         appendLittleEndian(UInt32(payload.count), to: &bytes)
         bytes.append(contentsOf: payload)
@@ -244,7 +244,7 @@ public enum ImageWriter {
 
     // MARK: - Files
 
-    private static func makeDirectories(_ path: String) throws {
+    static func makeDirectories(_ path: String) throws {
         var prefix = path.hasPrefix("/") ? "/" : ""
         for component in path.split(separator: "/") {
             prefix += component + "/"
@@ -254,20 +254,20 @@ public enum ImageWriter {
         }
     }
 
-    private static func createFile(_ path: String) throws(ImageError) -> Int32 {
+    static func createFile(_ path: String) throws(ImageError) -> Int32 {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ImageError(file: path, problem: "cannot create: \(errnoText(errno))") }
         return fd
     }
 
-    private static func writeFile(path: String, bytes: [UInt8]) throws {
+    static func writeFile(path: String, bytes: [UInt8]) throws {
         let fd = try createFile(path)
         defer { close(fd) }
         // (Typed throws in this closure crashes Swift 6.3.1's IRGen; an untyped closure is fine.)
         try bytes.withUnsafeBytes { buffer in try writeAll(fd: fd, path: path, buffer) }
     }
 
-    private static func writeAll(fd: Int32, path: String, _ buffer: UnsafeRawBufferPointer) throws(ImageError) {
+    static func writeAll(fd: Int32, path: String, _ buffer: UnsafeRawBufferPointer) throws(ImageError) {
         var done = 0
         while done < buffer.count {
             let n = systemWrite(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done)
