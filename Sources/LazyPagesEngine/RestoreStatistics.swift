@@ -38,6 +38,9 @@ public final class RestoreStatistics: @unchecked Sendable {
         /// Pages delivered ahead of the fill from a working-set profile (also counted in `pagesCopiedInBackground`),
         /// and profile entries skipped (not pending, or not in any range of the task).
         case pagesPrefetched, prefetchSkipped
+        /// Pages of announced tasks (the pages `pagesExpected` counts) still pending when their task exited: nobody
+        /// needs them any more, so with the pages copied and dropped they make up how far the restore has come.
+        case pagesAbandoned
     }
 
     /// Upper bounds (µs) of the fault service latency buckets; one more bucket counts everything slower.

@@ -109,8 +109,7 @@ struct CRIULazyPages: ParsableCommand {
             do {
                 profile = try loadProfile(prefetchProfile)
             } catch {
-                logger.critical("cannot read the prefetch profile \(prefetchProfile): \(error)")
-                printError("lazy-pagesd: cannot read the prefetch profile \(prefetchProfile): \(error)")
+                reportFatal("cannot read the prefetch profile \(prefetchProfile): \(error)", logger: logger)
                 throw ExitCode.failure
             }
         }
@@ -129,8 +128,7 @@ struct CRIULazyPages: ParsableCommand {
                 imagesDirectory: imagesDirectory, workDirectory: workDirectory,
                 configuration: configuration, remotePages: client, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            printError("lazy-pagesd: \(error)")
+            reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
         if let profile { session.engine.prefetch(profile) }
@@ -143,8 +141,7 @@ struct CRIULazyPages: ParsableCommand {
                 session.attach(guardian: link)
                 guardian = link
             } catch {
-                logger.critical("cannot start the guardian: \(error)")
-                printError("lazy-pagesd: cannot start the guardian: \(error) (use --no-guardian to run without)")
+                reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
                 throw ExitCode.failure
             }
         }
@@ -175,7 +172,7 @@ struct CRIULazyPages: ParsableCommand {
             logger.info("\(summary)")
             print(summary)
         case .cancelled(let reason), .failed(let reason):
-            logger.error("restore failed: \(reason)")
+            if !loggingToStandardError { logger.error("restore failed: \(reason)") }
             printError("lazy-pagesd: restore failed: \(reason)\n\(summary)")
             throw ExitCode.failure
         }

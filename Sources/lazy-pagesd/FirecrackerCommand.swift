@@ -59,8 +59,7 @@ struct FirecrackerCommand: ParsableCommand {
             session = try FirecrackerSession(
                 socketPath: socket, memoryFile: memoryFile, configuration: configuration, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            printError("lazy-pagesd: \(error)")
+            reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
         session.killPeerOnFailure = !noKill
