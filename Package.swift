@@ -22,6 +22,14 @@ let package = Package(
     targets: [
         // The C layer: module map + one header of static inline shims and constants. No logic.
         .systemLibrary(name: "CUserfaultfd"),
+        // What Swift cannot import from Linux (epoll/eventfd/timerfd, pidfd, setfsuid, the CMSG_* macros): one header
+        // of prefixed one-line shims, for LinuxSupport only.
+        .systemLibrary(name: "CLinuxSupport"),
+        // The platform layer beside the engine: listeners, descriptor passing, mapped files, descriptor limits, epoll
+        // and wake-up events, peer credentials, descriptor types, wait statuses, one SystemCallError.
+        .target(
+            name: "LinuxSupport",
+            dependencies: ["CLinuxSupport", .product(name: "SystemPackage", package: "swift-system")]),
         // The typed Swift API over a uffd.
         .target(
             name: "Userfaultfd",
@@ -35,7 +43,7 @@ let package = Package(
         .target(
             name: "LazyPagesEngine",
             dependencies: [
-                "Userfaultfd", "CUserfaultfd",
+                "Userfaultfd", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -47,16 +55,14 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: [
-                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian",
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.
-        .systemLibrary(name: "CPidfd"),
         // Front end: Firecracker's UFFD memory backend (JSON mappings + uffd handshake, snapshot memory file).
         .target(
             name: "LazyPagesFirecracker",
             dependencies: [
-                "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CPidfd",
+                "LazyPagesEngine", "Userfaultfd", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // systemd's protocols, service side: sd_notify over NOTIFY_SOCKET and socket activation (LISTEN_FDS).
@@ -67,16 +73,14 @@ let package = Package(
         // page source for the engine).
         .target(
             name: "PageServer",
-            dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["CRIUImages", "LazyPagesEngine", "LinuxSupport", .product(name: "Logging", package: "swift-log")]),
         // The control protocol of `lazy-pagesd serve` (versioned line-delimited JSON) and its client.
         .target(name: "LazyPagesControl"),
-        // setfsuid/setfsgid (per-thread filesystem identity) for Swift: one header, no logic.
-        .systemLibrary(name: "CFsuid"),
         // `lazy-pagesd serve`: jobs (one session and thread each), the control socket, graceful shutdown, metrics.
         .target(
             name: "LazyPagesService",
             dependencies: [
-                "LazyPagesControl", "LazyPagesCRIU", "LazyPagesFirecracker", "LazyPagesEngine", "PageServer", "CFsuid",
+                "LazyPagesControl", "LazyPagesCRIU", "LazyPagesFirecracker", "LazyPagesEngine", "PageServer", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -84,7 +88,7 @@ let package = Package(
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
-            dependencies: ["CRIUImages", "LazyPagesCRIU"]),
+            dependencies: ["CRIUImages", "LinuxSupport"]),
         // SCM_RIGHTS for the C helper programs below.
         .target(name: "CDescriptorPassing"),
         // The workload process the simulator starts (C: it must fault, fork, mremap and madvise for real).
@@ -109,7 +113,7 @@ let package = Package(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
-                "LazyPagesService", "LazyPagesControl",
+                "LazyPagesService", "LazyPagesControl", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -135,18 +139,21 @@ let package = Package(
         .testTarget(
             name: "FirecrackerTests",
             dependencies: [
-                "LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CUserfaultfd", "TestSupport",
+                "LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "Userfaultfd", "CUserfaultfd",
+                "TestSupport",
             ]),
         .testTarget(
             name: "PageServerTests",
             dependencies: [
-                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "TestSupport",
+                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "RestoreSimulator", "CRIUImages",
+                "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "LazyPagesTests",
             dependencies: [
-                "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd", "TestSupport",
+                "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "RestoreSimulator", "CRIUImages", "Userfaultfd",
+                "TestSupport",
             ]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesControl
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)

@@ -1,4 +1,4 @@
-import CFsuid
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -17,13 +17,13 @@ import Glibc
 /// identity back with an invalid id) and the job refused, never run with the daemon's own rights.
 func withFilesystemIdentity<R>(of peer: PeerCredentials, _ body: () throws -> R) throws -> R {
     guard peer.uid != 0 else { return try body() }
-    let previousGID = setfsgid(peer.gid)
-    let previousUID = setfsuid(peer.uid)
+    let previousGID = FilesystemIdentity.setGroup(peer.gid)
+    let previousUID = FilesystemIdentity.setUser(peer.uid)
     defer {
-        setfsuid(uid_t(previousUID))
-        setfsgid(gid_t(previousGID))
+        FilesystemIdentity.setUser(previousUID)
+        FilesystemIdentity.setGroup(previousGID)
     }
-    guard setfsuid(uid_t.max) == peer.uid, setfsgid(gid_t.max) == peer.gid else {
+    guard FilesystemIdentity.setUser(uid_t.max) == peer.uid, FilesystemIdentity.setGroup(gid_t.max) == peer.gid else {
         throw ServiceError("cannot take uid \(peer.uid)'s filesystem identity to open its files "
             + "(the daemon needs CAP_SETUID and CAP_SETGID); refusing to open them with the daemon's rights")
     }

@@ -1,6 +1,7 @@
 import Foundation
 import LazyPagesControl
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 /// Every job of the service, who owns it, and the per-uid bound. Thread-safe.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 
 /// `lazy-pagesd`: the userfaultfd post-copy monitor.
 @main

@@ -1,6 +1,7 @@
 import CUserfaultfd
 import Foundation
 import LazyPagesFirecracker
+import LinuxSupport
 import Testing
 import Userfaultfd
 

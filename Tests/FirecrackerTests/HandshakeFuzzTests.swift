@@ -3,6 +3,7 @@ import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
 import LazyPagesFirecracker
+import LinuxSupport
 import Logging
 import TestSupport
 import Testing

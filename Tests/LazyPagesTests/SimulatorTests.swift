@@ -2,6 +2,7 @@ import CRIUImages
 import Dispatch
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 import RestoreSimulator
 import TestSupport
 import Testing

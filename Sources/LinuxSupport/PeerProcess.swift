@@ -1,5 +1,4 @@
-import CPidfd
-import LazyPagesCRIU
+import CLinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -16,15 +15,11 @@ public final class PeerProcess: @unchecked Sendable {
 
     /// The credentials of `socket`'s peer at `connect` time, and a pidfd for it.
     public init(socket: Int32) throws(SocketError) {
-        var credentials = PeerCredentials()
-        var length = socklen_t(MemoryLayout<PeerCredentials>.size)
-        guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 else {
-            throw SocketError("getsockopt(SO_PEERCRED)", errno: errno)
-        }
+        let credentials = try PeerCredentials(peerOf: socket)
         pid = credentials.pid
         uid = credentials.uid
         gid = credentials.gid
-        let fd = CPidfd_open(pid, 0)
+        let fd = CLinuxSupport_pidfd_open(pid, 0)
         guard fd >= 0 else { throw SocketError("pidfd_open(\(pid))", errno: errno) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         descriptor = fd
@@ -49,13 +44,6 @@ public final class PeerProcess: @unchecked Sendable {
     /// Sends `signal` to exactly this process. Returns false when it is already gone.
     @discardableResult
     public func send(_ signal: Int32) -> Bool {
-        descriptor >= 0 && CPidfd_send_signal(descriptor, signal, 0) == 0
+        descriptor >= 0 && CLinuxSupport_pidfd_send_signal(descriptor, signal, 0) == 0
     }
-}
-
-/// `struct ucred` (Glibc hides it behind `_GNU_SOURCE`): what `SO_PEERCRED` fills in.
-private struct PeerCredentials {
-    var pid: pid_t = 0
-    var uid: uid_t = 0
-    var gid: gid_t = 0
 }

@@ -17,14 +17,19 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
 
     /// The credentials of the peer of `socket`, or nil when the kernel cannot say.
     public init?(socket: Int32) {
-        var credentials = KernelUcred()
-        var length = socklen_t(MemoryLayout<KernelUcred>.size)
-        guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 else { return nil }
-        self.init(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid)
+        guard let credentials = try? PeerCredentials(peerOf: socket) else { return nil }
+        self = credentials
     }
 
-    /// Root manages every job; everyone else only their own.
-    public func mayManage(jobOwnedBy owner: uid_t) -> Bool { uid == 0 || uid == owner }
+    /// The credentials of the peer of `socket`; throws when the kernel cannot say (not a unix socket, closed).
+    public init(peerOf socket: Int32) throws(SocketError) {
+        var credentials = KernelUcred()
+        var length = socklen_t(MemoryLayout<KernelUcred>.size)
+        guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 else {
+            throw SocketError("getsockopt(SO_PEERCRED)", errno: errno)
+        }
+        self.init(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid)
+    }
 
     public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
 }
