@@ -1,3 +1,4 @@
+import CLinuxSupport
 import CUserfaultfd
 import Foundation
 import LazyPagesFirecracker

@@ -1,3 +1,4 @@
+import CLinuxSupport
 import Foundation
 import LazyPagesCRIU
 import LinuxSupport
