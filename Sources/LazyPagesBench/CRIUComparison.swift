@@ -1,4 +1,4 @@
-import CPidfd
+import LinuxSupport
 import CRIUImages
 import Foundation
 
@@ -38,7 +38,7 @@ extension BenchSuite {
             throw BenchError("missing executable \(path) (--criu, and lp-criu-workload next to lazy-pagesd)")
         }
         if workload == "remote" { try ensurePipeMaxSize() }
-        guard CPidfd_become_subreaper() == 0 else { throw BenchError("PR_SET_CHILD_SUBREAPER: \(String(cString: strerror(errno)))") }
+        guard ProcessDescriptor.becomeSubreaper() else { throw BenchError("PR_SET_CHILD_SUBREAPER: \(String(cString: strerror(errno)))") }
         let restorer = CRIURestorer(
             criu: c.criu, daemon: c.binaries.daemon, pageServer: c.binaries.pageServer, tunables: c.tunables,
             timeout: c.timeout)

@@ -1,5 +1,6 @@
 import CRIUImages
 import LazyPagesEngine
+import LinuxSupport
 
 /// Errors of the CRIU front end, each naming what was wrong.
 public struct LazyPagesError: Error, CustomStringConvertible, Sendable, Equatable {

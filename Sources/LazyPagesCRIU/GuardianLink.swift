@@ -1,5 +1,6 @@
 import CGuardian
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 /// One `criu lazy-pages`-style restore: listen on `lazy-pages.socket` in the work directory, take the restorer's

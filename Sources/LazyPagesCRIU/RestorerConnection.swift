@@ -1,4 +1,5 @@
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 import Userfaultfd
 

@@ -1,5 +1,5 @@
 import CRIUImages
-import LazyPagesCRIU
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import LinuxSupport
 import ArgumentParser
 import CRIUCommandLine
 import Foundation

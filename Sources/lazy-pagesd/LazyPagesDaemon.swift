@@ -2,6 +2,7 @@ import ArgumentParser
 import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 
 /// `lazy-pagesd`: the userfaultfd post-copy monitor.
 @main

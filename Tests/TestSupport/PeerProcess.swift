@@ -1,4 +1,4 @@
-import CPidfd
+import LinuxSupport
 import Foundation
 
 /// A long-running peer a test starts and later waits for — a lazy-pages daemon, a page server — with stdout and
@@ -106,7 +106,7 @@ public final class PeerProcess {
     @discardableResult
     public func wait(timeout: Int32 = 120) throws -> Int32 {
         if let status { return status }
-        let pidfd = CPidfd_open(pid, 0)
+        let pidfd = ProcessDescriptor.open(pid)
         if pidfd >= 0 {
             defer { close(pidfd) }
             var entry = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)

@@ -1,4 +1,4 @@
-import CPidfd
+import LinuxSupport
 import Foundation
 
 /// The reference CRIU 4.2 (`../shared/criu/build-criu`; CI builds it): `$LP_CRIU`, or where build-criu puts it.
@@ -266,7 +266,7 @@ public final class CRIURun {
     /// The workload's verdict line (`OK ...` or `FAIL ...`); throws if it exits without one or says nothing within
     /// `timeout` seconds (a safety net).
     public func result(timeout: Int32 = 120) throws -> String {
-        let pidfd = CPidfd_open(pid, 0)
+        let pidfd = ProcessDescriptor.open(pid)
         defer { if pidfd >= 0 { close(pidfd) } }
         do {
             return try Self.readLine(resultFD, watching: pidfd >= 0 ? pidfd : nil, timeout: timeout, what: "the workload's result")

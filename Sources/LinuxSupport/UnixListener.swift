@@ -194,7 +194,7 @@ public final class UnixListener: @unchecked Sendable {
 let O_PATH: Int32 = 0o10000000
 
 /// Calls `body` with a `sockaddr_un` for `path`; nil (without calling it) when `path` does not fit `sun_path`.
-func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R? {
+public func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R? {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)
