@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: [
-                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian",
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "PageServer",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.

@@ -22,6 +22,10 @@
  *                  until the tasks are dead (closing them would release the uffds in flight). A connection the
  *                  daemon accepted but died before reporting (RESTORER) is found in the shared table by its local
  *                  address, which is the listener's
+ *   PEERS_ARE_TASKS  the process on the other end of a connection is itself the one waiting on the uffd it sent
+ *                  (Firecracker: the VM keeps its own uffd and hangs on a fault nobody answers): from now on a
+ *                  RESTORER pid, and the peer of every connection found, is recorded as a process of the restore
+ *                  (killed) rather than as a restorer (held, its descendants killed)
  *   DONE           the restore ended cleanly: exit 0
  *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
  * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, or bytes queued in
@@ -31,7 +35,9 @@
  * then SIGKILLs them all (stopped first, none can exit and orphan a child before it is found), waits until they
  * are gone, and only then exits, which closes the uffds. The restorers themselves are held (SIGSTOP) meanwhile, so
  * that none starts a task the walk cannot see any more; once the tasks are dead their connections are closed and
- * they are continued (SIGCONT): their next send fails and they fail the restore. Exit 3 after killing, 0 otherwise.
+ * they are continued (SIGCONT): their next send fails and they fail the restore. Exit 3 after killing, 0 otherwise
+ * (also when it knows no process of the restore at all: in lazy-pagesd serve one descriptor table holds the uffds
+ * of every job, so an open uffd alone does not say that this restore has processes to end).
  *
  * It runs in a copy of a multithreaded process without exec: only raw system calls here (no malloc, no stdio, no
  * locks), static storage only.
@@ -79,6 +85,7 @@ static pid_t g_self, g_daemon;
 static int g_listener = -1;
 static int g_connections[MAX_RESTORERS];
 static int g_nconnections;
+static int g_peers_are_tasks;
 
 /* Whether a restorer connection still has bytes queued: its tasks' uffds may be in flight in it. Nothing is
  * received: a descriptor received without room in the table is dropped by the kernel (its task's last copy: zero
@@ -253,7 +260,10 @@ static void add_connection(int fd) {
         if (g_connections[i] == fd) return;
     int creds[3] = {0, 0, 0}; /* struct ucred */
     socklen_t len = sizeof creds;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0 && g_nrestorers < MAX_RESTORERS) {
+    int got = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0;
+    if (got && g_peers_are_tasks) {
+        record(creds[0]);
+    } else if (got && g_nrestorers < MAX_RESTORERS) {
         int known = 0;
         for (int i = 0; i < g_nrestorers; i++) known |= g_restorers[i] == creds[0];
         if (!known) g_restorers[g_nrestorers++] = creds[0];
@@ -397,7 +407,9 @@ static int guardian_main(int pidfd, int messages) {
             if (n == (ssize_t)sizeof m) {
                 if (m.kind == LP_GUARDIAN_DONE) return 0;
                 if (m.kind == LP_GUARDIAN_ABORT) break;
-                if (m.kind == LP_GUARDIAN_RESTORER && g_nrestorers < MAX_RESTORERS) g_restorers[g_nrestorers++] = m.pid;
+                if (m.kind == LP_GUARDIAN_PEERS_ARE_TASKS) g_peers_are_tasks = 1;
+                if (m.kind == LP_GUARDIAN_RESTORER && g_peers_are_tasks) record(m.pid);
+                else if (m.kind == LP_GUARDIAN_RESTORER && g_nrestorers < MAX_RESTORERS) g_restorers[g_nrestorers++] = m.pid;
                 if (m.kind == LP_GUARDIAN_RESTORER && m.fd >= 0 && g_nconnections < MAX_RESTORERS)
                     g_connections[g_nconnections++] = m.fd;
                 if (m.kind == LP_GUARDIAN_LISTENER) g_listener = m.pid;
@@ -414,6 +426,11 @@ static int guardian_main(int pidfd, int messages) {
     sweep_listener();
     int in_flight = uffds_open();
     for (int i = 0; i < g_nconnections && !in_flight; i++) in_flight = queued(g_connections[i]);
+    /* A peer that is itself the waiting process (a VM) depends on us as long as it is connected and alive. */
+    for (int i = 0; i < g_nknown && g_peers_are_tasks && !in_flight; i++)
+        in_flight = start_time(g_known[i].pid, NULL) == g_known[i].start;
+    /* Nobody of this restore known: nothing to end (another job's uffd may be what is open). */
+    if (g_nrestorers == 0 && g_nknown == 0) in_flight = 0;
     /* Nothing in flight (no uffd open, nothing queued in a connection): every process had its pages, or the
      * restorer never handed one over (it keeps its own copies and fails the restore itself). */
     if (!in_flight) return 0;

@@ -41,6 +41,10 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     /// are accepted by the guardian and their restorers' processes killed.
     public func listener(descriptor: Int32) { send(UInt32(LP_GUARDIAN_LISTENER), pid: descriptor) }
 
+    /// The peer of the restore's socket is itself the process waiting on the uffd it sent (Firecracker's VM keeps
+    /// its own uffd): from now on the guardian ends the peer itself, not a restorer's descendants.
+    public func peersAreTasks() { send(UInt32(LP_GUARDIAN_PEERS_ARE_TASKS)) }
+
     public func taskAdded(id: Int, imagePid: Int32, uffd: Int32) { send(UInt32(LP_GUARDIAN_SNAPSHOT)) }
 
     public func processForked(parent: Int, child: Int, uffd: Int32) { send(UInt32(LP_GUARDIAN_SNAPSHOT)) }

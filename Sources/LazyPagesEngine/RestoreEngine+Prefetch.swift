@@ -82,7 +82,7 @@ extension RestoreEngine {
             case .done(let bytes), .partial(let bytes):
                 let pages = bytes / size
                 process.space.markDelivered(run.address, pages: pages)
-                statistics.add(.pagesCopiedInBackground, pages * process.space.basePagesPerPage)
+                countCopied(.pagesCopiedInBackground, pages * process.space.basePagesPerPage, into: process)
                 statistics.add(.pagesPrefetched, pages * process.space.basePagesPerPage)
                 statistics.add(.copiesDone)
                 process.prefetchCursor += max(1, pages)

@@ -200,7 +200,7 @@ extension RestoreEngine {
             case .done(let n), .partial(let n):
                 let pages = n / pageSize
                 process.space.markDelivered(run.address, pages: pages)
-                statistics.add(urgent ? .pagesCopiedOnFault : .pagesCopiedInBackground, pages)
+                countCopied(urgent ? .pagesCopiedOnFault : .pagesCopiedInBackground, pages, into: process)
                 if pages == 0 { refusals += 1 } else { filled.append(AddressRange(start: run.address, length: UInt64(n))) }
             case .alreadyPresent:
                 statistics.add(.alreadyPresent)

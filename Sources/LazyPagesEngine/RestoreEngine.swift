@@ -142,6 +142,20 @@ public final class RestoreEngine: @unchecked Sendable {
         for process in Array(processes.values) { retire(process, .exited, detail: "closed after the restore ended") }
     }
 
+    /// After `run()` returned, when nothing could end the processes still waiting (their guardian is gone): gives up
+    /// every uffd still held without closing it. The descriptors stay open as long as this process lives, so those
+    /// processes stay blocked on their faults rather than read zero pages.
+    public func leaveUffdsOpen() {
+        for process in processes.values { _ = process.uffd.release() }
+        for uffd in untracked { _ = uffd.release() }
+    }
+
+    /// Counts pages copied into `process` (a forked child's also under `pagesCopiedToForks`).
+    func countCopied(_ counter: RestoreStatistics.Counter, _ pages: Int, into process: TrackedProcess) {
+        statistics.add(counter, pages)
+        if process.parentID != nil { statistics.add(.pagesCopiedToForks, pages) }
+    }
+
     /// Processes tracked right now (announced tasks and forked children, minus the retired).
     public var trackedProcessCount: Int { processes.count }
 
@@ -395,7 +409,7 @@ public final class RestoreEngine: @unchecked Sendable {
                     // The faulting page leads the run, so it is home and its waiters are woken.
                     let pages = bytes / size
                     process.space.markDelivered(run.address, pages: pages)
-                    statistics.add(.pagesCopiedOnFault, pages * process.space.basePagesPerPage)
+                    countCopied(.pagesCopiedOnFault, pages * process.space.basePagesPerPage, into: process)
                     statistics.add(.copiesDone)
                     return
                 case .retryAfterEvents:
@@ -532,7 +546,7 @@ public final class RestoreEngine: @unchecked Sendable {
             let pages = bytes / run.pageSize
             process.memoryRefusals = 0
             process.space.markDelivered(run.address, pages: pages)
-            statistics.add(.pagesCopiedInBackground, pages * process.space.basePagesPerPage)
+            countCopied(.pagesCopiedInBackground, pages * process.space.basePagesPerPage, into: process)
             statistics.add(.copiesDone)
             process.fillCursor = run.address + UInt64(bytes)
         case .retryAfterEvents:

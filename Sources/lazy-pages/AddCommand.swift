@@ -1,4 +1,5 @@
 import ArgumentParser
+import LazyPagesControl
 
 /// `lazy-pages add criu|firecracker`: create a job in `lazy-pagesd serve`.
 struct AddCommand: ParsableCommand {
@@ -21,4 +22,8 @@ struct JobOptions: ParsableArguments {
 
     @Option(name: .customLong("name"), help: "A name shown by `list`.")
     var name: String?
+
+    var specOptions: JobSpec.Options {
+        JobSpec.Options(backgroundFill: noBackground ? false : nil, faultAround: faultAround, fillChunk: fillChunk, name: name)
+    }
 }
