@@ -113,18 +113,21 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // `lazy-pages` runs the C helper programs it finds beside itself (demo and restore-sim start lp-workload;
+        // bench its baselines and workload): depending on them makes `swift run lazy-pages demo` build them too.
         .executableTarget(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
                 "PageServer", "LazyPagesControl",
+                "lp-workload", "lp-bench-baseline", "lp-bench-workload",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Helpers shared by the test targets: finding built executables, running them.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
-        .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages"]),
+        .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "TestSupport"]),
         .testTarget(
             name: "ServiceTests",
             dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),

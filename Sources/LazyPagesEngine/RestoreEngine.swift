@@ -233,6 +233,9 @@ public final class RestoreEngine: @unchecked Sendable {
         process.uffd.close()
         processes[process.id] = nil
         statistics.add(why == .completed ? .processesCompleted : .processesExited)
+        if why == .exited && process.parentID == nil {
+            statistics.add(.pagesAbandoned, process.space.pendingPages * process.space.basePagesPerPage)
+        }
         logger.debug("process retired", metadata: [
             "process": "\(process.id)", "pid": "\(process.imagePid)", "why": "\(why.rawValue)",
             "pending": "\(process.space.pendingPages)", "detail": "\(detail)",

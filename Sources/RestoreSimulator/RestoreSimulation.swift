@@ -29,7 +29,8 @@ public final class RestoreSimulation: @unchecked Sendable {
             throw SimulationError("cannot find lp-workload next to \(Self.executablePath() ?? "this executable")")
         }
         guard access(path, X_OK) == 0 else {
-            throw SimulationError("lp-workload is not executable: \(path): \(String(cString: strerror(errno)))")
+            throw SimulationError("lp-workload is not executable: \(path): \(String(cString: strerror(errno)))"
+                + " (build it with `swift build --product lp-workload`, or set LP_WORKLOAD to its path)")
         }
         workloadPath = path
     }

@@ -5,13 +5,23 @@ public enum SyntheticImages {
     /// Where synthetic tasks' memory lives: high in the address space, clear of what the workload itself maps.
     public static let base: UInt64 = 0x5c00_0000_0000
 
-    /// `tasks` tasks (pids 1000, 1001, ...; the first is the others' parent) sharing `totalBytes` of memory. Each
-    /// task has four VMAs: a large one mostly lazy with an eager run and a never-dumped hole (reads zero), two
-    /// medium all-lazy ones, and a small one with every other page dumped. Every task has its own bytes.
+    /// The fewest pages `writeMixed` gives a task (its four VMAs need that many to have their shapes).
+    public static let minimumPagesPerTask = 64
+
+    /// The pages of memory each of `tasks` tasks gets from `writeMixed` for `totalBytes` in all: an equal share,
+    /// rounded down to whole pages, and at least `minimumPagesPerTask`.
+    public static func mixedPagesPerTask(tasks: Int, totalBytes: UInt64) -> Int {
+        max(minimumPagesPerTask, Int(totalBytes / UInt64(criuPageSize)) / tasks)
+    }
+
+    /// `tasks` tasks (pids 1000, 1001, ...; the first is the others' parent) sharing `totalBytes` of memory
+    /// (`mixedPagesPerTask` pages each). Each task has four VMAs: a large one mostly lazy with an eager run and a
+    /// never-dumped hole (reads zero), two medium all-lazy ones, and a small one with every other page dumped. Every
+    /// task has its own bytes.
     public static func writeMixed(directory: String, tasks: Int, totalBytes: UInt64) throws {
         precondition(tasks >= 1)
         let page = UInt64(criuPageSize)
-        let pagesPerTask = max(64, Int(totalBytes / page) / tasks)
+        let pagesPerTask = mixedPagesPerTask(tasks: tasks, totalBytes: totalBytes)
         let specs: [ProcessSpec] = (0..<tasks).map { index in
             let pid = UInt32(1000 + index)
             let fill = PagePattern.filler(seed: 0xD3_0000 + UInt64(pid), base: base)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// A size on the command line: `4096`, `64K`, `256M`, `1G` (powers of 1024; an optional trailing `B` or `iB`).
 struct ByteCount: ExpressibleByArgument, CustomStringConvertible, Sendable {
@@ -25,8 +26,16 @@ struct ByteCount: ExpressibleByArgument, CustomStringConvertible, Sendable {
     }
 
     var description: String {
-        for (unit, size) in [("G", UInt64(1) << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes % size == 0 {
+        for (unit, size) in [("T", UInt64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes % size == 0 {
             return "\(bytes / size)\(unit)"
+        }
+        return "\(bytes)"
+    }
+
+    /// `bytes` to one decimal in the largest unit that fits ("23.4G", "512.0M", "900"), for messages.
+    static func approximate(_ bytes: UInt64) -> String {
+        for (unit, size) in [("T", UInt64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes >= size {
+            return String(format: "%.1f%@", Double(bytes) / Double(size), unit)
         }
         return "\(bytes)"
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CRIUImages
 import Dispatch
 import Foundation
 import LazyPagesCRIU
@@ -10,34 +11,57 @@ import RestoreSimulator
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write an image set, start the monitor, run an emulated `criu restore --lazy-pages` against it "
-            + "with a live progress bar, verify every byte, and print the summary.")
+            + "with a live progress bar, verify every byte, and print the summary.",
+        discussion: """
+            The image set goes to a new directory under /tmp, removed at the end (also on Ctrl-C or SIGTERM) \
+            unless --keep; the demo first checks that /tmp has the disk and the machine the memory for it.
+            """)
 
-    @Option(help: "Memory of the restored tasks in all (e.g. 64M, 1G).")
+    // `.unconditional`: a value that looks like an option (`--tasks -1`) is still this option's value, so that it
+    // gets the range check's message rather than "Missing value".
+    @Option(parsing: .unconditional, help: "Memory of the restored tasks in all (e.g. 64M, 1G).")
     var size = ByteCount(bytes: 256 << 20)
 
-    @Option(help: "Number of restored tasks.")
+    @Option(parsing: .unconditional, help: "Number of restored tasks (1...64).")
     var tasks = 2
 
     @Option(help: "Workload scenario the restored tasks run: \(SimulationOptions.scenarios.joined(separator: ", ")).")
     var scenario = "verify"
 
-    @Option(help: "Seed for the workloads' random choices.")
+    @Option(parsing: .unconditional, help: "Seed for the workloads' random choices.")
     var seed: UInt64 = 1
 
     @Flag(help: "Keep the image directory afterwards.")
     var keep = false
 
+    /// What the image set really holds: whole pages, an equal share per task.
+    var imageBytes: UInt64 {
+        UInt64(SyntheticImages.mixedPagesPerTask(tasks: tasks, totalBytes: size.bytes) * tasks * criuPageSize)
+    }
+
     func validate() throws {
-        guard tasks >= 1 && tasks <= 64 else { throw ValidationError("--tasks must be 1...64") }
+        guard tasks >= 1 && tasks <= 64 else { throw ValidationError("--tasks must be 1...64, not \(tasks)") }
         guard SimulationOptions.scenarios.contains(scenario) else {
             throw ValidationError("unknown scenario '\(scenario)'; known: \(SimulationOptions.scenarios.joined(separator: ", "))")
+        }
+        let minimum = UInt64(SyntheticImages.minimumPagesPerTask * criuPageSize * tasks)
+        guard size.bytes >= minimum else {
+            throw ValidationError("--size \(size) is too small: each task gets at least "
+                + "\(SyntheticImages.minimumPagesPerTask) pages (\(ByteCount(bytes: minimum / UInt64(tasks)))), "
+                + "so \(tasks) task\(tasks == 1 ? "" : "s") need at least \(ByteCount(bytes: minimum))")
         }
     }
 
     func run() throws {
+        // Whole lines, in order with the progress bar on stderr, also through a pipe (`2>&1 | tee`).
+        lineBufferStandardOutput()
+        let bytes = imageBytes
+        try DemoResources.check(bytes: bytes, directory: "/tmp")
         let directory = try temporaryDirectory()
-        defer { if !keep { try? FileManager.default.removeItem(atPath: directory) } }
-        print("lazy-pages demo: writing a \(size) image set of \(tasks) tasks to \(directory)")
+        let cleanup = DemoCleanup(directory: keep ? nil : directory)
+        cleanup.install()
+        defer { cleanup.finish() }
+        print("lazy-pages demo: writing a \(ByteCount(bytes: bytes)) image set of \(tasks) tasks to \(directory)")
         try SyntheticImages.writeMixed(directory: directory, tasks: tasks, totalBytes: size.bytes)
 
         let logger = Logger(label: "lazy-pagesd") { label in
@@ -61,7 +85,7 @@ struct Demo: ParsableCommand {
         let simulation = try RestoreSimulation(options: SimulationOptions(
             imagesDirectory: directory, workDirectory: directory, scenario: scenario, seed: seed))
         do {
-            try simulation.start()
+            try cleanup.starting(simulation) { try simulation.start() }
         } catch {
             session.engine.cancel(reason: "the emulated restore failed to start")
             finished.wait()
@@ -95,55 +119,5 @@ struct Demo: ParsableCommand {
         var template = Array("/tmp/lazy-pages-demo.XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw ValidationError("cannot create a temporary directory") }
         return String(cString: made)
-    }
-}
-
-/// A one-line live progress bar on stderr: pages home, faults served, background rate.
-final class ProgressBar: @unchecked Sendable {
-    private let statistics: RestoreStatistics
-    private let stopped = DispatchSemaphore(value: 0)
-    private let done = DispatchSemaphore(value: 0)
-    private let interactive = isatty(2) != 0
-
-    init(statistics: RestoreStatistics) { self.statistics = statistics }
-
-    func start() {
-        let thread = Thread { [self] in
-            var lastPages = 0
-            var lastTime = monotonicNanoseconds()
-            var lastPrinted = lastTime
-            while stopped.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
-                let now = monotonicNanoseconds()
-                let background = statistics[.pagesCopiedInBackground]
-                let rate = Double((background - lastPages) * pageSize) / (Double(now - lastTime) / 1e9) / Double(1 << 30)
-                lastPages = background
-                lastTime = now
-                if interactive || now - lastPrinted >= 1_000_000_000 {
-                    draw(rate: rate, final: false)
-                    lastPrinted = now
-                }
-            }
-            draw(rate: 0, final: true)
-            done.signal()
-        }
-        thread.start()
-    }
-
-    func stop() {
-        stopped.signal()
-        done.wait()
-    }
-
-    private func draw(rate: Double, final: Bool) {
-        let expected = max(1, statistics[.pagesExpected])
-        let home = min(expected, statistics.pagesCopied + statistics[.pagesDropped])
-        let fraction = Double(home) / Double(expected)
-        let width = 30
-        let filled = Int(fraction * Double(width))
-        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        let line = String(format: "[%@] %3.0f%%  pages home %d/%d  faults %d  background %.2f GiB/s",
-                          bar, fraction * 100, home, expected, statistics[.faults], rate)
-        let text = interactive ? "\r" + line + (final ? "\n" : "") : line + "\n"
-        FileHandle.standardError.write(Data(text.utf8))
     }
 }

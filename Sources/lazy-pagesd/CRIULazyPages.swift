@@ -107,8 +107,7 @@ struct CRIULazyPages: ParsableCommand {
             do {
                 options.prefetchProfile = try loadProfile(prefetchProfile)
             } catch {
-                logger.critical("cannot read the prefetch profile \(prefetchProfile): \(error)")
-                printError("lazy-pagesd: cannot read the prefetch profile \(prefetchProfile): \(error)")
+                reportFatal("cannot read the prefetch profile \(prefetchProfile): \(error)", logger: logger)
                 throw ExitCode.failure
             }
         }
@@ -123,16 +122,14 @@ struct CRIULazyPages: ParsableCommand {
         do {
             restore = try CRIURestore(options: options, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            printError("lazy-pagesd: \(error)")
+            reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
         let detached = daemon ? try detach() : nil
         do {
             try restore.startGuardian()  // after detaching: the guardian watches the process that serves
         } catch {
-            logger.critical("cannot start the guardian: \(error)")
-            printError("lazy-pagesd: cannot start the guardian: \(error) (use --no-guardian to run without)")
+            reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
             throw ExitCode.failure
         }
         if let pidFile {
@@ -159,7 +156,7 @@ struct CRIULazyPages: ParsableCommand {
             logger.info("\(report.summary)")
             print(report.summary)
         case .cancelled(let reason), .failed(let reason):
-            logger.error("restore failed: \(reason)")
+            if !loggingToStandardError { logger.error("restore failed: \(reason)") }
             printError("lazy-pagesd: restore failed: \(reason)\n\(report.summary)")
             throw ExitCode.failure
         }

@@ -58,8 +58,7 @@ struct FirecrackerCommand: ParsableCommand {
             restore = try FirecrackerRestore(options: options, logger: logger)
             try restore.startGuardian()
         } catch {
-            logger.critical("cannot start: \(error)")
-            printError("lazy-pagesd: \(error)")
+            reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
         if let statusFD {

@@ -12,8 +12,19 @@ func criuLogLevel(_ level: Int) -> Logger.Level {
     }
 }
 
+/// Whether log lines go to stderr (no `--log-file`); set once by `bootstrapLogging`, before any other thread runs.
+nonisolated(unsafe) private(set) var loggingToStandardError = true
+
+/// A fatal error, said once: `<command>: <message>` on stderr; a critical log line too only when the log goes to a
+/// file (on stderr, the log line would say the same thing a second time).
+func reportFatal(_ message: String, logger: Logger, command: String = "lazy-pagesd") {
+    if !loggingToStandardError { logger.critical("\(message)") }
+    FileHandle.standardError.write(Data("\(command): \(message)\n".utf8))
+}
+
 /// Sends every logger to stderr, or to `file` (appended), at `level`.
 func bootstrapLogging(level: Logger.Level, file: String?) throws {
+    loggingToStandardError = file == nil
     let sink: LogSink
     if let file {
         guard let handle = FileHandle(forWritingAtPath: file) ?? {

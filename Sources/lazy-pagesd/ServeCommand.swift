@@ -97,8 +97,7 @@ struct ServeCommand: ParsableCommand {
             }
             service = try LazyPagesService(options: options, logger: logger)
         } catch {
-            logger.critical("cannot start", metadata: ["error": "\(error)"])
-            printError("lazy-pagesd serve: \(error)")
+            reportFatal("\(error)", logger: logger, command: "lazy-pagesd serve")
             throw ExitCode.failure
         }
         service.start()

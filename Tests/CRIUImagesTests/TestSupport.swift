@@ -1,15 +1,12 @@
 import Foundation
 import SwiftProtobuf
+import TestSupport
 import Testing
 
 @testable import CRIUImages
 
 /// The real CRIU 4.2 dump, found relative to the package root (`../shared/fixtures/criu-treeproc`).
-let fixtureDirectory: String = {
-    let thisFile = URL(fileURLWithPath: #filePath)
-    let packageRoot = thisFile.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return packageRoot.appendingPathComponent("../shared/fixtures/criu-treeproc").standardized.path
-}()
+let fixtureDirectory = SharedFixtures.criuTreeproc
 
 let pageSize = UInt64(criuPageSize)
 
@@ -27,18 +24,6 @@ func pageMatches(_ page: [UInt8], seed: UInt64, p: UInt64) -> Bool {
                 == pattern(seed, p, w)
         }
     }
-}
-
-/// A fresh temporary directory, removed when the value goes away.
-final class TemporaryDirectory {
-    let path: String
-    init() throws {
-        var template = Array((URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("criu-images-test.XXXXXX").path).utf8CString)
-        guard let made = mkdtemp(&template) else { throw ImageError(file: "mkdtemp", problem: "failed") }
-        path = String(cString: made)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func sub(_ name: String) -> String { "\(path)/\(name)" }
 }
 
 /// Reads the bytes of the page at `address` through the process's `lazyRuns` (nil when no run covers it or

@@ -170,6 +170,16 @@ import Testing
         #expect(output.stdout.contains("lazy-pages: 2 tasks"), "\(output.stdout)")
     }
 
+    @Test func aMissingImageDirectoryIsOneLine() throws {
+        let missing = try makeTemporaryDirectory() + "/nonexistent"
+        let output = try Spawn.run([try BuiltProducts.path(of: "lazy-pagesd"), "-D", missing])
+        #expect(output.exitCode == 1, "\(output.stderr)")
+        let lines = output.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "said more than once: \(output.stderr)")
+        #expect(lines.first?.hasPrefix("lazy-pagesd: ") == true, "\(output.stderr)")
+        #expect(lines.first?.contains(missing) == true, "\(output.stderr)")
+    }
+
     @Test func unknownOptionsAreUsageErrors() throws {
         let output = try Spawn.run([try BuiltProducts.path(of: "lazy-pagesd"), "--no-such-option"])
         #expect(output.exitCode == 64)

@@ -2,6 +2,7 @@ import CRIUImages
 import Foundation
 import LazyPagesCRIU
 import RestoreSimulator
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,5 +1,6 @@
 import Foundation
 import RestoreSimulator
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -5,6 +5,7 @@ import LazyPagesCRIU
 import LazyPagesEngine
 import Logging
 import RestoreSimulator
+import TestSupport
 import Testing
 
 /// Runs one real restore: a `LazyPagesSession` (the daemon, in this process, on its own thread) serving
@@ -118,13 +119,9 @@ enum ScenarioImages {
     }
 }
 
-/// The fixture: a real CRIU 4.2 dump of a two-process tree (see its README).
+/// The fixture: a real CRIU 4.2 dump of a two-process tree (see its README), in `../shared` beside the clone.
 enum Fixture {
-    static var criuTreeproc: String {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("shared/fixtures/criu-treeproc").path
-    }
+    static var criuTreeproc: String { SharedFixtures.criuTreeproc }
 }
 
 /// Loggers for tests: warnings and errors only, on stderr.

@@ -2,6 +2,7 @@ import CRIUImages
 import Foundation
 import LazyPagesEngine
 import RestoreSimulator
+import TestSupport
 import Testing
 
 /// Real restores end to end: the daemon's engine against lp-workload processes that fault, fork, mremap, madvise

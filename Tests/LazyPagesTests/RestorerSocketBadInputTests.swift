@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesCRIU
+import TestSupport
 import Testing
 import CUserfaultfd
 import Userfaultfd

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import LazyPagesCRIU
 import RestoreSimulator
+import TestSupport
 import Testing
 import Userfaultfd
 
@@ -60,12 +61,6 @@ enum TestImages {
         }
         return pages
     }
-}
-
-func makeTemporaryDirectory() throws -> String {
-    var template = Array("/tmp/lp-simtest.XXXXXX".utf8CString)
-    let made = try #require(mkdtemp(&template))
-    return String(cString: made)
 }
 
 /// The daemon's end of lazy-pages.socket, listening in `directory`.
@@ -364,10 +359,9 @@ struct SimulatorTests {
         #expect(task.output.contains { $0.hasPrefix("simulator: timed out") })
     }
 
-    static let fixture = "/work/shared/fixtures/criu-treeproc"
+    static let fixture = Fixture.criuTreeproc
 
-    @Test("a real CRIU dump (criu-treeproc, two tasks) restores through the simulator, served by the test",
-          .enabled(if: FileManager.default.fileExists(atPath: fixture + "/pstree.img"), "fixture missing"))
+    @Test("a real CRIU dump (criu-treeproc, two tasks) restores through the simulator, served by the test")
     func realDump() throws {
         let work = try makeTemporaryDirectory()
         let listener = try TestListener(directory: work)

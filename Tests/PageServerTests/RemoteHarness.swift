@@ -5,6 +5,7 @@ import LazyPagesEngine
 import Logging
 import PageServer
 import RestoreSimulator
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -57,12 +58,6 @@ struct RemoteImages {
 
     /// Lazy pages per task.
     static let lazyPagesPerTask = 200 + 96 + 96
-}
-
-func makeTemporaryDirectory() throws -> String {
-    var template = Array("/tmp/lp-remote.XXXXXX".utf8CString)
-    let made = try #require(mkdtemp(&template))
-    return String(cString: made)
 }
 
 let testLogger: Logger = {

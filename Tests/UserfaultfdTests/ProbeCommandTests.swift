@@ -17,12 +17,25 @@ struct ProbeCommandTests {
         return nil
     }()
 
+    /// `vm.unprivileged_userfaultfd` (nil when unreadable).
+    static let unprivilegedSysctl: Int? = (try? String(contentsOfFile: "/proc/sys/vm/unprivileged_userfaultfd",
+        encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+
+    /// True when `nobody` cannot open `/dev/userfaultfd` (absent, or not world read-write).
+    static var deviceClosedToNobody: Bool {
+        var info = stat()
+        return stat("/dev/userfaultfd", &info) != 0 || info.st_mode & 0o006 != 0o006
+    }
+
     /// True when `nobody` can neither open `/dev/userfaultfd` nor use the full system call, so the probe must fail.
     static var unprivilegedIsLockedOut: Bool {
-        var info = stat()
-        let deviceClosed = stat("/dev/userfaultfd", &info) != 0 || info.st_mode & 0o006 != 0o006
-        let sysctl = try? String(contentsOfFile: "/proc/sys/vm/unprivileged_userfaultfd", encoding: .utf8)
-        return geteuid() == 0 && deviceClosed && sysctl?.trimmingCharacters(in: .whitespacesAndNewlines) == "0"
+        geteuid() == 0 && deviceClosedToNobody && unprivilegedSysctl == 0
+    }
+
+    /// True when `nobody` cannot open the device but `vm.unprivileged_userfaultfd=1` lets it use the full system
+    /// call (as CI sets it for CRIU's zdtm), so the probe must succeed through userfaultfd(2).
+    static var unprivilegedUsesTheSysctl: Bool {
+        geteuid() == 0 && deviceClosedToNobody && unprivilegedSysctl == 1
     }
 
     @Test func jsonReportsTheFeaturesAMonitorNeeds() throws {
@@ -58,9 +71,10 @@ struct ProbeCommandTests {
         #expect(output.stdout.contains("0x1ffff"))
     }
 
-    @Test(.enabled(if: asNobody != nil, "needs setpriv or runuser to drop to nobody"))
+    @Test(.enabled(if: asNobody != nil, "needs setpriv or runuser to drop to nobody"),
+          .enabled(if: unprivilegedIsLockedOut,
+                   "needs root, /dev/userfaultfd closed to others and vm.unprivileged_userfaultfd=0 (it is \(unprivilegedSysctl.map(String.init) ?? "unreadable"); unprivilegedProbeUsesTheSysctl covers 1)"))
     func unprivilegedProbeFailsWithOneLine() throws {
-        try #require(Self.unprivilegedIsLockedOut, "expects /dev/userfaultfd 0600 and vm.unprivileged_userfaultfd=0")
         let probe = try BuiltProducts.path(of: "lazy-pages")
         let output = try Spawn.run(try #require(Self.asNobody) + [probe, "probe", "--json"])
         #expect(output.exitCode == 1, "status \(output.status)")
@@ -76,5 +90,26 @@ struct ProbeCommandTests {
         #expect(report["syscall"] as? String == "EPERM")
         #expect(report["userModeOnly"] as? String == "ok")
         #expect(report["openPath"] == nil)
+    }
+
+    @Test(.enabled(if: asNobody != nil, "needs setpriv or runuser to drop to nobody"),
+          .enabled(if: unprivilegedUsesTheSysctl,
+                   "needs root, /dev/userfaultfd closed to others and vm.unprivileged_userfaultfd=1 (it is \(unprivilegedSysctl.map(String.init) ?? "unreadable"); unprivilegedProbeFailsWithOneLine covers 0)"))
+    func unprivilegedProbeUsesTheSysctl() throws {
+        let probe = try BuiltProducts.path(of: "lazy-pages")
+        let output = try Spawn.run(try #require(Self.asNobody) + [probe, "probe", "--json"])
+        #expect(output.exitCode == 0, "status \(output.status), stderr: \(output.stderr)")
+        #expect(output.stderr.isEmpty, "stderr: \(output.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [String: Any])
+        #expect(report["device"] as? String == "EACCES")
+        #expect(report["syscall"] as? String == "ok")
+        #expect(report["openPath"] as? String == "userfaultfd(2)")
+        #expect(report["kernelFaults"] as? Bool == true)
+        #expect(report["problem"] == nil)
+        let privileges = try #require(report["privileges"] as? [String: Any])
+        #expect(privileges["euid"] as? Int == 65534)
+        #expect(privileges["capSysPtrace"] as? Bool == false)
+        #expect(privileges["unprivilegedUserfaultfd"] as? Int == 1)
+        #expect(privileges["deviceAccess"] as? Bool == false)
     }
 }

@@ -11,9 +11,7 @@ final class SnapshotFixture {
     let socket: String
 
     init(bytes: Int) throws {
-        var template = Array("/tmp/fc-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw Emulator.Failure(description: "mkdtemp: errno \(errno)") }
-        directory = String(cString: made)
+        directory = try makeTemporaryDirectory("fc-test")
         memoryFile = directory + "/memory"
         socket = directory + "/uffd.sock"
         var data = [UInt8](repeating: 0, count: bytes)

@@ -66,12 +66,6 @@ final class ServiceDaemon {
     }
 }
 
-func makeTemporaryDirectory(_ prefix: String) throws -> String {
-    var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
-    guard let made = mkdtemp(&template) else { throw Emulator.Failure(description: "mkdtemp: errno \(errno)") }
-    return String(cString: made)
-}
-
 /// A snapshot memory file of never-zero bytes, and a fresh socket path per job.
 final class MemoryFixture {
     let directory: String

@@ -5,16 +5,6 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-final class TemporaryDirectory {
-    let path: String
-    init() throws {
-        var template = Array("/tmp/systemd-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw TestFailure("mkdtemp: errno \(errno)") }
-        path = String(cString: made)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
 /// Fills a `sockaddr_un` with `bytes` (a path, or an abstract name starting with NUL) and calls `body`.
 func withUnixAddress<R>(_ bytes: [UInt8], abstract: Bool, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
     var address = sockaddr_un()
