@@ -35,7 +35,7 @@ final class Job: @unchecked Sendable {
         guard let session else { return }
         let thread = Thread { [self] in
             let report = session.run()
-            let outcome = outcome(of: report)
+            let outcome = finalOutcome(of: report)
             condition.lock()
             self.outcome = outcome
             // Let go of the mapped images, sockets and uffds (the processes still waiting on them were ended by the
@@ -51,7 +51,7 @@ final class Job: @unchecked Sendable {
     }
 
     /// The outcome the job reports: the restore's, its reason saying whether the job's processes were ended.
-    private func outcome(of report: RestoreReport) -> RestoreOutcome {
+    private func finalOutcome(of report: RestoreReport) -> RestoreOutcome {
         let ending = report.processesEnded.map { "; \($0)" }
             ?? (statistics[.tasksAnnounced] == 0 ? "; no process had been handed over" : "")
         switch report.outcome {

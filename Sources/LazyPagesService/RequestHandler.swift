@@ -51,7 +51,7 @@ struct RequestHandler: Sendable {
             return try JSONDecoder().decode(ControlRequest.self, from: data)
         } catch {
             // A job spec the decoder refused (a missing field, a field of the other kind of job) is an invalid job.
-            if case .dataCorrupted(let context) = error as? DecodingError, context.codingPath.first?.stringValue == "job",
+            if case .dataCorrupted(let context)? = error as? DecodingError, context.codingPath.first?.stringValue == "job",
                 context.codingPath.count == 1
             {
                 throw .init(code: .invalidJob, message: context.debugDescription)

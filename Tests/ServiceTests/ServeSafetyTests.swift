@@ -21,7 +21,7 @@ import Testing
         let id = try daemon.add(["criu", "-D", images, "-W", work, "--no-background"])
         let simulator = runInBackground([
             try BuiltProducts.path(of: "lazy-pages"), "restore-sim", "-D", images, "-W", work, "--scenario", "idle",
-            "--release-after", "60", "--timeout", "90", "--workload", try BuiltProducts.path(of: "lp-workload"),
+            "--release-after", "15", "--timeout", "60", "--workload", try BuiltProducts.path(of: "lp-workload"),
         ])
         try daemon.waitUntil(id, is: .running)
         return (id, simulator)
