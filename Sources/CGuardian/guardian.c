@@ -460,6 +460,10 @@ static int guardian_main(int pidfd, int messages) {
     /* Either the daemon is gone or it gave up; the shared table still holds its uffds. */
     for (int i = 0; i < RESERVE; i++)
         if (g_reserve[i] >= 0) close(g_reserve[i]);
+    /* No connection after this point: a shut-down listener refuses connect() (ECONNREFUSED), while the ones queued
+     * can still be accepted. Without it, a peer could connect after the sweep into a listener kept open by another
+     * job's guardian (lazy-pagesd serve: one shared table), send its uffd, and be left waiting when it closes. */
+    if (g_listener >= 0 && still_same(g_listener, g_listener_dev, g_listener_ino)) shutdown(g_listener, SHUT_RDWR);
     sweep_accepted();
     sweep_listener();
     int in_flight = uffds_open();
