@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: [
-                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "PageServer",
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "CFsuid", "PageServer",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.
@@ -67,7 +67,19 @@ let package = Package(
         // page source for the engine).
         .target(
             name: "PageServer",
-            dependencies: ["CRIUImages", "LazyPagesEngine", "CUserfaultfd", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CRIUImages", "LazyPagesEngine", "CUserfaultfd", "CGnuTLS", .product(name: "Logging", package: "swift-log"),
+            ]),
+        // GnuTLS (Debian: libgnutls28-dev) for the page-server protocol's TLS, as CRIU uses it: module map and
+        // one-line shims only.
+        .systemLibrary(name: "CGnuTLS", pkgConfig: "gnutls", providers: [.apt(["libgnutls28-dev"])]),
+        // The page-server options both executables share (`--tls*`), as ArgumentParser option groups.
+        .target(
+            name: "PageServerCommandLine",
+            dependencies: [
+                "PageServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // The control protocol of `lazy-pagesd serve` (versioned line-delimited JSON) and its client.
         .target(name: "LazyPagesControl"),
         // setfsuid/setfsgid (per-thread filesystem identity) for Swift: one header, no logic.
@@ -93,6 +105,8 @@ let package = Package(
         .executableTarget(
             name: "fc-emulator", dependencies: ["CDescriptorPassing"], path: "Sources/fc-emulator",
             linkerSettings: [.linkedLibrary("pthread")]),
+        // Holds connections to a unix socket as whatever user runs it (the security tests' other users) (C).
+        .executableTarget(name: "lp-socket-client", path: "Sources/lp-socket-client"),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", dependencies: ["CDescriptorPassing"], path: "Sources/uffd-testee"),
         // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
@@ -109,7 +123,7 @@ let package = Package(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
-                "LazyPagesService", "LazyPagesControl",
+                "LazyPagesService", "LazyPagesControl", "PageServerCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -119,7 +133,7 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                "PageServer", "LazyPagesControl",
+                "PageServer", "LazyPagesControl", "PageServerCommandLine",
                 "lp-workload", "lp-bench-baseline", "lp-bench-workload",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

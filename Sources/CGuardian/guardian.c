@@ -525,7 +525,7 @@ static int guardian_main(int pidfd, int messages) {
     put(&p, g_nkilled > 48 ? " ...\n" : "\n");
     *p = 0;
     say(line);
-    return 3;
+    return LP_GUARDIAN_EXIT_KILLED;
 }
 
 pid_t lp_guardian_start(int *control) {

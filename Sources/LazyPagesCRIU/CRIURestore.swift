@@ -21,8 +21,11 @@ public final class CRIURestore: @unchecked Sendable {
 
     public struct Options: Sendable {
         public var imagesDirectory: String
-        /// Where `lazy-pages.socket` is created (default: the images directory).
+        /// Where `lazy-pages.socket` is created (default: the images directory), by the filesystem identity of the
+        /// thread that makes this restore.
         public var workDirectory: String?
+        /// Who may connect to `lazy-pages.socket` and its mode (see `UnixListener`).
+        public var socketAccess = SocketAccess()
         public var engine = EngineConfiguration()
         public var pages = PageSource.local
         /// Deliver the pages of this profile first.
@@ -56,7 +59,8 @@ public final class CRIURestore: @unchecked Sendable {
         do {
             session = try LazyPagesSession(
                 imagesDirectory: options.imagesDirectory, workDirectory: options.workDirectory,
-                configuration: options.engine, remotePages: client, logger: logger)
+                configuration: options.engine, remotePages: client, socketAccess: options.socketAccess,
+                logger: logger)
         } catch {
             _ = client?.close()
             throw error
@@ -97,7 +101,7 @@ public final class CRIURestore: @unchecked Sendable {
         // processes still waiting for pages first, and only then may the uffds close (when the session goes).
         if let guardian {
             switch guardian.finish(clean: outcome == .completed) {
-            case 3:
+            case GuardianLink.killedExitStatus:
                 report.processesEnded = "the processes of the restore still waiting for pages were killed "
                     + "(they could not get the rest of their memory)"
                 logger.warning("the guardian killed the restore's processes that still waited for pages")

@@ -37,6 +37,9 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     /// `connection` is the accepted socket: uffds still queued in it when the daemon dies count as in flight.
     public func restorer(pid: pid_t, connection: Int32) { send(UInt32(LP_GUARDIAN_RESTORER), pid: pid, fd: connection) }
 
+    /// `finish`'s result when the guardian killed the restore's processes.
+    public static let killedExitStatus = Int32(LP_GUARDIAN_EXIT_KILLED)
+
     /// The lazy-pages listening socket: on the daemon's death, connections waiting there (with uffds in flight)
     /// are accepted by the guardian and their restorers' processes killed.
     public func listener(descriptor: Int32) { send(UInt32(LP_GUARDIAN_LISTENER), pid: descriptor) }
@@ -53,8 +56,8 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     public func processRetired(id: Int) {}
 
     /// Ends the guardian and returns its exit status. `clean`: the restore completed; the guardian just exits (0).
-    /// Otherwise it kills every process of the restore while the daemon still holds the uffds, then exits (3; 0
-    /// when no uffd was open any more, i.e. nothing depended on the daemon).
+    /// Otherwise it kills every process of the restore while the daemon still holds the uffds, then exits
+    /// (`killedExitStatus`; 0 when no uffd was open any more, i.e. nothing depended on the daemon).
     @discardableResult
     public func finish(clean: Bool) -> Int32 {
         send(UInt32(clean ? LP_GUARDIAN_DONE : LP_GUARDIAN_ABORT))
@@ -87,11 +90,6 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
 
 /// The pid of the process on the other end of a unix socket (`SO_PEERCRED`), or nil.
 public func peerProcess(of socket: Int32) -> pid_t? {
-    // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (not exported by Glibc's module without _GNU_SOURCE)
-    var credentials: (Int32, UInt32, UInt32) = (0, 0, 0)
-    var length = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
-    guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, credentials.0 > 0 else {
-        return nil
-    }
-    return credentials.0
+    guard let peer = PeerCredentials(socket: socket), peer.pid > 0 else { return nil }
+    return peer.pid
 }

@@ -17,14 +17,16 @@ public final class LazyPagesSession: @unchecked Sendable {
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
     /// With `remotePages`, `LAZY` pages without local data come from that source (a page server), which is started
-    /// (connected) here.
+    /// (connected) here. The socket is created with the calling thread's filesystem identity and `socketAccess` says
+    /// who may connect (see `UnixListener`).
     public init(
         imagesDirectory: String, workDirectory: String? = nil,
         configuration: EngineConfiguration = EngineConfiguration(), remotePages: RemotePageSource? = nil,
-        logger: Logger
+        socketAccess: SocketAccess = SocketAccess(), logger: Logger
     ) throws {
         self.logger = logger
-        listener = try UnixListener(directory: workDirectory ?? imagesDirectory, name: Self.socketName)
+        listener = try UnixListener(
+            directory: workDirectory ?? imagesDirectory, name: Self.socketName, access: socketAccess, logger: logger)
         do {
             source = try CRIUImageSource(directory: imagesDirectory, allowRemoteOnly: remotePages != nil)
             engine = try RestoreEngine(configuration: configuration, logger: logger)
@@ -52,7 +54,8 @@ public final class LazyPagesSession: @unchecked Sendable {
 
     private func acceptRestorer() {
         do {
-            let fd = try listener.accept()
+            // A peer that is not the restore's owner (or root) is refused and logged there; we go on listening.
+            guard let fd = try listener.accept() else { return }
             // Fault injection for the guardian's tests: the daemon stops in the one moment the guardian has not
             // been told about the connection yet (the test then kills it).
             if Self.stopAfterAccept { raise(SIGSTOP) }

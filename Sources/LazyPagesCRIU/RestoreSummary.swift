@@ -9,7 +9,7 @@ public struct RestoreSummary: Sendable {
     /// Every page copied (on fault and in background) over the restore's time, in GiB/s.
     public var gibPerSecond: Double {
         let seconds = statistics.elapsedSeconds
-        return seconds > 0 ? Double(statistics.pagesCopied * pageSize) / seconds / Double(1 << 30) : 0
+        return seconds > 0 ? Double(statistics.pagesCopied * basePageSize) / seconds / Double(1 << 30) : 0
     }
 
     public var line: String {

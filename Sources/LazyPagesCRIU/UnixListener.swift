@@ -1,90 +1,194 @@
+import Logging
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A listening unix stream socket bound to a path (a stale file there is replaced). Closing it unlinks the
-/// path again.
+/// A listening unix stream socket at `directory/name` for a job (CRIU's `lazy-pages.socket`, a Firecracker
+/// `socketPath`), made so that neither its creation nor its removal can be turned against the host:
+///
+/// - Everything happens relative to a descriptor of the directory, opened with the identity of the thread that makes
+///   the listener (a service job: its owner's, through `withFilesystemIdentity`; the standalone daemon: whoever runs
+///   it) — so swapping the directory for a symlink later redirects nothing. The socket is bound under a temporary
+///   name through `/proc/self/fd/N/` (race-free: the magic link pins the directory's inode, and `bind` never follows a
+///   symlink at the last component), given its mode, listened on, and then linked into place with `linkat`, which
+///   fails rather than replace anything that appeared meanwhile.
+/// - The socket file is created by and belongs to that identity, with mode 0600 (0660 with group access), whatever
+///   the umask.
+/// - Only a *stale* socket is ever replaced: a file that is not a socket is an error, and so is a socket something
+///   listens on (asked of the kernel's socket table, without connecting). A stale one is removed with the owner's
+///   identity, so only one the owner may remove is.
+/// - Closing removes the file only if the inode at the name is still the one bound, with the owner's identity.
+/// - Every accepted connection is checked against `access` (`SO_PEERCRED`, `SO_PEERGROUPS`) before anything is read
+///   from it; a refused peer is logged and closed, and the listener goes on waiting for the real one.
 public final class UnixListener: @unchecked Sendable {
-    /// Numbers the short temporary names of long socket paths (several jobs may bind in one directory at once).
+    /// Numbers the temporary names (several jobs may bind in one directory at once).
     private static let nextTemporary = Atomic<Int>(0)
     public let path: String
+    public let name: String
     public private(set) var descriptor: Int32
+    /// Whose socket it is: the filesystem identity it was created with.
+    public let owner: FilesystemIdentity
+    public let access: SocketAccess
+    private let logger: Logger?
+    private var directoryFD: Int32 = -1
+    private var bound: (device: dev_t, inode: ino_t)?
 
-    /// Binds `directory/name` and listens. The socket is bound under a temporary name and renamed into place once
-    /// it listens, so a client never finds the path while connecting to it would be refused. Paths longer than
-    /// `sun_path` are reached through `/proc/self/fd` (and a short temporary name). With `replacingOnlySockets`, only
-    /// a stale *socket* at the path is replaced: anything else there (a memory file given as the socket path by
-    /// mistake) is an error; without it (a fixed name like CRIU's `lazy-pages.socket`), any stale file is replaced.
-    public init(directory: String, name: String, backlog: Int32 = 16, replacingOnlySockets: Bool = false)
-        throws(SocketError)
+    /// Binds `directory/name` and listens (see the type's description).
+    public init(directory: String, name: String, backlog: Int32 = 16, access: SocketAccess = SocketAccess(),
+                logger: Logger? = nil) throws(SocketError)
     {
         path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketError("socket(AF_UNIX)", errno: errno) }
-        descriptor = fd
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
-        defer { Glibc.close(directoryFD) }
-        var existing = stat()
-        if replacingOnlySockets, fstatat(directoryFD, name, &existing, AT_SYMLINK_NOFOLLOW) == 0,
-           existing.st_mode & S_IFMT != S_IFSOCK
-        {
-            throw closing(SocketError("\(path) exists and is not a socket; refusing to replace it", errno: EEXIST))
+        self.name = name
+        self.access = access
+        self.logger = logger
+        owner = FilesystemIdentity.current
+        descriptor = -1
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
+            throw SocketError("\(path): not a usable socket name", errno: EINVAL)
         }
-        var temporary = ".\(name).\(getpid()).tmp"
-        var prefix = directory + "/"
-        if path.utf8.count + temporary.utf8.count >= 100 {
-            // A long name: bind a short temporary name through the directory descriptor.
-            temporary = ".lp-\(getpid())-\(UnixListener.nextTemporary.add(1, ordering: .relaxed).newValue).tmp"
-            prefix = "/proc/self/fd/\(directoryFD)/"
+        directoryFD = open(directory, O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
+        try removeStaleSocket()
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw closing(SocketError("socket(AF_UNIX)", errno: errno)) }
+        descriptor = fd
+        let temporary = ".lp-\(getpid())-\(UnixListener.nextTemporary.add(1, ordering: .relaxed).newValue).tmp"
+        unlinkat(directoryFD, temporary, 0)
+        let result = withSocketAddress(procPath(temporary)) { bind(fd, $0, $1) }
+        guard result == 0 else { throw closing(SocketError("bind \(directory)/\(temporary)", errno: result == nil ? ENAMETOOLONG : errno)) }
+        do throws(SocketError) {
+            try setMode(of: temporary)
+            guard listen(fd, backlog) == 0 else { throw SocketError("listen \(path)", errno: errno) }
+            // linkat never replaces: whatever took the name since the check above stays, and we refuse.
+            guard linkat(directoryFD, temporary, directoryFD, name, 0) == 0 else {
+                throw errno == EEXIST
+                    ? SocketError("\(path) appeared while binding; refusing to replace it", errno: EEXIST)
+                    : SocketError("link \(path)", errno: errno)
+            }
+        } catch {
+            unlinkat(directoryFD, temporary, 0)
+            throw closing(error)
         }
         unlinkat(directoryFD, temporary, 0)
-        let bound = withSocketAddress(prefix + temporary) { bind(fd, $0, $1) }
-        guard let bound else { throw closing(SocketError("bind \(path) (path too long)", errno: ENAMETOOLONG)) }
-        guard bound == 0 else { throw closing(SocketError("bind \(directory)/\(temporary)", errno: errno)) }
-        guard listen(fd, backlog) == 0 else {
-            unlinkat(directoryFD, temporary, 0)
-            throw closing(SocketError("listen \(path)", errno: errno))
+    }
+
+    private func procPath(_ entry: String) -> String { "/proc/self/fd/\(directoryFD)/\(entry)" }
+
+    /// A socket file at the name that nothing listens on may go (if the owner may remove it); anything else stays.
+    private func removeStaleSocket() throws(SocketError) {
+        var existing = stat()
+        guard fstatat(directoryFD, name, &existing, AT_SYMLINK_NOFOLLOW) == 0 else {
+            guard errno == ENOENT else { throw closing(SocketError("stat \(path)", errno: errno)) }
+            return
         }
-        // rename(2) replaces a stale socket file atomically.
-        guard renameat(directoryFD, temporary, directoryFD, name) == 0 else {
-            unlinkat(directoryFD, temporary, 0)
-            throw closing(SocketError("rename to \(path)", errno: errno))
+        guard existing.st_mode & S_IFMT == S_IFSOCK else {
+            throw closing(SocketError("\(path) exists and is not a socket; refusing to replace it", errno: EEXIST))
         }
+        guard !ListeningSockets.isListening(device: existing.st_dev, inode: existing.st_ino, connectPath: procPath(name))
+        else {
+            throw closing(SocketError(
+                "\(path) is a live socket (a process listens on it); refusing to replace it", errno: EADDRINUSE))
+        }
+        guard unlinkat(directoryFD, name, 0) == 0 || errno == ENOENT else {
+            let reason = errno
+            throw closing(SocketError(
+                "\(path) is a stale socket of uid \(existing.st_uid) that \(owner) may not remove; refusing to replace it",
+                errno: reason))
+        }
+        logger?.info("replaced a stale socket", metadata: ["socket": "\(path)", "uid": "\(existing.st_uid)"])
+    }
+
+    /// Gives the freshly bound socket file its mode (whatever the umask made of it) and remembers its inode.
+    private func setMode(of temporary: String) throws(SocketError) {
+        let file = openat(directoryFD, temporary, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+        guard file >= 0 else { throw SocketError("open \(temporary)", errno: errno) }
+        defer { Glibc.close(file) }
+        var status = stat()
+        guard fstat(file, &status) == 0 else { throw SocketError("stat \(temporary)", errno: errno) }
+        guard status.st_mode & S_IFMT == S_IFSOCK, status.st_uid == owner.uid else {
+            throw SocketError("\(path): the bound socket was replaced before it listened", errno: EEXIST)
+        }
+        // An O_PATH descriptor has no fchmod; its /proc/self/fd link reaches exactly that inode.
+        guard chmod("/proc/self/fd/\(file)", access.mode) == 0 else {
+            throw SocketError("chmod \(path)", errno: errno)
+        }
+        bound = (status.st_dev, status.st_ino)
     }
 
     private func closing(_ error: SocketError) -> SocketError {
-        Glibc.close(descriptor)
+        if descriptor >= 0 { Glibc.close(descriptor) }
         descriptor = -1
+        if directoryFD >= 0 { Glibc.close(directoryFD) }
+        directoryFD = -1
         return error
     }
 
     deinit { close() }
 
-    /// Stops listening and removes the socket file.
+    /// Stops listening and removes the socket file — if it is still the one bound, and with the owner's identity.
     public func close() {
         if descriptor >= 0 {
             Glibc.close(descriptor)
             descriptor = -1
-            unlink(path)
+        }
+        guard directoryFD >= 0 else { return }
+        defer {
+            Glibc.close(directoryFD)
+            directoryFD = -1
+        }
+        guard let bound else { return }
+        do {
+            try withFilesystemIdentity(owner) {
+                var status = stat()
+                guard fstatat(directoryFD, name, &status, AT_SYMLINK_NOFOLLOW) == 0 else { return }
+                guard status.st_dev == bound.device, status.st_ino == bound.inode else {
+                    logger?.warning("not removing the socket path: it is no longer the socket this restore bound", metadata: [
+                        "socket": "\(path)", "uid": "\(status.st_uid)",
+                    ])
+                    return
+                }
+                unlinkat(directoryFD, name, 0)
+            }
+        } catch {
+            logger?.error("cannot remove the socket file", metadata: ["socket": "\(path)", "error": "\(error)"])
         }
     }
 
-    /// Accepts one connection (close-on-exec, non-blocking).
-    public func accept() throws(SocketError) -> Int32 {
+    /// Accepts one connection (close-on-exec, non-blocking) from a peer `access` permits. A refused peer is logged and
+    /// closed before anything is read from it, and nil returned: the listener goes on listening.
+    public func accept() throws(SocketError) -> Int32? {
+        var fd: Int32
         while true {
-            let fd = Glibc.accept(descriptor, nil, nil)
-            if fd >= 0 {
-                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                return fd
-            }
+            fd = Glibc.accept(descriptor, nil, nil)
+            if fd >= 0 { break }
+            if errno == EAGAIN || errno == ECONNABORTED { return nil }
             if errno != EINTR { throw SocketError("accept", errno: errno) }
         }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        guard let peer = PeerCredentials(socket: fd) else {
+            let reason = errno
+            Glibc.close(fd)
+            logger?.error("refused a connection on the job socket: no SO_PEERCRED", metadata: [
+                "socket": "\(path)", "errno": "\(reason)",
+            ])
+            return nil
+        }
+        if let refusal = access.refusal(of: peer, groups: PeerCredentials.supplementaryGroups(of: fd), owner: owner) {
+            Glibc.close(fd)
+            logger?.warning("refused a connection on the job socket", metadata: [
+                "socket": "\(path)", "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "reason": "\(refusal)",
+            ])
+            return nil
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        return fd
     }
 }
+
+/// `O_PATH` (a descriptor that only names a file; Glibc's module hides it behind `_GNU_SOURCE`).
+let O_PATH: Int32 = 0o10000000
 
 /// Calls `body` with a `sockaddr_un` for `path`; nil (without calling it) when `path` does not fit `sun_path`.
 func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R? {

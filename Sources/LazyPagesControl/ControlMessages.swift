@@ -66,12 +66,17 @@ public enum JobSpec: Codable, Sendable, Equatable {
         public var fillChunk: Int?
         /// A name shown by `list` (free text, at most 128 bytes).
         public var name: String?
+        /// Let members of the caller's group connect to the job's socket too (mode 0660, the caller's primary gid);
+        /// by default only the caller (and root) may (mode 0600).
+        public var socketGroupAccess: Bool?
 
-        public init(backgroundFill: Bool? = nil, faultAround: Int? = nil, fillChunk: Int? = nil, name: String? = nil) {
+        public init(backgroundFill: Bool? = nil, faultAround: Int? = nil, fillChunk: Int? = nil, name: String? = nil,
+                    socketGroupAccess: Bool? = nil) {
             self.backgroundFill = backgroundFill
             self.faultAround = faultAround
             self.fillChunk = fillChunk
             self.name = name
+            self.socketGroupAccess = socketGroupAccess
         }
     }
 
@@ -123,7 +128,7 @@ public enum JobSpec: Codable, Sendable, Equatable {
 
     private enum Key: String, CodingKey {
         case frontEnd, workDirectory, imagesDirectory, pageServer, socketPath, memoryFile
-        case backgroundFill, faultAround, fillChunk, name
+        case backgroundFill, faultAround, fillChunk, name, socketGroupAccess
     }
 
     public init(from decoder: any Decoder) throws {
@@ -136,7 +141,8 @@ public enum JobSpec: Codable, Sendable, Equatable {
             backgroundFill: try c.decodeIfPresent(Bool.self, forKey: .backgroundFill),
             faultAround: try c.decodeIfPresent(Int.self, forKey: .faultAround),
             fillChunk: try c.decodeIfPresent(Int.self, forKey: .fillChunk),
-            name: try c.decodeIfPresent(String.self, forKey: .name))
+            name: try c.decodeIfPresent(String.self, forKey: .name),
+            socketGroupAccess: try c.decodeIfPresent(Bool.self, forKey: .socketGroupAccess))
         switch try c.decode(FrontEnd.self, forKey: .frontEnd) {
         case .criu:
             let foreign = try present([.socketPath, .memoryFile].filter(c.contains))
@@ -180,6 +186,7 @@ public enum JobSpec: Codable, Sendable, Equatable {
         try c.encodeIfPresent(options.faultAround, forKey: .faultAround)
         try c.encodeIfPresent(options.fillChunk, forKey: .fillChunk)
         try c.encodeIfPresent(options.name, forKey: .name)
+        try c.encodeIfPresent(options.socketGroupAccess, forKey: .socketGroupAccess)
     }
 }
 
@@ -257,6 +264,9 @@ public struct ControlReply: Codable, Sendable, Equatable {
         case startFailed = "start-failed"
         case alreadyFinished = "already-finished"
         case timedOut = "timed-out"
+        case tooManyConnections = "too-many-connections"
+        case tooManyWaits = "too-many-waits"
+        case notAllowed = "not-allowed"
     }
 
     public var version: Int

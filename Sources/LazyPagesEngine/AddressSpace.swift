@@ -11,13 +11,13 @@ public struct AddressSpace: Sendable {
     /// copies and zero fills happen in these units, and `pendingPages` counts them.
     public let pageSize: Int
 
-    public init(pageSize: Int = LazyPagesEngine.pageSize) {
+    public init(pageSize: Int = basePageSize) {
         self.pageSize = pageSize
     }
 
     /// Builds the space from extents; they must be aligned to `pageSize`, be made of pages of that size, and must
     /// not overlap.
-    public init(extents: [LazyExtent], pageSize: Int = LazyPagesEngine.pageSize) {
+    public init(extents: [LazyExtent], pageSize: Int = basePageSize) {
         self.pageSize = pageSize
         self.extents = extents.sorted { $0.start < $1.start }
         pendingPages = self.extents.reduce(0) { $0 + $1.pending.setCount }
@@ -62,7 +62,7 @@ public struct AddressSpace: Sendable {
         public var dumpAddress: UInt64
         public var data: UnsafeRawPointer?
         /// The space's page size.
-        public var pageSize: Int = LazyPagesEngine.pageSize
+        public var pageSize: Int = basePageSize
         public var length: Int { pageCount * pageSize }
     }
 

@@ -26,6 +26,18 @@ public struct EngineConfiguration: Sendable {
     /// fails; each retry waits `refusedCopyRetryMilliseconds` (and the loop's other work). Gives the kernel's OOM
     /// killer time to finish a victim: the copy then reports the process gone.
     public var memoryRefusalRetries: Int = 1000
+    /// While the loop is busy (filling), how long (µs) a process whose copy was refused waits before it is retried:
+    /// a fork copying the page tables of a large process refuses copies for milliseconds before its event is even
+    /// queued, and retrying after every chunk would spin on EAGAIN.
+    public var busyRetryMicroseconds: UInt64 = 200
+    /// Copies tried for one fault or one fill chunk (each after events were read or with a shorter run) before the
+    /// engine gives up on it for now: a fault's threads are then woken (they fault again), a chunk waits for the
+    /// next turn.
+    public var maxCopyAttempts: Int = 64
+    /// Refused copies (EAGAIN) tolerated while delivering one remote answer into a process, or while poisoning its
+    /// pending pages, before it stops: remote pages left pending are asked for again when touched or by the fill;
+    /// pages left unpoisoned keep the process's uffd open (they must not read zeros).
+    public var refusedCopyAttempts: Int = 8
 
     public init() {}
 

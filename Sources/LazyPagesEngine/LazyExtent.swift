@@ -1,6 +1,7 @@
 /// The base page size a lazy restore moves pages in (and the unit of every page counter in `RestoreStatistics`).
-/// An address space may use a larger page size (hugetlbfs: 2 MiB); see `AddressSpace.pageSize`.
-public let pageSize = 4096
+/// An address space may use a larger page size (hugetlbfs: 2 MiB): every `pageSize` member (`AddressSpace`,
+/// `LazyExtent`, `AddressSpace.Run`) is the size of *that* space's pages, a multiple of this.
+public let basePageSize = 4096
 
 /// A run of pages a process still expects from the image: where it lives now (runtime address), where it lived at
 /// dump time (the address a page server knows it by), where its bytes are, and which of its pages are still to
@@ -19,8 +20,8 @@ public struct LazyExtent: @unchecked Sendable {
     public let pageSize: Int
 
     public init(start: UInt64, dumpAddress: UInt64, data: UnsafeRawPointer?, pageCount: Int,
-                pageSize: Int = LazyPagesEngine.pageSize) {
-        precondition(pageSize >= LazyPagesEngine.pageSize && pageSize & (pageSize - 1) == 0, "bad page size")
+                pageSize: Int = basePageSize) {
+        precondition(pageSize >= basePageSize && pageSize & (pageSize - 1) == 0, "bad page size")
         self.start = start
         self.dumpAddress = dumpAddress
         self.data = data

@@ -14,7 +14,7 @@ public struct RemotePageRequest: Sendable, Hashable, CustomStringConvertible {
         self.urgent = urgent
     }
 
-    public var dumpEnd: UInt64 { dumpAddress + UInt64(pageCount * pageSize) }
+    public var dumpEnd: UInt64 { dumpAddress + UInt64(pageCount * basePageSize) }
 
     public var description: String {
         "\(urgent ? "urgent" : "background") pid \(imagePid) \(hex(dumpAddress)) +\(pageCount) pages"

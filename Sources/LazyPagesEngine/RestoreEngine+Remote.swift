@@ -1,49 +1,6 @@
 import SystemPackage
 import Userfaultfd
 
-/// The engine's bookkeeping of remote pages: which dump ranges are in flight, per image pid.
-///
-/// A fault on a page without local data sends an urgent request (its pending run, up to fault-around, stopping at
-/// the first page already in flight) and parks the fault; the background fill sends requests while the source has
-/// room. When an answer arrives its pages are copied into every process of that image pid that still has them
-/// pending — at each process's own runtime address, found through the extents' dump addresses (they differ after
-/// mremap) — and that pid's parked faults are settled again.
-final class RemoteFetches {
-    let source: RemotePageSource
-    /// Requests sent and not yet answered, by image pid (a handful each: bounded by the source's background room
-    /// plus the faults waiting).
-    private(set) var inFlight: [Int32: [RemotePageRequest]] = [:]
-
-    init(source: RemotePageSource) { self.source = source }
-
-    /// The in-flight request holding dump page `address` of `pid`, if any.
-    func request(of pid: Int32, covering address: UInt64) -> RemotePageRequest? {
-        inFlight[pid]?.first { $0.dumpAddress <= address && address < $0.dumpEnd }
-    }
-
-    /// How many of the `pageCount` pages from `address` can be asked for before reaching one in flight.
-    func pagesBeforeInFlight(of pid: Int32, from address: UInt64, pageCount: Int) -> Int {
-        var count = pageCount
-        for r in inFlight[pid] ?? [] where r.dumpEnd > address {
-            if r.dumpAddress <= address { return 0 }
-            count = min(count, Int((r.dumpAddress - address) / UInt64(pageSize)))
-        }
-        return count
-    }
-
-    func send(_ request: RemotePageRequest) {
-        inFlight[request.imagePid, default: []].append(request)
-        source.request(request)
-    }
-
-    /// Forgets an answered request.
-    func answered(_ request: RemotePageRequest) {
-        guard var list = inFlight[request.imagePid], let i = list.firstIndex(of: request) else { return }
-        list.remove(at: i)
-        inFlight[request.imagePid] = list.isEmpty ? nil : list
-    }
-}
-
 extension RestoreEngine {
     /// Fetches the pages of extents without local data from `source` (a page server), starting it (it connects and
     /// watches its descriptors). Call before `run()`.
@@ -62,7 +19,7 @@ extension RestoreEngine {
         remote.answered(request)
         statistics.add(.remotePagesReceived, pageCount)
         for process in processes.values { process.fillWaitsForRemote = false }
-        let dumpEnd = request.dumpAddress + UInt64(pageCount * pageSize)
+        let dumpEnd = request.dumpAddress + UInt64(pageCount * basePageSize)
         // A copy can make us read a fork event, which tracks a new process of this pid: it needs the pages too.
         var visited = Set<Int>()
         var copied: [Int: [AddressRange]] = [:]
@@ -84,6 +41,8 @@ extension RestoreEngine {
                     settleFault(process, at: page)
                 }
             }
+            // Copies read events, and with them faults: serve them now (their uffd will not be readable for them).
+            serveQueuedFaults(process)
             retireIfComplete(process)
         }
     }
@@ -94,38 +53,44 @@ extension RestoreEngine {
     /// killed rather than left hung or handed zeros for its data. Tasks announced later get the same at once. The
     /// restore fails with `reason` as soon as every task is announced.
     public func failRemotePages(_ reason: String) {
-        guard remoteFailure == nil else { return }
-        remoteFailure = reason
+        guard let remote, remote.failure == nil else { return }
+        remote.failure = reason
         logger.error("remote pages unavailable: poisoning what is still pending", metadata: ["reason": "\(reason)"])
         for process in Array(processes.values) where !process.retired { abandon(process) }
         if allAnnounced { fail(reason) }
     }
 
-    /// Poisons every pending page of `process` and stops tracking it.
+    /// Poisons every pending page of `process` and stops tracking it. Pages that could not be poisoned must not
+    /// read zeros: then the uffd stays open (their threads wait until the failed restore's processes are killed).
     func abandon(_ process: TrackedProcess) {
         let poisoned = poisonPending(process)
         process.parkedFaults.removeAll()
-        if !process.retired { retire(process, .exited, detail: "remote pages unavailable; \(poisoned) pages poisoned") }
+        guard !process.retired else { return }
+        let left = process.space.pendingPages
+        retire(process, .exited, detail: "remote pages unavailable; \(poisoned) pages poisoned"
+                   + (left > 0 ? ", \(left) could not be: its uffd stays open" : ""),
+               holdingUffd: left > 0)
     }
 
     private func poisonPending(_ process: TrackedProcess) -> Int {
         var poisoned = 0
         var refusals = 0
-        while refusals < 8 && !process.retired {
-            guard let run = process.space.nextPendingRun(from: 0, maxPages: Int.max) else { break }
+        var limit = Int.max
+        while refusals < configuration.refusedCopyAttempts && !process.retired {
+            guard let run = process.space.nextPendingRun(from: 0, maxPages: limit) else { break }
             let outcome = process.uffd.poison(at: run.address, length: run.length)
-            switch outcome {
-            case .done(let n), .partial(let n):
-                let pages = n / pageSize
-                poisoned += pages
-                process.space.markDelivered(run.address, pages: max(1, pages))
-            case .retryAfterEvents:
-                drainEvents(process)
+            switch settle(outcome, of: run, into: process, for: .poison) {
+            case .delivered(let pages, let woken):
+                if woken { poisoned += pages }
+                if pages == 0 { refusals += 1 }
+            case .retry, .refused:
                 refusals += 1
-            case .alreadyPresent:
-                process.space.markDelivered(run.address, pages: 1)
-            default:
-                process.space.markDelivered(run.address, pages: run.pageCount)
+            case .shrink(let pages):
+                limit = pages
+            case .dropped:
+                continue
+            case .retired, .failed:
+                return poisoned
             }
         }
         return poisoned
@@ -168,12 +133,12 @@ extension RestoreEngine {
                 statistics.add(.remoteRequests)
                 remote.send(RemotePageRequest(imagePid: process.imagePid, dumpAddress: run.dumpAddress,
                                               pageCount: count, urgent: false))
-                process.fillCursor = run.address + UInt64(count * pageSize)
+                process.fillCursor = run.address + UInt64(count * basePageSize)
                 return
             }
             guard let busy = remote.request(of: process.imagePid, covering: run.dumpAddress) else { break }
-            let skip = min(run.pageCount, Int((busy.dumpEnd - run.dumpAddress) / UInt64(pageSize)))
-            let from = run.address + UInt64(skip * pageSize)
+            let skip = min(run.pageCount, Int((busy.dumpEnd - run.dumpAddress) / UInt64(basePageSize)))
+            let from = run.address + UInt64(skip * basePageSize)
             guard let next = process.space.nextPendingRun(from: from, maxPages: configuration.fillChunkPages)
             else { break }
             run = next
@@ -190,34 +155,29 @@ extension RestoreEngine {
     {
         var filled: [AddressRange] = []
         var refusals = 0
+        var limit = Int.max
         while !process.retired {
-            guard let target = nextDeliverable(in: process, from: dumpStart, to: dumpEnd) else { return filled }
+            guard let target = nextDeliverable(in: process, from: dumpStart, to: dumpEnd, maxPages: limit)
+            else { return filled }
             let source = bytes + Int(target.dumpAddress - dumpStart)
             let run = AddressSpace.Run(address: target.address, pageCount: target.pageCount,
                                        dumpAddress: target.dumpAddress, data: source)
             let outcome = process.uffd.copy(to: run.address, from: source, length: run.length)
-            switch outcome {
-            case .done(let n), .partial(let n):
-                let pages = n / pageSize
-                process.space.markDelivered(run.address, pages: pages)
-                countCopied(urgent ? .pagesCopiedOnFault : .pagesCopiedInBackground, pages, into: process)
-                if pages == 0 { refusals += 1 } else { filled.append(AddressRange(start: run.address, length: UInt64(n))) }
-            case .alreadyPresent:
-                statistics.add(.alreadyPresent)
-                process.space.markDelivered(run.address, pages: 1)
-            case .retryAfterEvents:
-                statistics.add(.eagainRetries)
-                drainEvents(process)
+            switch settle(outcome, of: run, into: process, for: .remote(urgent: urgent)) {
+            case .delivered(let pages, let woken):
+                limit = .max
+                if pages == 0 { refusals += 1 }
+                else if woken { filled.append(AddressRange(start: run.address, length: UInt64(pages * run.pageSize))) }
+            case .retry, .refused:
                 refusals += 1
-            case .rangeGone(let errno):
-                if drainEvents(process) == 0 { drop(run, of: process, because: errno) }
-            case .processGone(let errno):
-                retire(process, .exited, detail: "\(errno)")
-            case .failed(let errno):
-                fail("copying \(run.length) bytes of remote pages to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
+            case .shrink(let pages):
+                limit = pages
+            case .dropped, .retired:
+                continue
+            case .failed:
                 return filled
             }
-            if refusals > 8 {
+            if refusals > configuration.refusedCopyAttempts {
                 // The event behind the refusals is not readable yet: leave these pages pending; they are asked for
                 // again when touched or by the background fill.
                 logger.debug("remote pages not copied: the kernel keeps refusing", metadata: [
@@ -231,17 +191,17 @@ extension RestoreEngine {
 
     /// The first pending run of `process` whose dump address lies in `[dumpStart, dumpEnd)`: runtime address,
     /// dump address, page count (within one extent).
-    private func nextDeliverable(in process: TrackedProcess, from dumpStart: UInt64, to dumpEnd: UInt64)
-        -> (address: UInt64, dumpAddress: UInt64, pageCount: Int)?
+    private func nextDeliverable(in process: TrackedProcess, from dumpStart: UInt64, to dumpEnd: UInt64,
+                                 maxPages: Int) -> (address: UInt64, dumpAddress: UInt64, pageCount: Int)?
     {
         for extent in process.space.extents where extent.pending.setCount > 0 {
-            let extentDumpEnd = extent.dumpAddress + UInt64(extent.pageCount * pageSize)
+            let extentDumpEnd = extent.dumpAddress + UInt64(extent.pageCount * basePageSize)
             guard extent.dumpAddress < dumpEnd, extentDumpEnd > dumpStart else { continue }
-            let from = Int((max(dumpStart, extent.dumpAddress) - extent.dumpAddress) / UInt64(pageSize))
-            let to = Int((min(dumpEnd, extentDumpEnd) - extent.dumpAddress) / UInt64(pageSize))
+            let from = Int((max(dumpStart, extent.dumpAddress) - extent.dumpAddress) / UInt64(basePageSize))
+            let to = Int((min(dumpEnd, extentDumpEnd) - extent.dumpAddress) / UInt64(basePageSize))
             guard let page = extent.pending.nextSet(from: from), page < to else { continue }
-            let count = extent.pending.runLength(from: page, limit: to - page)
-            let offset = UInt64(page * pageSize)
+            let count = extent.pending.runLength(from: page, limit: min(to - page, maxPages))
+            let offset = UInt64(page * basePageSize)
             return (extent.start + offset, extent.dumpAddress + offset, count)
         }
         return nil

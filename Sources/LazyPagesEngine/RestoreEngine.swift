@@ -21,11 +21,13 @@ public final class RestoreEngine: @unchecked Sendable {
     private let epoll: Epoll
     private let wakeUp: WakeUpEvent
     private var batch = EventBatch(capacity: 64)
+    /// The one reading of copy outcomes (`settle`).
+    let copyPolicy: CopyPolicy
     private(set) var processes: [Int: TrackedProcess] = [:]
     /// Counts served faults; each process remembers the count at its last fault, so the fill can follow the faults.
-    private var faultClock: UInt64 = 0
+    var faultClock: UInt64 = 0
     /// Which process the background fill serves next (kept incrementally: no scan of every process per chunk).
-    private var fillOrder = FillOrder()
+    var fillOrder = FillOrder()
     /// How many processes wait for an event before a refused copy can be retried.
     private let awaitingTally = AwaitingTally()
     private var nextID = 1
@@ -40,23 +42,18 @@ public final class RestoreEngine: @unchecked Sendable {
     private var untracked: [Userfaultfd] = []
     private let cancelReason = CancelReason()
     private let inbox = Mutex<[@Sendable (RestoreEngine) -> Void]>([])
-    private let zeroSource = ZeroSource()
+    let zeroSource = ZeroSource()
     /// Pages fetched from a remote source, when there is one (`useRemotePages`).
     var remote: RemoteFetches?
-    /// Set when the remote source gave up before every task was announced: later tasks are poisoned on arrival.
-    var remoteFailure: String?
-    /// Faults recorded for a working-set profile (`startRecordingProfile`), if recording.
-    var profileRecorder: ProfileRecorder?
-    /// Dump addresses to deliver first, by image pid (`prefetch`).
-    var prefetchAddresses: [Int32: [UInt64]] = [:]
-    /// Processes with profiled pages still to copy, in announce order.
-    var prefetching: [TrackedProcess] = []
+    /// Working-set profiles: the recorder and the pages to deliver first (`RestoreEngine+Prefetch.swift`).
+    let workingSet = WorkingSetPrefetch()
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
 
     public init(configuration: EngineConfiguration = EngineConfiguration(), logger: Logger) throws {
         self.configuration = configuration
+        copyPolicy = CopyPolicy(configuration)
         self.logger = logger
         epoll = try Epoll()
         wakeUp = try WakeUpEvent()
@@ -72,7 +69,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.pagesExpected, space.pendingPages * space.basePagesPerPage)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
         observer?.taskAdded(id: process.id, imagePid: imagePid, uffd: uffd.descriptor)
-        if remoteFailure != nil { return abandon(process) }
+        if remote?.failure != nil { return abandon(process) }
         queuePrefetch(for: process)
         logger.info("task announced", metadata: [
             "pid": "\(imagePid)", "uffd": "\(uffd.descriptor)", "pages": "\(space.pendingPages)",
@@ -91,7 +88,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// tracked process is complete.
     public func allTasksAnnounced() {
         allAnnounced = true
-        if let remoteFailure { return fail(remoteFailure) }
+        if let failure = remote?.failure { return fail(failure) }
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
         resumeHeldPrefetches()
         for process in Array(processes.values) { retireIfComplete(process) }
@@ -150,12 +147,6 @@ public final class RestoreEngine: @unchecked Sendable {
         for uffd in untracked { _ = uffd.release() }
     }
 
-    /// Counts pages copied into `process` (a forked child's also under `pagesCopiedToForks`).
-    func countCopied(_ counter: RestoreStatistics.Counter, _ pages: Int, into process: TrackedProcess) {
-        statistics.add(counter, pages)
-        if process.parentID != nil { statistics.add(.pagesCopiedToForks, pages) }
-    }
-
     /// Processes tracked right now (announced tasks and forked children, minus the retired).
     public var trackedProcessCount: Int { processes.count }
 
@@ -168,7 +159,7 @@ public final class RestoreEngine: @unchecked Sendable {
                 outcome = .completed
                 break
             }
-            let prefetchWaiting = !prefetching.isEmpty && hasPrefetchWork
+            let prefetchWaiting = hasPrefetchWork
             let fillWaiting = prefetchWaiting || (allAnnounced && configuration.backgroundFill && hasFillWork)
             let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = awaitingTally.count > 0
@@ -178,7 +169,9 @@ public final class RestoreEngine: @unchecked Sendable {
                 : probing ? configuration.livenessProbeMilliseconds : -1
             let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
             if ready == 0 {
-                if awaiting { retryDeferredFaults(olderThan: fillWaiting ? 200_000 : 0) }
+                if awaiting {
+                    retryDeferredFaults(olderThan: fillWaiting ? configuration.busyRetryMicroseconds * 1000 : 0)
+                }
                 if prefetchWaiting { prefetchOneChunk() } else if fillWaiting { fillOneChunk() }
                 if probing && !awaiting { probeLiveness() }
             }
@@ -224,13 +217,16 @@ public final class RestoreEngine: @unchecked Sendable {
 
     enum Retirement: String { case completed, exited }
 
-    func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "") {
+    /// Stops serving `process`. Its uffd is closed (the kernel zero-fills whatever it touches next), unless
+    /// `holdingUffd`: then it stays open as long as the engine lives, so that threads touching a page that must not
+    /// read zeros wait instead (until the failed restore's processes are killed).
+    func retire(_ process: TrackedProcess, _ why: Retirement, detail: String = "", holdingUffd: Bool = false) {
         guard !process.retired else { return }
         process.retired = true
         process.awaitingEvents = false
         observer?.processRetired(id: process.id)
         epoll.remove(process.uffd.descriptor)
-        process.uffd.close()
+        if holdingUffd { untracked.append(process.uffd) } else { process.uffd.close() }
         processes[process.id] = nil
         statistics.add(why == .completed ? .processesCompleted : .processesExited)
         if why == .exited && process.parentID == nil {
@@ -347,236 +343,6 @@ public final class RestoreEngine: @unchecked Sendable {
             break
         }
     }
-
-    // MARK: Faults
-
-    private func serveQueuedFaults(_ process: TrackedProcess) {
-        var i = 0
-        while i < process.queuedFaults.count && !process.retired {
-            let address = process.queuedFaults[i]
-            i += 1
-            serveFault(process, at: address)
-        }
-        process.queuedFaults.removeAll(keepingCapacity: true)
-    }
-
-    /// Retries the processes whose copies were refused at least `age` ns ago with no event to read since. While the
-    /// loop is busy (filling), a refused process is retried every 200 µs rather than after every chunk: a fork copying
-    /// the page tables of a large process refuses copies for milliseconds before its event is even queued, and
-    /// retrying at once would spin on EAGAIN (tens of thousands of refused copies in a fork storm).
-    private func retryDeferredFaults(olderThan age: UInt64 = 0) {
-        let now = monotonicNanoseconds()
-        for process in Array(processes.values) where process.awaitingEvents && now &- process.refusedAt >= age {
-            process.awaitingEvents = false
-            process.queuedFaults.append(contentsOf: process.deferredFaults)
-            process.deferredFaults.removeAll(keepingCapacity: true)
-            serveQueuedFaults(process)
-            retireIfComplete(process)
-        }
-    }
-
-    /// Serves one fault: the pending run starting at the faulting page (fault-around), or a zero page when the page
-    /// has no image data left to deliver. Every path ends with the faulting threads woken (by the fill itself or by
-    /// `UFFDIO_WAKE`), deferred until the event that blocks copies is read, or the process retired.
-    private func serveFault(_ process: TrackedProcess, at address: UInt64) {
-        statistics.add(.faults)
-        faultClock &+= 1
-        process.lastFault = faultClock
-        fillOrder.faulted(process, clock: faultClock, liveCount: processes.count)
-        let size = UInt64(process.space.pageSize)
-        let page = address & ~(size - 1)
-        // Reading forwards (this fault lies just past the previous one): the fill goes on from here, ahead of the
-        // reader, instead of where it was. Random faults leave the fill where it is.
-        if page > process.lastFaultPage, page - process.lastFaultPage <= UInt64(configuration.fillChunkPages) * size {
-            process.fillCursor = page + size
-        }
-        process.lastFaultPage = page
-        if profileRecorder != nil { recordFault(process, at: page) }
-        let started = monotonicNanoseconds()
-        settleFault(process, at: page)
-        statistics.recordFaultLatency(nanoseconds: monotonicNanoseconds() &- started)
-    }
-
-    /// Settles the fault on `page` (see `serveFault`); also resumes a fault parked for remote pages.
-    func settleFault(_ process: TrackedProcess, at page: UInt64) {
-        let size = process.space.pageSize
-        var limit = max(1, configuration.faultAroundPages / process.space.basePagesPerPage)
-        for _ in 0..<64 {
-            if process.retired { return }
-            if let run = process.space.pendingRun(at: page, maxPages: limit) {
-                if run.data == nil, remote != nil { return fetchForFault(process, run: run, page: page) }
-                let outcome = copy(run, into: process)
-                switch outcome {
-                case .done(let bytes), .partial(let bytes):
-                    process.memoryRefusals = 0
-                    // The faulting page leads the run, so it is home and its waiters are woken.
-                    let pages = bytes / size
-                    process.space.markDelivered(run.address, pages: pages)
-                    countCopied(.pagesCopiedOnFault, pages * process.space.basePagesPerPage, into: process)
-                    statistics.add(.copiesDone)
-                    return
-                case .retryAfterEvents:
-                    statistics.add(.eagainRetries)
-                    if drainEvents(process) == 0 { return deferFault(process, page) }
-                case .alreadyPresent:
-                    statistics.add(.alreadyPresent)
-                    process.space.markDelivered(run.address, pages: 1)
-                    return wake(process, page)
-                case .rangeGone(let errno):
-                    if drainEvents(process) > 0 { continue }
-                    // A run may span two VMAs (split by mprotect, MADV_HUGEPAGE, ...): one copy cannot cross a VMA
-                    // boundary (ENOENT). Shrink towards the faulting page before concluding the range is gone.
-                    if run.pageCount > 1 {
-                        limit = run.pageCount / 2
-                        continue
-                    }
-                    drop(run, of: process, because: errno)
-                    return wake(process, page)
-                case .processGone(let errno):
-                    statistics.add(.copiesProcessGone)
-                    return retire(process, .exited, detail: "\(errno)")
-                case .failed(let errno):
-                    if memoryRefused(process, errno) { return deferFault(process, page) }
-                    statistics.add(.copiesFailed)
-                    return fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
-                }
-            } else {
-                switch zeroFill(process, at: page) {
-                case .done, .partial:
-                    statistics.add(.pagesZeroed, process.space.basePagesPerPage)
-                    statistics.add(.zeroFillsDone)
-                    return
-                case .retryAfterEvents:
-                    statistics.add(.eagainRetries)
-                    if drainEvents(process) == 0 { return deferFault(process, page) }
-                case .alreadyPresent:
-                    statistics.add(.alreadyPresent)
-                    return wake(process, page)
-                case .rangeGone:
-                    return wake(process, page)
-                case .processGone(let errno):
-                    statistics.add(.copiesProcessGone)
-                    return retire(process, .exited, detail: "\(errno)")
-                case .failed(let errno):
-                    statistics.add(.copiesFailed)
-                    logger.error("zero page failed", metadata: ["address": "\(hex(page))", "errno": "\(errno)"])
-                    return wake(process, page)
-                }
-            }
-        }
-        logger.error("fault not settled after 64 attempts; waking the thread", metadata: ["address": "\(hex(page))"])
-        wake(process, page)
-    }
-
-    /// A copy refused with ENOMEM: the target's memory cgroup is at its limit. With the OOM killer on, the kernel
-    /// is often killing the target right then (the next copy gets ESRCH: process gone) and refuses charges meanwhile;
-    /// so retry, as for a refused copy, for up to `memoryRefusalRetries` refusals in a row before failing.
-    private func memoryRefused(_ process: TrackedProcess, _ errno: Errno) -> Bool {
-        guard errno == .noMemory, process.memoryRefusals < configuration.memoryRefusalRetries else { return false }
-        process.memoryRefusals += 1
-        statistics.add(.eagainRetries)
-        return true
-    }
-
-    private func deferFault(_ process: TrackedProcess, _ page: UInt64) {
-        process.deferredFaults.append(page)
-        process.copiesRefused()
-    }
-
-    func wake(_ process: TrackedProcess, _ page: UInt64) {
-        // Errors here mean the range or the process is gone; the thread then is too.
-        try? process.uffd.wake(AddressRange(start: page, length: UInt64(process.space.pageSize)))
-    }
-
-    /// Maps zeros over one page: `UFFDIO_ZEROPAGE` for base pages; hugetlbfs has no zero-page ioctl, so a huge page
-    /// is copied from a read-only zero mapping instead.
-    private func zeroFill(_ process: TrackedProcess, at page: UInt64) -> CopyOutcome {
-        let size = process.space.pageSize
-        if size == pageSize { return process.uffd.zeroPage(at: page, length: size) }
-        guard let zeros = zeroSource.bytes(size) else { return .failed(Errno.noMemory) }
-        return process.uffd.copy(to: page, from: zeros, length: size)
-    }
-
-    func drop(_ run: AddressSpace.Run, of process: TrackedProcess, because errno: Errno) {
-        let dropped = process.space.markDelivered(run.address, pages: run.pageCount)
-        statistics.add(.pagesDropped, dropped * process.space.basePagesPerPage)
-        logger.warning("range refused by the kernel; dropping it", metadata: [
-            "pid": "\(process.imagePid)", "address": "\(hex(run.address))", "pages": "\(run.pageCount)",
-            "errno": "\(errno)",
-        ])
-    }
-
-    @inline(__always)
-    private func copy(_ run: AddressSpace.Run, into process: TrackedProcess) -> CopyOutcome {
-        guard let data = run.data else {
-            return .failed(Errno.ioError)
-        }
-        return process.uffd.copy(to: run.address, from: data, length: run.length)
-    }
-
-    // MARK: Background fill
-
-    private var hasFillWork: Bool { nextToFill() != nil }
-
-    /// The process that faulted most recently (it is running and will touch more), or else the oldest one, among
-    /// those with pages to fill: the fill follows the faults, and short-lived children that never fault are served
-    /// last.
-    private func nextToFill() -> TrackedProcess? {
-        fillOrder.next { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
-    }
-
-    /// Copies one chunk for the process `nextToFill` names.
-    private func fillOneChunk() {
-        if let best = nextToFill() { fill(best) }
-    }
-
-    /// Copies one pending page into each process: cheap, and the only way to learn that a process has exited when
-    /// nothing else copies into it.
-    private func probeLiveness() {
-        for process in Array(processes.values)
-        where !process.awaitingEvents && !process.fillWaitsForRemote && !process.space.isComplete {
-            fill(process, maxPages: 1)
-        }
-    }
-
-    private func fill(_ process: TrackedProcess, maxPages: Int? = nil) {
-        let chunk = maxPages ?? max(1, configuration.fillChunkPages / process.space.basePagesPerPage)
-        guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: chunk)
-        else { return retireIfComplete(process) }
-        if run.data == nil, remote != nil { return fillFromRemote(process, run: run) }
-        switch copy(run, into: process) {
-        case .done(let bytes), .partial(let bytes):
-            let pages = bytes / run.pageSize
-            process.memoryRefusals = 0
-            process.space.markDelivered(run.address, pages: pages)
-            countCopied(.pagesCopiedInBackground, pages * process.space.basePagesPerPage, into: process)
-            statistics.add(.copiesDone)
-            process.fillCursor = run.address + UInt64(bytes)
-        case .retryAfterEvents:
-            statistics.add(.eagainRetries)
-            if drainEvents(process) == 0 { process.copiesRefused() }
-            serveQueuedFaults(process)
-        case .alreadyPresent:
-            statistics.add(.alreadyPresent)
-            process.space.markDelivered(run.address, pages: 1)
-            process.fillCursor = run.address + UInt64(run.pageSize)
-        case .rangeGone(let errno):
-            if drainEvents(process) == 0 {
-                // As for faults: a chunk spanning a VMA boundary is refused whole; retry a smaller one first.
-                if run.pageCount > 1 { return fill(process, maxPages: run.pageCount / 2) }
-                drop(run, of: process, because: errno)
-            }
-            serveQueuedFaults(process)
-        case .processGone(let errno):
-            statistics.add(.copiesProcessGone)
-            retire(process, .exited, detail: "\(errno)")
-        case .failed(let errno):
-            if memoryRefused(process, errno) { return process.copiesRefused() }  // retried like a refused copy
-            statistics.add(.copiesFailed)
-            fail("copying \(run.length) bytes to \(hex(run.address)) for pid \(process.imagePid) failed: \(copyFailure(errno))")
-        }
-        retireIfComplete(process)
-    }
 }
 
 /// A bound of `EngineConfiguration` was reached; the message names it.
@@ -593,16 +359,8 @@ private final class CancelReason: Sendable {
 }
 
 extension AddressSpace {
-    /// How many base (4 KiB) pages one page of this space is: the factor from its pages to the statistics' pages.
-    var basePagesPerPage: Int { pageSize / LazyPagesEngine.pageSize }
+    /// How many base pages (`basePageSize`) one page of this space is: the factor from its pages to the statistics' pages.
+    var basePagesPerPage: Int { pageSize / basePageSize }
 }
 
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
-
-/// A refused copy's errno for an error message, with the likely cause where there is one: the kernel charges a
-/// copied page to the target's memory cgroup, and refuses it with ENOMEM when that cgroup is at its limit and may
-/// not OOM-kill (cgroup v1 `memory.oom_control` 1).
-func copyFailure(_ errno: Errno) -> String {
-    errno == .noMemory
-        ? "\(errno) (the process's memory cgroup is at its limit, or the system is out of memory)" : "\(errno)"
-}

@@ -63,7 +63,7 @@ public struct WorkingSetProfile: Sendable, Equatable {
             else {
                 throw ProfileError("line \(index + 1): expected \"<pid> 0x<address>\", found \"\(line.prefix(80))\"")
             }
-            guard address % UInt64(pageSize) == 0 else {
+            guard address % UInt64(basePageSize) == 0 else {
                 throw ProfileError("line \(index + 1): address 0x\(String(address, radix: 16)) is not page aligned")
             }
             parsed.append(Entry(imagePid: pid, dumpAddress: address))

@@ -10,6 +10,9 @@ public final class FirecrackerRestore: @unchecked Sendable {
     public struct Options: Sendable {
         public var socketPath: String
         public var memoryFile: String
+        /// Who may connect to `socketPath` (created by the filesystem identity of the thread that makes this restore)
+        /// and its mode (see `UnixListener`).
+        public var socketAccess = SocketAccess()
         public var engine = EngineConfiguration()
         /// Kill the VM when the restore fails, is cancelled, or its daemon dies while the VM runs (Firecracker's
         /// guidance). Off: the VM is left running, and no guardian is started.
@@ -33,7 +36,7 @@ public final class FirecrackerRestore: @unchecked Sendable {
         self.logger = logger
         session = try FirecrackerSession(
             socketPath: options.socketPath, memoryFile: options.memoryFile, configuration: options.engine,
-            logger: logger)
+            socketAccess: options.socketAccess, logger: logger)
         session.killPeerOnFailure = options.killVMOnFailure
     }
 
@@ -66,7 +69,7 @@ public final class FirecrackerRestore: @unchecked Sendable {
         if let guardian {
             // A VM connected but not killed by the session (its handshake not read yet) may have sent its uffd: the
             // guardian ends it too.
-            killedByGuardian = guardian.finish(clean: outcome == .completed) == 3
+            killedByGuardian = guardian.finish(clean: outcome == .completed) == GuardianLink.killedExitStatus
         }
         if session.killedPeer || killedByGuardian {
             report.processesEnded = "the VM (pid \(session.peer?.pid ?? 0)) was killed so that it does not hang on "

@@ -34,11 +34,12 @@ public final class FirecrackerSession: @unchecked Sendable {
     private var peerGone = false
     private var handshakeReceived = false
 
-    /// Maps the memory file, then listens on `socketPath` (a stale socket there is replaced; any other file is an
-    /// error).
+    /// Maps the memory file, then listens on `socketPath` (a stale socket there is replaced; a live one or any other
+    /// file is an error). The socket is created with the calling thread's filesystem identity and `socketAccess`
+    /// says who may connect (see `UnixListener`): a refused peer never gets to send a handshake.
     public init(
         socketPath: String, memoryFile: String, configuration: EngineConfiguration = EngineConfiguration(),
-        logger: Logger
+        socketAccess: SocketAccess = SocketAccess(), logger: Logger
     ) throws {
         self.logger = logger
         // The VM keeps its own uffd open: serve it (balloon removals, late faults) until it exits.
@@ -48,7 +49,7 @@ public final class FirecrackerSession: @unchecked Sendable {
         let url = URL(fileURLWithPath: socketPath)
         // The path is the caller's choice: never replace anything there but a stale socket.
         listener = try UnixListener(directory: url.deletingLastPathComponent().path, name: url.lastPathComponent,
-                                    backlog: 1, replacingOnlySockets: true)
+                                    backlog: 1, access: socketAccess, logger: logger)
         engine = try RestoreEngine(configuration: configuration, logger: logger)
         try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptFirecracker() }
         logger.info("listening for Firecracker", metadata: [
@@ -96,7 +97,8 @@ public final class FirecrackerSession: @unchecked Sendable {
 
     private func acceptFirecracker() {
         do {
-            let fd = try listener.accept()
+            // A peer that is not the job's owner (or root) is refused and logged there; we go on listening.
+            guard let fd = try listener.accept() else { return }
             if let guardian, let pid = peerProcess(of: fd) { guardian.restorer(pid: pid, connection: fd) }
             guardian?.listener(descriptor: -1)  // closed below: its number may be reused
             // Firecracker connects once; nobody else has anything to say on this socket.

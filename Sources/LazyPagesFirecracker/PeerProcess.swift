@@ -6,7 +6,9 @@ import Glibc
 #endif
 
 /// The process at the other end of a unix socket, learned with `SO_PEERCRED` and held by a pidfd, so that it can be
-/// watched for exit and killed without ever hitting a reused pid.
+/// watched for exit and killed without ever hitting a reused pid. The pidfd comes from `SO_PEERPIDFD` where the
+/// kernel has it (6.5+): taken at connect time, it names the process that connected even if it exited since and its
+/// pid was reused; older kernels fall back to `pidfd_open` on the pid, which leaves that window open.
 public final class PeerProcess: @unchecked Sendable {
     public let pid: pid_t
     public let uid: uid_t
@@ -16,14 +18,16 @@ public final class PeerProcess: @unchecked Sendable {
 
     /// The credentials of `socket`'s peer at `connect` time, and a pidfd for it.
     public init(socket: Int32) throws(SocketError) {
-        var credentials = PeerCredentials()
-        var length = socklen_t(MemoryLayout<PeerCredentials>.size)
-        guard getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0 else {
+        guard let credentials = PeerCredentials(socket: socket) else {
             throw SocketError("getsockopt(SO_PEERCRED)", errno: errno)
         }
         pid = credentials.pid
         uid = credentials.uid
         gid = credentials.gid
+        if let fd = PeerCredentials.pidfd(of: socket) {
+            descriptor = fd
+            return
+        }
         let fd = CPidfd_open(pid, 0)
         guard fd >= 0 else { throw SocketError("pidfd_open(\(pid))", errno: errno) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
@@ -51,11 +55,4 @@ public final class PeerProcess: @unchecked Sendable {
     public func send(_ signal: Int32) -> Bool {
         descriptor >= 0 && CPidfd_send_signal(descriptor, signal, 0) == 0
     }
-}
-
-/// `struct ucred` (Glibc hides it behind `_GNU_SOURCE`): what `SO_PEERCRED` fills in.
-private struct PeerCredentials {
-    var pid: pid_t = 0
-    var uid: uid_t = 0
-    var gid: gid_t = 0
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LazyPagesCRIU
 import LazyPagesControl
 import Logging
 
@@ -7,7 +8,8 @@ import Glibc
 #endif
 
 /// Accepts control connections on a listening unix socket (its own thread) and serves each connection on a thread
-/// of its own, one request line at a time: a `wait` blocks only its own connection.
+/// of its own, one request line at a time: a `wait` blocks only its own connection. The bounds (`ConnectionSlots`):
+/// per uid and in all, waits apart; a connection that sends nothing for `idleTimeoutSeconds` is closed.
 final class ControlServer: @unchecked Sendable {
     private let listener: Int32
     private let handler: RequestHandler
@@ -17,6 +19,7 @@ final class ControlServer: @unchecked Sendable {
     private var stopPipe: [Int32] = [-1, -1]
     private let lock = NSLock()
     private var connections: Set<Int32> = []
+    private let slots: ConnectionSlots
     private let connectionsDone = DispatchGroup()
     private let acceptDone = DispatchSemaphore(value: 0)
 
@@ -25,6 +28,7 @@ final class ControlServer: @unchecked Sendable {
         self.handler = handler
         self.limits = limits
         self.logger = logger
+        slots = ConnectionSlots(limits: limits)
         guard pipe(&stopPipe) == 0 else { throw ServiceError("pipe: \(String(cString: strerror(errno)))") }
         for fd in stopPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
     }
@@ -76,28 +80,33 @@ final class ControlServer: @unchecked Sendable {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             var replyTimeout = timeval(tv_sec: limits.replyTimeoutSeconds, tv_usec: 0)
             _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &replyTimeout, socklen_t(MemoryLayout<timeval>.size))
+            var idleTimeout = timeval(tv_sec: limits.idleTimeoutSeconds, tv_usec: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &idleTimeout, socklen_t(MemoryLayout<timeval>.size))
             // Credentials first, for every connection: the kernel's word on who connected.
             guard let peer = PeerCredentials(socket: fd) else {
                 logger.error("no SO_PEERCRED for a control connection; closing it", metadata: ["errno": "\(errno)"])
                 close(fd)
                 continue
             }
-            lock.lock()
-            let tooMany = connections.count >= limits.connections
-            if !tooMany { connections.insert(fd) }
-            lock.unlock()
-            if tooMany {
-                write(.failure(.tooLarge, "too many control connections open (at most \(limits.connections))"), to: fd)
-                logger.warning("control connection refused: too many open", metadata: ["peer.uid": "\(peer.uid)"])
+            if let refusal = slots.open(for: peer) {
+                write(.failure(.tooManyConnections, refusal), to: fd)
+                logger.warning("control connection refused", metadata: [
+                    "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "code": "too-many-connections",
+                    "error": "\(refusal)",
+                ])
                 close(fd)
                 continue
             }
+            lock.lock()
+            connections.insert(fd)
+            lock.unlock()
             connectionsDone.enter()
             let thread = Thread { [self] in
                 serve(fd, peer: peer)
                 lock.lock()
                 connections.remove(fd)
                 lock.unlock()
+                slots.close(for: peer)
                 close(fd)
                 connectionsDone.leave()
             }
@@ -122,7 +131,17 @@ final class ControlServer: @unchecked Sendable {
                     return
                 }
                 if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { continue }
-                let reply = handler.reply(to: line, from: peer)
+                let reply = handler.reply(to: line, from: peer) { wait in
+                    if let refusal = slots.beginWait(for: peer) {
+                        logger.warning("request refused", metadata: [
+                            "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "op": "wait",
+                            "code": "too-many-waits", "error": "\(refusal)",
+                        ])
+                        return .failure(.tooManyWaits, refusal)
+                    }
+                    defer { slots.endWait(for: peer) }
+                    return wait()
+                }
                 guard write(reply, to: fd) else { return }
             }
             if buffered.count >= ControlProtocol.maxMessageBytes {
@@ -131,6 +150,12 @@ final class ControlServer: @unchecked Sendable {
             }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                logger.warning("control connection idle; closing it", metadata: [
+                    "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "idle-timeout": "\(limits.idleTimeoutSeconds) s",
+                ])
+                return
+            }
             guard n > 0 else { return }
             buffered += chunk[..<n]
         }

@@ -1,4 +1,5 @@
 import Foundation
+import LazyPagesCRIU
 import LazyPagesControl
 import LazyPagesEngine
 import Logging

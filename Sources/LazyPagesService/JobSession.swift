@@ -34,15 +34,17 @@ extension JobSpec {
         return configuration
     }
 
-    /// The restore this job runs (its guardian is started by the registry). Every job has a guardian: whatever ends the job — or the daemon — no process
-    /// of it runs on with wrong memory, and no VM hangs.
-    func makeSession(uffdLimit: Int, logger: Logger) throws -> any JobSession {
+    /// The restore this job runs (its guardian is started by the registry). Every job has a guardian: whatever ends
+    /// the job — or the daemon — no process of it runs on with wrong memory, and no VM hangs.
+    /// `socketAccess` says who may connect to the job's socket (created by the caller's filesystem identity).
+    func makeSession(uffdLimit: Int, socketAccess: SocketAccess, logger: Logger) throws -> any JobSession {
         let configuration = engineConfiguration(uffdLimit: uffdLimit)
         switch self {
         case .criu(let job):
             var options = CRIURestore.Options(imagesDirectory: job.imagesDirectory)
             options.workDirectory = job.workDirectory
             options.engine = configuration
+            options.socketAccess = socketAccess
             if let server = job.pageServer {
                 options.pages = .pageServer(PageServerClientOptions(host: server.address, port: server.port))
             }
@@ -50,6 +52,7 @@ extension JobSpec {
         case .firecracker(let job):
             var options = FirecrackerRestore.Options(socketPath: job.socketPath, memoryFile: job.memoryFile)
             options.engine = configuration
+            options.socketAccess = socketAccess
             return try FirecrackerRestore(options: options, logger: logger)
         }
     }

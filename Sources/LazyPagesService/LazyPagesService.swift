@@ -20,7 +20,11 @@ public final class LazyPagesService: @unchecked Sendable {
         /// `host:port` for Prometheus scrapes; nil for none.
         public var metricsHost: String?
         public var metricsPort: UInt16 = 0
+        /// Export per-job series (`lazy_pages_job_*{job}`) — every user's job ids and progress, to whoever can reach
+        /// the endpoint. Off by default: the endpoint has no client identity, so only totals are served.
+        public var metricsPerJob = false
         public var limits = ServiceLimits()
+        public var policy = JobPolicy()
         /// Called with `statusLine` whenever a job was added or ended (for systemd's STATUS=).
         public var statusChanged: (@Sendable (String) -> Void)?
         public init() {}
@@ -59,10 +63,10 @@ public final class LazyPagesService: @unchecked Sendable {
         }
         do {
             server = try ControlServer(
-                listener: listener, handler: RequestHandler(registry: registry, logger: logger),
+                listener: listener, handler: RequestHandler(registry: registry, policy: options.policy, logger: logger),
                 limits: options.limits, logger: logger)
             if let host = options.metricsHost {
-                let serviceMetrics = ServiceMetrics(jobs: registry)
+                let serviceMetrics = ServiceMetrics(jobs: registry, perJob: options.metricsPerJob)
                 metrics = try MetricsEndpoint(host: host, port: options.metricsPort, logger: logger) {
                     serviceMetrics.render()
                 }
@@ -133,6 +137,8 @@ public final class LazyPagesService: @unchecked Sendable {
             "control-socket": "\(controlSocketDescription)",
             "metrics": "\(metrics.map { "\($0.host):\($0.port)" } ?? "off")",
             "jobs-per-uid": "\(options.limits.activeJobsPerUID)",
+            "connections-per-uid": "\(options.limits.connectionsPerUID)",
+            "allowed-page-servers": "\(options.policy.allowedPageServers.map(\.description).joined(separator: ","))",
         ])
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import LazyPagesCRIU
 import LazyPagesControl
 import LazyPagesEngine
 import Logging
@@ -7,9 +8,13 @@ import Logging
 /// line; nothing else is affected.
 struct RequestHandler: Sendable {
     let registry: JobRegistry
+    let policy: JobPolicy
     let logger: Logger
 
-    func reply(to line: [UInt8], from peer: PeerCredentials) -> ControlReply {
+    /// Runs a blocking `wait` (the closure) in a slot of its own, or refuses it: the connection's bounds.
+    typealias WaitSlot = (_ wait: () -> ControlReply) -> ControlReply
+
+    func reply(to line: [UInt8], from peer: PeerCredentials, waitSlot: WaitSlot = { $0() }) -> ControlReply {
         let request: ControlRequest
         do {
             request = try decode(line)
@@ -17,7 +22,7 @@ struct RequestHandler: Sendable {
             return refuse(error.code, error.message, peer: peer, op: nil)
         }
         do {
-            return try handle(request, from: peer)
+            return try handle(request, from: peer, waitSlot: waitSlot)
         } catch {
             return refuse(error.code, error.message, peer: peer, op: request.op)
         }
@@ -75,13 +80,17 @@ struct RequestHandler: Sendable {
 
     private static func path(_ keys: [any CodingKey]) -> String { keys.map(\.stringValue).joined(separator: ".") }
 
-    private func handle(_ request: ControlRequest, from peer: PeerCredentials) throws(JobRegistry.Refusal) -> ControlReply {
+    private func handle(_ request: ControlRequest, from peer: PeerCredentials, waitSlot: WaitSlot)
+        throws(JobRegistry.Refusal) -> ControlReply
+    {
         switch request.op {
         case .add:
             guard let spec = request.job else { throw .init(code: .invalidJob, message: "add needs a \"job\"") }
-            try JobValidation.check(spec)
+            try JobValidation.check(spec, policy: policy)
+            let access = SocketAccess(groupAccess: spec.options.socketGroupAccess ?? false,
+                                      allowRoot: policy.allowRootPeers)
             let job = try registry.add(spec: spec, owner: peer) { id, logger in
-                try spec.makeSession(uffdLimit: registry.limits.uffdsPerJob, logger: logger)
+                try spec.makeSession(uffdLimit: registry.limits.uffdsPerJob, socketAccess: access, logger: logger)
             }
             logger.info("job added", metadata: [
                 "job": "\(job.id)", "peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)",
@@ -99,10 +108,12 @@ struct RequestHandler: Sendable {
             guard timeout >= 0, timeout.isFinite else {
                 throw .init(code: .malformed, message: "\"timeoutSeconds\" must be 0 or more")
             }
-            guard job.wait(until: Date(timeIntervalSinceNow: min(timeout, 365 * 86400))) else {
-                return .failure(.timedOut, "job \(job.id) has not ended within \(timeout) s", job: job.info)
+            return waitSlot {
+                guard job.wait(until: Date(timeIntervalSinceNow: min(timeout, 365 * 86400))) else {
+                    return .failure(.timedOut, "job \(job.id) has not ended within \(timeout) s", job: job.info)
+                }
+                return .success(job: job.info)
             }
-            return .success(job: job.info)
         case .cancel:
             let job = try registry.job(try requireID(request), for: peer)
             guard job.cancel(reason: "cancelled by uid \(peer.uid) (pid \(peer.pid))") else {
@@ -128,7 +139,7 @@ struct RequestHandler: Sendable {
 /// The rules a job spec must follow before anything is opened (the decoder already refused missing fields and
 /// fields of the other kind of job).
 enum JobValidation {
-    static func check(_ spec: JobSpec) throws(JobRegistry.Refusal) {
+    static func check(_ spec: JobSpec, policy: JobPolicy) throws(JobRegistry.Refusal) {
         func invalid(_ message: String) -> JobRegistry.Refusal { .init(code: .invalidJob, message: message) }
         func absolute(_ value: String?, _ name: String) throws(JobRegistry.Refusal) {
             guard let value else { return }
@@ -142,6 +153,12 @@ enum JobValidation {
             if let server = job.pageServer {
                 guard !server.address.isEmpty, server.port != 0 else {
                     throw invalid("\"pageServer\" needs an address and a non-zero port")
+                }
+                // Checked before anything is connected: the reply says nothing about whether the host answers.
+                guard policy.allows(server) else {
+                    throw .init(code: .notAllowed, message: "page server \(server.address):\(server.port) is not allowed "
+                        + "by this service (the operator allows page servers with lazy-pagesd serve --allow-page-server); "
+                        + "nothing was connected")
                 }
             }
         case .firecracker(let job):

@@ -38,14 +38,18 @@ final class ServiceMetrics: @unchecked Sendable {
         ("lazy_pages_pages_delivered_total", [("how", "zero")], { $0[.pagesZeroed, default: 0] }),
         ("lazy_pages_bytes_delivered_total", [], {
             ($0[.pagesCopiedOnFault, default: 0] + $0[.pagesCopiedInBackground, default: 0]
-                + $0[.pagesZeroed, default: 0]) * LazyPagesEngine.pageSize
+                + $0[.pagesZeroed, default: 0]) * basePageSize
         }),
         ("lazy_pages_eagain_retries_total", [], { $0[.eagainRetries, default: 0] }),
         ("lazy_pages_tasks_total", [], { $0[.tasksAnnounced, default: 0] }),
     ]
 
-    init(jobs: JobRegistry) {
+    /// Per-job series (`lazy_pages_job_*{job}`); off by default (see `LazyPagesService.Options.metricsPerJob`).
+    private let perJob: Bool
+
+    init(jobs: JobRegistry, perJob: Bool = false) {
         self.jobs = jobs
+        self.perJob = perJob
         factory = PrometheusMetricsFactory(registry: registry)
         var states: [JobState: CoreMetrics.Gauge] = [:]
         for state in JobState.allCases {
@@ -77,6 +81,7 @@ final class ServiceMetrics: @unchecked Sendable {
             latencySum &+= latency.sumNanoseconds
             let state = job.state.0
             byState[state, default: 0] += 1
+            guard perJob else { continue }
             seen.insert(job.id)
             let gauges = jobGauges[job.id] ?? {
                 let made = ["lazy_pages_job_pages_home", "lazy_pages_job_pages_expected", "lazy_pages_job_faults"].map {

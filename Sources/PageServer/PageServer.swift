@@ -1,4 +1,5 @@
 import CRIUImages
+import CUserfaultfd  // epoll, eventfd
 import Foundation
 import Logging
 import Synchronization
@@ -8,221 +9,475 @@ import Glibc
 #endif
 
 /// `lazy-pages page-server`: serves an image directory over CRIU's page-server protocol to any number of clients at
-/// once (unmodified `criu lazy-pages --page-server` and our own), each page as often as asked.
+/// once (unmodified `criu lazy-pages --page-server` and our own), each page as often as asked, plain or TLS.
 ///
-/// One thread accepts; each connection gets a thread that reads a 32-byte header at a time and answers:
+/// One thread runs an epoll loop over the listener and every connection (non-blocking; no thread per client), and
+/// answers each 32-byte request header:
 /// - `PS_IOV_GET`: `PS_IOV_ADD_F | PE_PRESENT << 16` with the request's `vaddr`/`dst_id` and `nr_pages` clamped to
-///   the end of the stored run, then the bytes, sent with `sendfile` straight from the pages file. An address the
-///   images do not hold gets `nr_pages = 0` (CRIU's own server drops the connection instead; the reply is what the
-///   protocol documents for "unknown", and the connection stays usable).
+///   the end of the stored run (and to `maxReplyPages`), then the bytes, with `sendfile` straight from the pages
+///   file (with TLS: read and sent as records). An address the images do not hold gets `nr_pages = 0`, then the
+///   connection is closed (CRIU's server closes it too), so probing the address space costs a connection each time.
 /// - `PS_IOV_CLOSE`: an `int32` status 0; the connection then ends when the client closes it.
 /// - `PS_IOV_FORCE_CLOSE`: status 0, then the connection is closed by us.
 /// - anything else: the connection is closed with a log line naming the command; other connections are unaffected.
+///
+/// `PageServerLimits` bound what a client may hold (connections, idle time, time per request). Running out of
+/// descriptors (`EMFILE`) never stops the loop: the connection that found none is refused, and accepting goes on
+/// once descriptors are free.
 public final class PageServer: @unchecked Sendable {
+    /// Where the server listens when no address is given: loopback only. Serving other machines is an explicit
+    /// `--address`, and then TLS with client certificates is what keeps strangers out.
+    public static let defaultAddress = "127.0.0.1"
+
     public let images: ServedImages
     public let logger: Logger
+    public let limits: PageServerLimits
     /// The port actually listened on (useful with port 0).
     public let port: UInt16
+    /// The address listened on ("127.0.0.1" when none was given).
+    public let address: String
     private let listener: Int32
-    private let state = Mutex(State())
-    private let acceptDone = DispatchSemaphore(value: 0)
+    private let tls: TLSCredentials?
+    /// The name a client's certificate must carry: the address given, as CRIU checks it (none when the address
+    /// was defaulted, or with `--tls-no-cn-verify`).
+    private let clientName: String?
+    private let counterState = Mutex(Counters())
+    private let loopDone = DispatchSemaphore(value: 0)
+    private let epoll: Int32
+    private let wakeUp: Int32
 
-    /// Counters, for tests and the final log line.
+    /// Counters, for tests and log lines.
     public struct Counters: Sendable, Equatable {
         public var connections = 0
         public var requests = 0
         public var pagesSent = 0
         public var unknownAddresses = 0
         public var badCommands = 0
+        /// Connections refused: over the cap, or no descriptor left to take them.
+        public var refused = 0
+        /// Connections closed for missing a deadline (idle, request, handshake).
+        public var timedOut = 0
+        /// Failed TLS handshakes and refused client certificates.
+        public var tlsFailures = 0
+        /// `accept` failures for lack of descriptors (`EMFILE`/`ENFILE`).
+        public var outOfDescriptors = 0
+        /// Connections open now.
+        public var open = 0
     }
 
-    private struct State {
-        var connections: Set<Int32> = []
-        var counters = Counters()
-        var stopping = false
-        var running = 0
-    }
-
-    public init(directory: String, host: String?, port: UInt16, logger: Logger) throws {
+    public init(directory: String, host: String?, port: UInt16, tls: TLSCredentials? = nil,
+                limits: PageServerLimits = PageServerLimits(), logger: Logger) throws {
         images = try ServedImages(directory: directory)
         self.logger = logger
-        listener = try TCPSocket.listen(host: host, port: port)
+        self.limits = limits
+        self.tls = tls
+        let given = host.flatMap { $0.isEmpty ? nil : $0 }
+        address = given ?? Self.defaultAddress
+        clientName = tls?.options.verifyName == true ? given : nil
+        listener = try TCPSocket.listen(host: address, port: port, backlog: 128)
+        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
         self.port = TCPSocket.localPort(listener)
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wakeUp = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        guard epoll >= 0, wakeUp >= 0 else {
+            let error = errnoText()
+            close(listener)
+            if epoll >= 0 { close(epoll) }
+            if wakeUp >= 0 { close(wakeUp) }
+            throw PageServerError(.configuration, "cannot set up the page server's event loop: \(error)")
+        }
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
         logger.info("page server listening", metadata: [
-            "address": "\(host ?? "*")", "port": "\(self.port)", "images": "\(directory)",
+            "address": "\(address)", "port": "\(self.port)", "images": "\(directory)", "tls": "\(tls != nil)",
             "tasks": "\(images.runs.keys.sorted())", "pages": "\(images.pageCount)",
+            "max-connections": "\(limits.maxConnections)", "idle-timeout": "\(limits.idleTimeout)",
+            "request-timeout": "\(limits.requestTimeout)",
         ])
     }
 
-    public var counters: Counters { state.withLock { $0.counters } }
+    deinit {
+        close(epoll)
+        close(wakeUp)
+        if reserve >= 0 { close(reserve) }
+    }
 
-    /// Starts accepting on a dedicated thread.
+    public var counters: Counters { counterState.withLock { $0 } }
+
+    /// Starts the event loop on a dedicated thread.
     public func start() {
-        let thread = Thread { [self] in acceptLoop() }
-        thread.name = "page-server accept"
+        let thread = Thread { [self] in run() }
+        thread.name = "page-server"
         thread.start()
     }
 
-    /// Stops accepting, cuts every connection and waits for their threads to end.
+    /// Stops accepting, closes every connection and waits for the loop to end.
     public func stop() {
-        let fds: Set<Int32> = state.withLock {
-            $0.stopping = true
-            return $0.connections
-        }
-        shutdown(listener, Int32(SHUT_RDWR))
-        for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
-        acceptDone.wait()
-        close(listener)
-        while state.withLock({ $0.running }) > 0 { usleep(1000) }
+        var one: UInt64 = 1
+        _ = write(wakeUp, &one, 8)
+        loopDone.wait()
     }
 
-    private func acceptLoop() {
-        defer { acceptDone.signal() }
+    // MARK: The loop (its thread only from here on)
+
+    private static let listenerTag: UInt64 = 0
+    private static let wakeUpTag: UInt64 = 1
+    private var connections: [UInt64: ServedConnection] = [:]
+    private var nextTag: UInt64 = 2
+    /// A descriptor held in reserve: on `EMFILE` it is closed to take the waiting connection and refuse it.
+    private var reserve: Int32 = -1
+    private var acceptPausedUntil: ContinuousClock.Instant?
+    private var lastSweep = ContinuousClock.now
+    private var quietUntil: [String: ContinuousClock.Instant] = [:]
+    private var sink = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
+
+    private func run() {
+        defer { loopDone.signal() }
+        let capacity = 64
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        guard add(listener, tag: Self.listenerTag, events: EPOLLIN.rawValue), add(wakeUp, tag: Self.wakeUpTag, events: EPOLLIN.rawValue)
+        else {
+            logger.critical("cannot watch the listener", metadata: ["error": "\(errnoText())"])
+            return
+        }
         while true {
+            let n = epoll_wait(epoll, events, Int32(capacity), 100)
+            if n < 0 && errno != EINTR {
+                logger.critical("epoll_wait failed; the page server stops", metadata: ["error": "\(errnoText())"])
+                break
+            }
+            var stopping = false
+            for i in 0..<max(0, Int(n)) {
+                let tag = events[i].data.u64
+                switch tag {
+                case Self.listenerTag: acceptReady()
+                case Self.wakeUpTag: stopping = true
+                default: if let client = connections[tag] { ready(client, tag: tag) }
+                }
+            }
+            if stopping { break }
+            let now = ContinuousClock.now
+            if now - lastSweep >= .milliseconds(100) {
+                lastSweep = now
+                sweep(now)
+            }
+            if let until = acceptPausedUntil, now >= until {
+                acceptPausedUntil = nil
+                if !add(listener, tag: Self.listenerTag, events: EPOLLIN.rawValue) {
+                    acceptPausedUntil = now + .milliseconds(100)
+                }
+            }
+        }
+        for tag in Array(connections.keys) { drop(tag) }
+        close(listener)
+        sink.deallocate()
+    }
+
+    private func add(_ fd: Int32, tag: UInt64, events: UInt32) -> Bool {
+        var event = epoll_event(events: events, data: epoll_data_t(u64: tag))
+        return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0
+    }
+
+    private func setInterest(_ client: ServedConnection, tag: UInt64, _ events: UInt32) {
+        guard client.interest != events else { return }
+        client.interest = events
+        var event = epoll_event(events: events, data: epoll_data_t(u64: tag))
+        _ = epoll_ctl(epoll, EPOLL_CTL_MOD, client.connection.descriptor, &event)
+    }
+
+    private func drop(_ tag: UInt64) {
+        guard let client = connections.removeValue(forKey: tag) else { return }
+        var event = epoll_event()
+        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, client.connection.descriptor, &event)
+        client.connection.close()
+        counterState.withLock { $0.open = connections.count }
+    }
+
+    /// A log line at most once a second per `key` (a flood of refusals must not become a flood of log lines).
+    private func rarely(_ key: String, _ body: () -> Void) {
+        let now = ContinuousClock.now
+        if let until = quietUntil[key], now < until { return }
+        quietUntil[key] = now + .seconds(1)
+        body()
+    }
+
+    // MARK: Accepting
+
+    private func acceptReady() {
+        for _ in 0..<64 {
             let fd = accept(listener, nil, nil)
             if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if !state.withLock({ $0.stopping }) {
-                    logger.error("accept failed; no more connections", metadata: ["error": "\(errnoText())"])
+                switch errno {
+                case EINTR, ECONNABORTED, EPROTO: continue
+                case EAGAIN: return
+                case EMFILE, ENFILE:
+                    outOfDescriptors(errno)
+                    if acceptPausedUntil != nil { return }
+                    continue
+                default:
+                    let error = errnoText()
+                    rarely("accept") { logger.error("accept failed; retrying in 100 ms", metadata: ["error": "\(error)"]) }
+                    pauseAccepting()
+                    return
                 }
-                return
-            }
-            let admitted = state.withLock { s -> Bool in
-                guard !s.stopping else { return false }
-                s.connections.insert(fd)
-                s.counters.connections += 1
-                s.running += 1
-                return true
-            }
-            guard admitted else {
-                close(fd)
-                return
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            TCPSocket.setNoDelay(fd)
-            let thread = Thread { [self] in
-                serve(fd)
-                state.withLock {
-                    $0.connections.remove(fd)
-                    $0.running -= 1
-                }
-                Self.closeGracefully(fd)
-            }
-            thread.name = "page-server connection"
-            thread.start()
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            admit(fd)
         }
+    }
+
+    /// `EMFILE`/`ENFILE`: the waiting connection is taken with the reserve descriptor and closed (the client sees
+    /// the connection end at once instead of hanging in the backlog); without a reserve, accepting pauses briefly.
+    private func outOfDescriptors(_ code: Int32) {
+        counterState.withLock { $0.outOfDescriptors += 1 }
+        let openCount = connections.count
+        rarely("emfile") {
+            logger.error("out of file descriptors; refusing new connections until some close", metadata: [
+                "error": "\(errnoText(code))", "open-connections": "\(openCount)",
+            ])
+        }
+        guard reserve >= 0 else { return pauseAccepting() }
+        close(reserve)
+        reserve = -1
+        let fd = accept(listener, nil, nil)
+        if fd >= 0 {
+            close(fd)
+            counterState.withLock { $0.refused += 1 }
+        }
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if reserve < 0 { pauseAccepting() }
+    }
+
+    private func pauseAccepting() {
+        var event = epoll_event()
+        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, &event)
+        acceptPausedUntil = ContinuousClock.now + .milliseconds(100)
+    }
+
+    private func admit(_ fd: Int32) {
+        let connection = TCPConnection(descriptor: fd)
+        guard connections.count < limits.maxConnections else {
+            counterState.withLock { $0.refused += 1 }
+            rarely("cap") {
+                logger.warning("connection cap reached; refusing a client", metadata: [
+                    "client": "\(connection.peer)", "max-connections": "\(limits.maxConnections)",
+                ])
+            }
+            connection.close()
+            return
+        }
+        TCPSocket.setNoDelay(fd)
+        if let tls {
+            do {
+                try connection.startTLS(server: true, credentials: tls)
+            } catch {
+                logger.error("cannot start TLS for a client", metadata: ["client": "\(connection.peer)", "error": "\(error)"])
+                connection.close()
+                return
+            }
+        }
+        let client = ServedConnection(connection: connection, logger: logger, phase: tls == nil ? .request : .handshake,
+                                      now: ContinuousClock.now)
+        let tag = nextTag
+        nextTag += 1
+        guard add(fd, tag: tag, events: client.interest) else {
+            logger.error("cannot watch a client", metadata: ["client": "\(connection.peer)", "error": "\(errnoText())"])
+            connection.close()
+            return
+        }
+        connections[tag] = client
+        counterState.withLock {
+            $0.connections += 1
+            $0.open = connections.count
+        }
+        client.log.info("client connected", metadata: ["tls": "\(tls != nil)"])
+        ready(client, tag: tag)
     }
 
     // MARK: One connection
 
-    private func serve(_ fd: Int32) {
-        let peer = TCPSocket.peerName(fd)
-        var log = logger
-        log[metadataKey: "client"] = "\(peer)"
-        log.info("client connected")
-        var header = [UInt8](repeating: 0, count: PageServerMessage.size)
-        while true {
-            let got = receiveAll(fd, &header)
-            if got == 0 {
-                log.info("client disconnected")
-                return
+    private func ready(_ client: ServedConnection, tag: UInt64) {
+        switch client.phase {
+        case .handshake: handshake(client, tag: tag)
+        case .request: readRequests(client, tag: tag)
+        case .reply: if continueReply(client, tag: tag) { readRequests(client, tag: tag) }
+        case .closing: drain(client, tag: tag)
+        }
+    }
+
+    private func handshake(_ client: ServedConnection, tag: UInt64) {
+        switch client.connection.handshakeStep() {
+        case .wantRead: setInterest(client, tag: tag, EPOLLIN.rawValue)
+        case .wantWrite: setInterest(client, tag: tag, EPOLLOUT.rawValue)
+        case .failed(let reason):
+            counterState.withLock { $0.tlsFailures += 1 }
+            client.log.warning("TLS refused", metadata: ["reason": "\(reason)"])
+            drop(tag)
+        case .done:
+            if let reason = client.connection.verifyPeer(hostname: clientName) {
+                counterState.withLock { $0.tlsFailures += 1 }
+                client.log.warning("TLS refused: the client's certificate is not accepted", metadata: ["reason": "\(reason)"])
+                return drop(tag)
             }
-            guard got == PageServerMessage.size else {
-                log.warning("connection ended in the middle of a header", metadata: ["bytes": "\(got)", "error": "\(errnoText())"])
-                return
+            client.log.info("TLS handshake done; client certificate verified")
+            client.phase = .request
+            client.since = ContinuousClock.now
+            setInterest(client, tag: tag, EPOLLIN.rawValue)
+            readRequests(client, tag: tag)
+        }
+    }
+
+    private func readRequests(_ client: ServedConnection, tag: UInt64) {
+        while client.phase == .request {
+            let result = client.header.withUnsafeMutableBytes {
+                client.connection.receive($0.baseAddress! + client.headerBytes, $0.count - client.headerBytes)
             }
-            let message = PageServerMessage(decoding: header)
-            switch message.command {
-            case PageServerCommand.get:
-                guard answerGet(fd, message, log) else { return }
-            case PageServerCommand.close, PageServerCommand.forceClose:
-                var status: Int32 = 0
-                guard sendAll(fd, &status, 4) else {
-                    log.warning("cannot send the close status", metadata: ["error": "\(errnoText())"])
-                    return
+            switch result {
+            case .wouldBlock:
+                return setInterest(client, tag: tag, EPOLLIN.rawValue)
+            case .closed:
+                if client.headerBytes == 0 {
+                    client.log.info("client disconnected")
+                } else {
+                    client.log.warning("connection ended in the middle of a header", metadata: ["bytes": "\(client.headerBytes)"])
                 }
-                log.info("client closed the session", metadata: ["command": "\(PageServerCommand.name(message.command))"])
-                if message.command == PageServerCommand.forceClose { return }
-            default:
-                state.withLock { $0.counters.badCommands += 1 }
-                log.error("unexpected command; closing this connection", metadata: ["message": "\(message)"])
-                return
+                return drop(tag)
+            case .failed(let reason), .refused(let reason):
+                client.log.warning("connection failed", metadata: ["error": "\(reason)"])
+                return drop(tag)
+            case .done(let n):
+                if client.headerBytes == 0 { client.requestStarted = ContinuousClock.now }
+                client.headerBytes += n
+                guard client.headerBytes == PageServerMessage.size else { continue }
+                client.headerBytes = 0
+                answer(PageServerMessage(decoding: client.header), client, tag: tag)
             }
         }
     }
 
-    /// Answers one `PS_IOV_GET`; false when the connection broke.
-    private func answerGet(_ fd: Int32, _ request: PageServerMessage, _ log: Logger) -> Bool {
+    private func answer(_ message: PageServerMessage, _ client: ServedConnection, tag: UInt64) {
+        switch message.command {
+        case PageServerCommand.get:
+            prepareGet(message, client)
+        case PageServerCommand.close, PageServerCommand.forceClose:
+            client.small = [0, 0, 0, 0]
+            client.closeAfterReply = message.command == PageServerCommand.forceClose
+            client.log.info("client closed the session", metadata: ["command": "\(PageServerCommand.name(message.command))"])
+        default:
+            counterState.withLock { $0.badCommands += 1 }
+            client.log.error("unexpected command; closing this connection", metadata: ["message": "\(message)"])
+            return beginClosing(client, tag: tag)
+        }
+        client.phase = .reply
+        client.smallSent = 0
+        _ = continueReply(client, tag: tag)
+    }
+
+    private func prepareGet(_ request: PageServerMessage, _ client: ServedConnection) {
         let pid = Int32(truncatingIfNeeded: request.destination)
-        let found = images.locate(pid: pid, address: request.address, maxPages: request.pageCount)
+        let found = images.locate(pid: pid, address: request.address, maxPages: min(request.pageCount, limits.maxReplyPages))
         let count = found?.pageCount ?? 0
-        state.withLock {
-            $0.counters.requests += 1
-            $0.counters.pagesSent += Int(count)
-            if found == nil || count == 0 { $0.counters.unknownAddresses += 1 }
+        counterState.withLock {
+            $0.requests += 1
+            $0.pagesSent += Int(count)
+            if count == 0 { $0.unknownAddresses += 1 }
         }
-        var reply = [UInt8](repeating: 0, count: PageServerMessage.size)
-        reply.withUnsafeMutableBytes { PageServerMessage.pages(answering: request, pageCount: count).encode(into: $0) }
+        client.small = PageServerMessage.pages(answering: request, pageCount: count).bytes
         guard let found, count > 0 else {
-            log.warning("request for pages the images do not hold; answering nr_pages 0", metadata: ["request": "\(request)"])
-            return sendAll(fd, &reply, reply.count)
+            client.log.warning("request for pages the images do not hold; answering nr_pages 0 and closing the connection",
+                               metadata: ["request": "\(request)"])
+            client.closeAfterReply = true
+            client.fileLeft = 0
+            return
         }
-        log.trace("sending pages", metadata: ["request": "\(request)", "pages": "\(count)"])
-        guard sendAll(fd, &reply, reply.count, flags: Int32(MSG_MORE)) else { return false }
-        var offset = off_t(found.offset)
-        var left = Int(count) * criuPageSize
-        while left > 0 {
-            let n = sendfile(fd, found.descriptor, &offset, left)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                log.warning("sending page data failed", metadata: ["error": "\(errnoText())"])
-                return false
+        client.log.trace("sending pages", metadata: ["request": "\(request)", "pages": "\(count)"])
+        client.file = found.descriptor
+        client.fileOffset = off_t(found.offset)
+        client.fileLeft = Int(count) * criuPageSize
+    }
+
+    /// Sends what is left of the reply; true when it is done and the next request may be read.
+    private func continueReply(_ client: ServedConnection, tag: UInt64) -> Bool {
+        let connection = client.connection
+        func broken(_ reason: String) -> Bool {
+            client.log.warning("sending the reply failed", metadata: ["error": "\(reason)"])
+            drop(tag)
+            return false
+        }
+        func wait() -> Bool {
+            setInterest(client, tag: tag, EPOLLOUT.rawValue)
+            return false
+        }
+        while client.smallSent < client.small.count {
+            let result = client.small.withUnsafeBytes {
+                connection.send($0.baseAddress! + client.smallSent, $0.count - client.smallSent, more: client.fileLeft > 0)
             }
-            left -= n
+            switch result {
+            case .done(let n): client.smallSent += n
+            case .wouldBlock: return wait()
+            case .closed: return broken("connection closed")
+            case .failed(let reason), .refused(let reason): return broken(reason)
+            }
         }
+        while client.fileLeft > 0 {
+            switch connection.sendFile(client.file, offset: &client.fileOffset, count: client.fileLeft, scratch: sink) {
+            case .done(let n): client.fileLeft -= n
+            case .wouldBlock: return wait()
+            case .closed: return broken("connection closed")
+            case .failed(let reason), .refused(let reason): return broken(reason)
+            }
+        }
+        if connection.hasPendingOutput {
+            switch connection.flush() {
+            case .done: break
+            case .wouldBlock: return wait()
+            case .closed: return broken("connection closed")
+            case .failed(let reason), .refused(let reason): return broken(reason)
+            }
+        }
+        client.small = []
+        client.smallSent = 0
+        client.requestStarted = nil
+        client.since = ContinuousClock.now
+        if client.closeAfterReply {
+            beginClosing(client, tag: tag)
+            return false
+        }
+        client.phase = .request
         return true
     }
 
-    /// Closes a connection so that what was sent arrives: closing a TCP socket with unread input (a client that
+    /// Ends our side so that what was sent arrives: closing a TCP socket with unread input (a client that
     /// pipelined requests after a FORCE_CLOSE or a bad command) sends a reset, and the peer loses the replies still
-    /// in flight, the close status included (found by the page-server fuzzer). So: end our side (FIN after the data),
-    /// read and drop what the client still sends, for at most a second, then close.
-    static func closeGracefully(_ fd: Int32) {
-        shutdown(fd, Int32(SHUT_WR))
-        let deadline = ContinuousClock.now + .seconds(1)
-        var sink = [UInt8](repeating: 0, count: 16384)
-        while ContinuousClock.now < deadline {
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&entry, 1, 100)
-            if ready < 0 && errno == EINTR { continue }
-            if ready < 0 { break }
-            if ready == 0 { continue }
-            let n = sink.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
-            if n <= 0 { break }
-        }
-        close(fd)
+    /// in flight, the close status included (found by the page-server fuzzer). So: TLS close_notify, FIN, then what
+    /// the client still sends is read and dropped, for at most a second, then the socket is closed.
+    private func beginClosing(_ client: ServedConnection, tag: UInt64) {
+        client.connection.finishSending()
+        client.phase = .closing
+        client.since = ContinuousClock.now
+        setInterest(client, tag: tag, EPOLLIN.rawValue)
+        drain(client, tag: tag)
     }
 
-    private func receiveAll(_ fd: Int32, _ buffer: inout [UInt8]) -> Int {
-        var have = 0
-        while have < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + have, $0.count - have, 0) }
+    private func drain(_ client: ServedConnection, tag: UInt64) {
+        while true {
+            let n = recv(client.connection.descriptor, sink, 1 << 16, Int32(MSG_DONTWAIT))
+            if n > 0 { continue }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return have }
-            have += n
+            if n < 0 && errno == EAGAIN { return }
+            return drop(tag)
         }
-        return have
     }
 
-    private func sendAll(_ fd: Int32, _ bytes: UnsafeRawPointer, _ count: Int, flags: Int32 = 0) -> Bool {
-        var done = 0
-        while done < count {
-            let n = send(fd, bytes + done, count - done, Int32(MSG_NOSIGNAL) | flags)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            done += n
+    private func sweep(_ now: ContinuousClock.Instant) {
+        for (tag, client) in connections {
+            guard let (at, what) = client.deadline(limits), now >= at else { continue }
+            if client.phase != .closing {
+                counterState.withLock { $0.timedOut += 1 }
+                client.log.warning("closing the connection: \(what)")
+            }
+            drop(tag)
         }
-        return true
     }
 }

@@ -20,6 +20,9 @@ public struct PageServerClientOptions: Sendable {
     public var stallTimeout: Double = 10
     /// Background pages in flight at most (so a fault's request waits behind at most this much data).
     public var backgroundPagesInFlight: Int = 512  // 2 MiB
+    /// TLS credentials (`--tls`): every connection is TLS, the server's certificate verified against the CA and,
+    /// unless `--tls-no-cn-verify`, its name against `host` (as CRIU does). Nil: plain TCP.
+    public var tls: TLSCredentials?
 
     public init(host: String, port: UInt16) {
         self.host = host
@@ -46,7 +49,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         var message: PageServerMessage
     }
 
-    private var socket: Int32 = -1
+    private var connection: TCPConnection?
+    /// The connection's descriptor, or -1.
     private var timer: Int32 = -1
     /// Unanswered requests in send order; the first `sentCount` were written (the next one `partialBytes` of it).
     private var queue: [Outstanding] = []
@@ -72,13 +76,13 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     public init(options: PageServerClientOptions, logger: Logger) {
         self.options = options
         self.logger = logger
-        bufferSize = 64 * pageSize
-        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+        bufferSize = 64 * basePageSize
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
     }
 
     deinit {
         buffer.deallocate()
-        if socket >= 0 { Glibc.close(socket) }
+        connection?.close()
         if timer >= 0 { Glibc.close(timer) }
     }
 
@@ -99,6 +103,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             do {
                 try connect()
                 return
+            } catch let error as PageServerError where error.kind == .configuration {
+                throw error  // a refused certificate, a TLS setup error: trying again changes nothing
             } catch {
                 failures += 1
                 lastError = "\(error)"
@@ -139,32 +145,53 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     public func close(timeoutSeconds: Double = 5) -> Int32? {
         finished = true
         defer {
-            if socket >= 0 { Glibc.close(socket) }
-            socket = -1
+            connection?.close()
+            connection = nil
         }
-        guard socket >= 0 else { return nil }
-        let flags = fcntl(socket, F_GETFL)
-        _ = fcntl(socket, F_SETFL, flags & ~O_NONBLOCK)
-        var limit = timeval(tv_sec: Int(timeoutSeconds), tv_usec: 0)
-        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        guard let connection else { return nil }
+        let deadline = ContinuousClock.now + .milliseconds(Int64(timeoutSeconds * 1000))
+        /// Waits for the socket (a safety bound, not a pace): false at the deadline.
+        func wait(_ events: Int32) -> Bool {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return false }
+            var entry = pollfd(fd: connection.descriptor, events: Int16(events), revents: 0)
+            _ = poll(&entry, 1, Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+            return true
+        }
         let bytes = PageServerMessage(cmd: PageServerCommand.close).bytes
-        guard send(socket, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {
-            logger.warning("cannot send PS_IOV_CLOSE", metadata: ["server": "\(options.serverName)", "error": "\(errnoText())"])
+        var sent = 0
+        var failure: String?
+        while failure == nil && (sent < bytes.count || connection.hasPendingOutput) {
+            let result = sent < bytes.count
+                ? bytes.withUnsafeBytes { connection.send($0.baseAddress! + sent, $0.count - sent) }
+                : connection.flush()
+            switch result {
+            case .done(let n): sent += n
+            case .wouldBlock: if !wait(POLLOUT) { failure = "timed out" }
+            case .closed: failure = "connection closed"
+            case .failed(let reason), .refused(let reason): failure = reason
+            }
+        }
+        if let failure {
+            logger.warning("cannot send PS_IOV_CLOSE", metadata: ["server": "\(options.serverName)", "error": "\(failure)"])
             return nil
         }
         var status: Int32 = -1
         var have = 0
         while have < 4 {
-            let n = withUnsafeMutableBytes(of: &status) { recv(socket, $0.baseAddress! + have, 4 - have, 0) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
+            let result = withUnsafeMutableBytes(of: &status) { connection.receive($0.baseAddress! + have, 4 - have) }
+            switch result {
+            case .done(let n): have += n
+            case .wouldBlock: if !wait(POLLIN) { failure = "no answer within \(timeoutSeconds) s" }
+            case .closed: failure = "connection closed"
+            case .failed(let reason), .refused(let reason): failure = reason
+            }
+            if let failure {
                 logger.warning("the page server did not answer PS_IOV_CLOSE", metadata: [
-                    "server": "\(options.serverName)", "error": "\(n == 0 ? "connection closed" : errnoText())",
+                    "server": "\(options.serverName)", "error": "\(failure)",
                 ])
                 return nil
             }
-            have += n
         }
         logger.info("page server session closed", metadata: ["server": "\(options.serverName)", "status": "\(status)"])
         return status
@@ -173,16 +200,20 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     // MARK: Connection
 
     private func connect() throws {
-        let fd = try TCPSocket.connect(
-            host: options.host, port: options.port, timeoutSeconds: min(max(options.stallTimeout, 0.1), 5))
-        socket = fd
+        let timeout = min(max(options.stallTimeout, 0.1), 5)
+        let fd = try TCPSocket.connect(host: options.host, port: options.port, timeoutSeconds: timeout)
+        let connection = TCPConnection(descriptor: fd, peer: "page server \(options.serverName)")
+        if let tls = options.tls {
+            try connection.startTLS(server: false, credentials: tls)
+            try connection.handshake(timeout: timeout, hostname: tls.options.verifyName ? options.host : nil)
+        }
         do {
             try engine?.watch(descriptor: fd) { [unowned self] in self.readable() }
         } catch {
-            Glibc.close(fd)
-            socket = -1
+            connection.close()
             throw error
         }
+        self.connection = connection
         headerBytes = 0
         dataBytes = 0
         replyPages = 0
@@ -190,7 +221,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         partialBytes = 0
         lastProgress = monotonicNanoseconds()
         logger.info("connected to the page server", metadata: [
-            "server": "\(options.serverName)", "resending": "\(queue.count - queueHead)",
+            "server": "\(options.serverName)", "resending": "\(queue.count - queueHead)", "tls": "\(options.tls != nil)",
         ])
         flush()
     }
@@ -201,10 +232,10 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
 
     /// The connection failed in a way a reconnect may cure: drop it and schedule the next attempt (or give up).
     private func connectionLost(_ reason: String) {
-        guard socket >= 0 else { return }
-        engine?.unwatch(descriptor: socket)
-        Glibc.close(socket)
-        socket = -1
+        guard let connection else { return }
+        engine?.unwatch(descriptor: connection.descriptor)
+        connection.close()
+        self.connection = nil
         lastError = reason
         scheduleReconnect()
     }
@@ -225,10 +256,10 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     private func giveUp(_ reason: String) {
         finished = true
         reconnectAt = nil
-        if socket >= 0 {
-            engine?.unwatch(descriptor: socket)
-            Glibc.close(socket)
-            socket = -1
+        if let connection {
+            engine?.unwatch(descriptor: connection.descriptor)
+            connection.close()
+            self.connection = nil
         }
         logger.error("remote pages unavailable", metadata: ["server": "\(options.serverName)", "reason": "\(reason)"])
         engine?.failRemotePages(reason)
@@ -239,11 +270,13 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         _ = read(timer, &expirations, 8)
         guard !finished else { return }
         let now = monotonicNanoseconds()
-        if socket < 0 {
+        if connection == nil {
             guard let at = reconnectAt, now >= at else { return }
             reconnectAt = nil
             do {
                 try connect()
+            } catch let error as PageServerError where error.kind == .configuration {
+                giveUp("\(error)")
             } catch {
                 lastError = "\(error)"
                 scheduleReconnect()
@@ -259,24 +292,31 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
 
     // MARK: Sending
 
-    /// Writes every queued request that fits into the socket buffer.
+    /// Writes every queued request that fits into the socket buffer (with TLS: each request one record).
     private func flush() {
-        guard socket >= 0 else { return }
+        guard let connection else { return }
+        if connection.hasPendingOutput {
+            switch connection.flush() {
+            case .done: break
+            case .wouldBlock: return  // the timer tries again
+            case .closed: return connectionLost("the server closed the connection")
+            case .failed(let reason), .refused(let reason): return connectionLost("sending a request failed: \(reason)")
+            }
+        }
         var scratch = [UInt8](repeating: 0, count: PageServerMessage.size)
         while queueHead + sentCount < queue.count {
             queue[queueHead + sentCount].message.encodeBytes(into: &scratch)
-            let n = scratch.withUnsafeBytes {
-                send(socket, $0.baseAddress! + partialBytes, $0.count - partialBytes, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { return }  // the timer tries again
-                return connectionLost("sending a request failed: \(errnoText())")
-            }
-            partialBytes += n
-            if partialBytes == PageServerMessage.size {
-                partialBytes = 0
-                sentCount += 1
+            let result = scratch.withUnsafeBytes { connection.send($0.baseAddress! + partialBytes, $0.count - partialBytes) }
+            switch result {
+            case .done(let n):
+                partialBytes += n
+                if partialBytes == PageServerMessage.size {
+                    partialBytes = 0
+                    sentCount += 1
+                }
+            case .wouldBlock: return  // the timer tries again
+            case .closed: return connectionLost("the server closed the connection")
+            case .failed(let reason), .refused(let reason): return connectionLost("sending a request failed: \(reason)")
             }
         }
     }
@@ -284,25 +324,27 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     // MARK: Receiving
 
     private func readable() {
-        while socket >= 0 {
-            guard queueHead < queue.count, queueHead + sentCount > queueHead || sentCount > 0 else {
-                return drainUnexpected()
+        while let connection {
+            guard queueHead < queue.count, sentCount > 0 else {
+                return drainUnexpected(connection)
             }
             let outstanding = queue[queueHead]
-            let n: Int
+            let result: TCPConnection.IO
             if headerBytes < PageServerMessage.size {
-                n = header.withUnsafeMutableBytes {
-                    recv(socket, $0.baseAddress! + headerBytes, $0.count - headerBytes, Int32(MSG_DONTWAIT))
+                result = header.withUnsafeMutableBytes {
+                    connection.receive($0.baseAddress! + headerBytes, $0.count - headerBytes)
                 }
             } else {
-                n = recv(socket, buffer + dataBytes, replyPages * pageSize - dataBytes, Int32(MSG_DONTWAIT))
+                result = connection.receive(buffer + dataBytes, replyPages * basePageSize - dataBytes)
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { return }
-                return connectionLost("receiving failed: \(errnoText())")
+            let n: Int
+            switch result {
+            case .done(let count): n = count
+            case .wouldBlock: return
+            case .closed: return connectionLost("the server closed the connection")
+            case .refused(let reason): return giveUp("page server \(options.serverName) refused us: \(reason)")
+            case .failed(let reason): return connectionLost("receiving failed: \(reason)")
             }
-            if n == 0 { return connectionLost("the server closed the connection") }
             if headerBytes < PageServerMessage.size {
                 headerBytes += n
                 guard headerBytes == PageServerMessage.size else { continue }
@@ -312,15 +354,15 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                 } catch {
                     return giveUp("page server \(options.serverName) broke the protocol: \(error)")
                 }
-                if replyPages * pageSize > bufferSize {
+                if replyPages * basePageSize > bufferSize {
                     buffer.deallocate()
-                    bufferSize = replyPages * pageSize
-                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: pageSize)
+                    bufferSize = replyPages * basePageSize
+                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
                 }
                 dataBytes = 0
             } else {
                 dataBytes += n
-                guard dataBytes == replyPages * pageSize else { continue }
+                guard dataBytes == replyPages * basePageSize else { continue }
                 complete(outstanding, pages: replyPages)
             }
         }
@@ -344,15 +386,15 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     }
 
     /// Bytes arrived with no request written: a server speaking out of turn.
-    private func drainUnexpected() {
+    private func drainUnexpected(_ connection: TCPConnection) {
         var byte: UInt8 = 0
-        let n = recv(socket, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
-        if n == 0 { return connectionLost("the server closed the connection") }
-        if n < 0 {
-            if errno == EAGAIN || errno == EINTR { return }
-            return connectionLost("receiving failed: \(errnoText())")
+        switch connection.receive(&byte, 1) {
+        case .wouldBlock: return
+        case .closed: return connectionLost("the server closed the connection")
+        case .refused(let reason): giveUp("page server \(options.serverName) refused us: \(reason)")
+        case .failed(let reason): connectionLost("receiving failed: \(reason)")
+        case .done: giveUp("page server \(options.serverName) broke the protocol: it sent data nobody asked for")
         }
-        giveUp("page server \(options.serverName) broke the protocol: it sent data nobody asked for")
     }
 }
 

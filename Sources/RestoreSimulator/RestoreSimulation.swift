@@ -48,7 +48,7 @@ public final class RestoreSimulation: @unchecked Sendable {
         DescriptorLimit.raise(wanted: 3 * images.tasks.count + 256)
         let connection = try LazyPagesConnection(workDirectory: options.workDirectory)
         do {
-            var template = Array("/tmp/lp-restore-sim.XXXXXX".utf8CString)
+            var template = Array("\(options.scratchParent)/lp-restore-sim.XXXXXX".utf8CString)
             guard let made = mkdtemp(&template) else {
                 throw SimulationError("mkdtemp: \(String(cString: strerror(errno)))")
             }

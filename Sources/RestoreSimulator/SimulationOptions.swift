@@ -20,6 +20,9 @@ public struct SimulationOptions: Sendable {
     public var workloadPath: String?
     /// Safety net: `wait()` kills every workload still running this long after `start()`.
     public var timeout: Duration
+    /// Where `start()` makes the directory of the workloads' plan files (`lp-restore-sim.XXXXXX`, removed by
+    /// `wait()`): `/tmp` by default; the demo puts it in its own directory, so that one removal takes everything.
+    public var scratchParent = "/tmp"
 
     public init(
         imagesDirectory: String, workDirectory: String? = nil, scenario: String = "verify", seed: UInt64 = 1,

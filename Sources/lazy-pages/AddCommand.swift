@@ -23,7 +23,12 @@ struct JobOptions: ParsableArguments {
     @Option(name: .customLong("name"), help: "A name shown by `list`.")
     var name: String?
 
+    @Flag(name: .customLong("group-access"),
+          help: "Let members of your primary group connect to the job's socket (mode 0660); by default only you and root may (0600).")
+    var groupAccess = false
+
     var specOptions: JobSpec.Options {
-        JobSpec.Options(backgroundFill: noBackground ? false : nil, faultAround: faultAround, fillChunk: fillChunk, name: name)
+        JobSpec.Options(backgroundFill: noBackground ? false : nil, faultAround: faultAround, fillChunk: fillChunk,
+                        name: name, socketGroupAccess: groupAccess ? true : nil)
     }
 }

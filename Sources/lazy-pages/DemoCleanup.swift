@@ -9,6 +9,10 @@ import Glibc
 /// Removes the demo's image directory and kills its workloads when SIGINT or SIGTERM arrives (Ctrl-C, `kill`),
 /// then ends the process by that signal, as if it had not been caught; `finish()` removes the directory on a
 /// normal end. Output already printed is never lost: stdout is line-buffered and flushed before the end.
+///
+/// No file may appear in the directory after the signal's removal: the image set is written through
+/// `/proc/self/fd/N` of the directory (a removed directory takes no new entries, and that path never creates it
+/// again), and every other step that creates entries in it runs inside `guarded`, which the signal waits for.
 final class DemoCleanup: @unchecked Sendable {
     /// The directory to remove; nil with `--keep`.
     private let directory: String?
@@ -29,13 +33,16 @@ final class DemoCleanup: @unchecked Sendable {
         }
     }
 
-    /// Runs `body` (which starts `simulation`) so that a signal meanwhile waits for it, then kills what it started.
-    func starting<R>(_ simulation: RestoreSimulation, _ body: () throws -> R) rethrows -> R {
+    /// Runs `body` with the signals' cleanup waiting: for steps that create files in the directory or start
+    /// processes.
+    func guarded<R>(_ body: () throws -> R) rethrows -> R {
         lock.lock()
         defer { lock.unlock() }
-        self.simulation = simulation
         return try body()
     }
+
+    /// Inside `guarded`: the restore whose workloads a signal kills.
+    func watch(_ simulation: RestoreSimulation) { self.simulation = simulation }
 
     /// The normal end: the directory goes (unless kept); signals are no longer caught.
     func finish() {
@@ -48,7 +55,7 @@ final class DemoCleanup: @unchecked Sendable {
     private func interrupted(by signo: Int32) {
         lock.lock()  // held until the end: the main thread starts nothing more, and `finish()` waits
         simulation?.killAll()
-        removeDirectoryWhileWritten()
+        removeDirectory()
         let name = signo == SIGINT ? "SIGINT" : "SIGTERM"
         let removed = directory.map { "; removed \($0)" } ?? ""
         fflush(nil)
@@ -64,30 +71,12 @@ final class DemoCleanup: @unchecked Sendable {
         _exit(128 + signo)
     }
 
-    /// The normal end, nothing else running: the directory and everything in it.
+    /// The directory and everything in it; retried while a file being written through `/proc/self/fd/N` appears
+    /// between emptying it and removing it.
     private func removeDirectory() {
         guard let directory else { return }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    /// Removes the directory while the main thread may still be writing into it (by path, creating the directory
-    /// again if it is missing): it is renamed away and a plain file put in its place, so that every later write
-    /// fails, then the renamed tree is removed, then the placeholder.
-    private func removeDirectoryWhileWritten() {
-        guard let directory else { return }
-        let doomed = directory + ".removing"
-        var fenced = false
-        for _ in 0..<10 where !fenced {
-            if rename(directory, doomed) == 0 { try? FileManager.default.removeItem(atPath: doomed) }
-            let placeholder = open(directory, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            if placeholder >= 0 {
-                close(placeholder)
-                fenced = true
-            }
+        for _ in 0..<20 where FileManager.default.fileExists(atPath: directory) {
+            try? FileManager.default.removeItem(atPath: directory)
         }
-        for _ in 0..<10 where FileManager.default.fileExists(atPath: doomed) {
-            try? FileManager.default.removeItem(atPath: doomed)
-        }
-        if fenced { unlink(directory) }
     }
 }

@@ -62,14 +62,20 @@ struct Demo: ParsableCommand {
         cleanup.install()
         defer { cleanup.finish() }
         print("lazy-pages demo: writing a \(ByteCount(bytes: bytes)) image set of \(tasks) tasks to \(directory)")
-        try SyntheticImages.writeMixed(directory: directory, tasks: tasks, totalBytes: size.bytes)
+        // Through the directory's descriptor (see DemoCleanup): a signal meanwhile need not wait for the writing.
+        let handle = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard handle >= 0 else { throw ValidationError("cannot open \(directory): \(String(cString: strerror(errno)))") }
+        defer { close(handle) }
+        try SyntheticImages.writeMixed(directory: "/proc/self/fd/\(handle)", tasks: tasks, totalBytes: size.bytes)
 
         let logger = Logger(label: "lazy-pagesd") { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = .warning
             return handler
         }
-        let session = try LazyPagesSession(imagesDirectory: directory, workDirectory: directory, logger: logger)
+        let session = try cleanup.guarded {
+            try LazyPagesSession(imagesDirectory: directory, workDirectory: directory, logger: logger)
+        }
         print("lazy-pages demo: monitor listening on \(session.listener.path); starting the restore (\(scenario))")
         let finished = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var outcome: RestoreOutcome = .failed(reason: "did not run")
@@ -82,10 +88,14 @@ struct Demo: ParsableCommand {
 
         let progress = ProgressBar(statistics: session.statistics)
         progress.start()
-        let simulation = try RestoreSimulation(options: SimulationOptions(
-            imagesDirectory: directory, workDirectory: directory, scenario: scenario, seed: seed))
+        var options = SimulationOptions(imagesDirectory: directory, workDirectory: directory, scenario: scenario, seed: seed)
+        options.scratchParent = directory  // its plan files too go with the directory
+        let simulation = try RestoreSimulation(options: options)
         do {
-            try cleanup.starting(simulation) { try simulation.start() }
+            try cleanup.guarded {
+                cleanup.watch(simulation)
+                try simulation.start()
+            }
         } catch {
             session.engine.cancel(reason: "the emulated restore failed to start")
             finished.wait()

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import LazyPagesCRIU
 import PageServer
+import PageServerCommandLine
 
 /// `lazy-pages page-server`: serve an image directory to lazy-pages daemons over CRIU's page-server protocol.
 struct PageServerCommand: ParsableCommand {
@@ -12,12 +14,19 @@ struct PageServerCommand: ParsableCommand {
             Answers PS_IOV_GET for the LAZY pages of every task in the images, to any number of clients at once \
             (`criu lazy-pages --page-server` or `lazy-pagesd --page-server`), each page as often as asked, read \
             straight from the pages files. Runs until killed (SIGINT/SIGTERM).
+
+            Without --address it listens on loopback (\(PageServer.defaultAddress)) only. To serve other machines, \
+            give the address and use --tls with client certificates: the server then requires a certificate from \
+            every client, signed by a CA of --tls-cacert, and (unless --tls-no-cn-verify) naming the --address \
+            given, as `criu page-server --tls` checks it. Without TLS anyone who can reach the port reads every \
+            page of the dump.
             """)
 
     @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Directory of the CRIU images.")
     var imagesDirectory: String = "."
 
-    @Option(name: .customLong("address"), help: "Address to listen on (default: every address).")
+    @Option(name: .customLong("address"),
+            help: "Address to listen on (default: \(PageServer.defaultAddress), loopback only; 0.0.0.0 or :: for every address).")
     var address: String?
 
     @Option(name: .customLong("port"), help: "TCP port to listen on (0: any; the port is logged).")
@@ -26,6 +35,24 @@ struct PageServerCommand: ParsableCommand {
     @Flag(name: .customShort("v"), help: "More verbose logging (repeat).")
     var verbose: Int
 
+    @OptionGroup(title: "TLS")
+    var tls: TLSOptionGroup
+
+    @Option(name: .customLong("max-connections"), help: "Clients connected at once at most; more are refused (closed at once).")
+    var maxConnections = PageServerLimits().maxConnections
+
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a connection may stay without a request before it is closed (0: forever).")
+    var idleTimeout = PageServerLimits().idleTimeout
+
+    @Option(name: .customLong("request-timeout"), help: "Seconds within which a request must arrive in full and its reply be sent (and a TLS handshake be done).")
+    var requestTimeout = PageServerLimits().requestTimeout
+
+    func validate() throws {
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        guard idleTimeout >= 0 else { throw ValidationError("--idle-timeout must be 0 or more") }
+        guard requestTimeout > 0 else { throw ValidationError("--request-timeout must be positive") }
+    }
+
     func run() throws {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -33,9 +60,20 @@ struct PageServerCommand: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "lazy-pages page-server")
+        // Every connection is a descriptor: the soft limit goes up to the hard one (and the hard one as far as we may).
+        let descriptors = DescriptorLimit.raise(wanted: maxConnections + 256)
+        if descriptors < maxConnections + 64 {
+            logger.warning("the descriptor limit is below the connection cap; beyond it clients are refused", metadata: [
+                "RLIMIT_NOFILE": "\(descriptors)", "max-connections": "\(maxConnections)",
+            ])
+        }
         let server: PageServer
         do {
-            server = try PageServer(directory: imagesDirectory, host: address, port: port, logger: logger)
+            let credentials = try tls.credentials(logger: logger)
+            server = try PageServer(
+                directory: imagesDirectory, host: address, port: port, tls: credentials,
+                limits: PageServerLimits(maxConnections: maxConnections, idleTimeout: idleTimeout, requestTimeout: requestTimeout),
+                logger: logger)
         } catch {
             FileHandle.standardError.write(Data("lazy-pages page-server: \(error)\n".utf8))
             throw ExitCode.failure

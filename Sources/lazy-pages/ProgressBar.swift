@@ -25,7 +25,7 @@ final class ProgressBar: @unchecked Sendable {
             while stopped.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
                 let now = monotonicNanoseconds()
                 let background = statistics[.pagesCopiedInBackground]
-                let rate = Double((background - lastPages) * pageSize) / (Double(now - lastTime) / 1e9) / Double(1 << 30)
+                let rate = Double((background - lastPages) * basePageSize) / (Double(now - lastTime) / 1e9) / Double(1 << 30)
                 lastPages = background
                 lastTime = now
                 if interactive || now - lastPrinted >= 1_000_000_000 {

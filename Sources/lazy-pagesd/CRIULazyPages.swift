@@ -4,6 +4,7 @@ import LazyPagesCRIU
 import LazyPagesEngine
 import Logging
 import PageServer
+import PageServerCommandLine
 
 /// The drop-in for `criu lazy-pages`, with CRIU's own option spellings for the local case.
 struct CRIULazyPages: ParsableCommand {
@@ -73,6 +74,9 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("stall-timeout"), help: "Seconds without a complete answer from the page server (with requests outstanding) before the connection counts as failed (a stalled or trickling source).")
     var stallTimeout = 10.0
 
+    @OptionGroup(title: "TLS (with --page-server)")
+    var tls: TLSOptionGroup
+
     @Flag(name: .customLong("no-guardian"),
           help: "Do not start lp-guardian (without it, if this daemon dies mid-restore, the restored processes read zero pages).")
     var noGuardian = false
@@ -116,6 +120,13 @@ struct CRIULazyPages: ParsableCommand {
             server.retries = retries
             server.retryDelay = retryDelay
             server.stallTimeout = stallTimeout
+            do {
+                server.tls = try tls.credentials(logger: logger)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                printError("lazy-pagesd: \(error)")
+                throw ExitCode.failure
+            }
             options.pages = .pageServer(server)
         }
         let restore: CRIURestore
@@ -133,7 +144,12 @@ struct CRIULazyPages: ParsableCommand {
             throw ExitCode.failure
         }
         if let pidFile {
-            try "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
+            do {
+                try OutputFile.write("\(getpid())\n", to: pidFile)
+            } catch {
+                reportFatal("cannot write the pid file: \(error)", logger: logger)
+                throw ExitCode.failure
+            }
         }
         if let statusFD { signalReady(on: statusFD) }
         detached?()

@@ -27,14 +27,12 @@ func bootstrapLogging(level: Logger.Level, file: String?) throws {
     loggingToStandardError = file == nil
     let sink: LogSink
     if let file {
-        guard let handle = FileHandle(forWritingAtPath: file) ?? {
-            FileManager.default.createFile(atPath: file, contents: nil)
-            return FileHandle(forWritingAtPath: file)
-        }() else {
-            throw LogFileError(path: file)
+        // Never through a symlink, never into someone else's file (see OutputFile).
+        do {
+            sink = LogSink(handle: try OutputFile.openForAppending(file))
+        } catch {
+            throw LogFileError(path: file, reason: "\(error)")
         }
-        handle.seekToEndOfFile()
-        sink = LogSink(handle: handle)
     } else {
         sink = LogSink(handle: .standardError)
     }
@@ -47,7 +45,8 @@ func bootstrapLogging(level: Logger.Level, file: String?) throws {
 
 struct LogFileError: Error, CustomStringConvertible {
     var path: String
-    var description: String { "cannot open the log file \(path)" }
+    var reason: String
+    var description: String { "cannot open the log file \(path): \(reason)" }
 }
 
 /// Where log lines go; one write per line.

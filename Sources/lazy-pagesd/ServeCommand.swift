@@ -23,8 +23,35 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("socket-group"), help: "Give the control socket this group (name or gid): its members may connect.")
     var socketGroup: String?
 
-    @Option(name: .customLong("metrics-address"), help: "Serve Prometheus metrics at HOST:PORT (GET /metrics); off by default.")
+    @Option(name: .customLong("metrics-address"),
+            help: "Serve Prometheus metrics at [HOST:]PORT (GET /metrics; HOST defaults to 127.0.0.1, loopback only); off by default.")
     var metricsAddress: String?
+
+    @Flag(name: .customLong("metrics-per-job"),
+          help: "Also export per-job series (every user's job ids and progress, to whoever reaches the metrics port); by default only totals.")
+    var metricsPerJob = false
+
+    @Option(name: .customLong("allow-page-server"),
+            help: "Let jobs fetch pages from this page server: HOST (any port) or HOST:PORT, as jobs spell it ([V6]:PORT); repeatable. None by default: jobs with a pageServer are refused.")
+    var allowPageServer: [String] = []
+
+    @Option(name: .customLong("job-socket-peers"),
+            help: "Who may connect to a job's socket besides its owner: owner-or-root (default) or owner.")
+    var jobSocketPeers = "owner-or-root"
+
+    @Option(name: .customLong("max-connections"), help: "Control connections open at once (waits not counted).")
+    var maxConnections = 256
+
+    @Option(name: .customLong("max-connections-per-uid"),
+            help: "Control connections one non-root uid may have open at once (waits not counted).")
+    var maxConnectionsPerUID = 16
+
+    @Option(name: .customLong("max-waits-per-uid"), help: "`wait` requests one non-root uid may have in progress at once.")
+    var maxWaitsPerUID = 64
+
+    @Option(name: .customLong("idle-timeout"),
+            help: "Seconds a control connection may send nothing (outside a wait) before it is closed.")
+    var idleTimeout = 60
 
     @Option(name: .customLong("shutdown-timeout"), help: "Seconds running restores get to finish after SIGTERM.")
     var shutdownTimeout: Double = 60
@@ -51,13 +78,33 @@ struct ServeCommand: ParsableCommand {
         guard maxUffdsPerJob >= 1 else { throw ValidationError("--max-uffds-per-job must be at least 1") }
         guard (1...3600).contains(replyTimeout) else { throw ValidationError("--reply-timeout must be 1...3600 seconds") }
         if let metricsAddress { _ = try Self.parseAddress(metricsAddress) }
+        _ = try allowedPageServers()
+        guard ["owner-or-root", "owner"].contains(jobSocketPeers) else {
+            throw ValidationError("--job-socket-peers takes owner-or-root or owner, got \"\(jobSocketPeers)\"")
+        }
+        guard maxConnections >= 1, maxConnectionsPerUID >= 1, maxWaitsPerUID >= 1 else {
+            throw ValidationError("--max-connections, --max-connections-per-uid and --max-waits-per-uid must be at least 1")
+        }
+        guard (1...86400).contains(idleTimeout) else { throw ValidationError("--idle-timeout must be 1...86400 seconds") }
     }
 
+    /// `[HOST:]PORT`; the host defaults to loopback.
     static func parseAddress(_ text: String) throws -> (String, UInt16) {
+        if let port = UInt16(text) { return ("127.0.0.1", port) }
         guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
-            throw ValidationError("--metrics-address takes HOST:PORT (e.g. 127.0.0.1:9464), got \"\(text)\"")
+            throw ValidationError("--metrics-address takes [HOST:]PORT (e.g. 9464 or 127.0.0.1:9464), got \"\(text)\"")
         }
-        return (String(text[..<colon]), port)
+        let host = String(text[..<colon])
+        return (host.isEmpty ? "127.0.0.1" : host, port)
+    }
+
+    func allowedPageServers() throws -> [PageServerAllowance] {
+        try allowPageServer.map { text in
+            guard let allowance = PageServerAllowance(parsing: text) else {
+                throw ValidationError("--allow-page-server takes HOST or HOST:PORT ([V6]:PORT), got \"\(text)\"")
+            }
+            return allowance
+        }
     }
 
     static func groupID(_ text: String) throws -> gid_t {
@@ -81,6 +128,13 @@ struct ServeCommand: ParsableCommand {
         options.limits.activeJobsPerUID = maxJobsPerUID
         options.limits.uffdsPerJob = maxUffdsPerJob
         options.limits.replyTimeoutSeconds = replyTimeout
+        options.limits.connections = maxConnections
+        options.limits.connectionsPerUID = maxConnectionsPerUID
+        options.limits.waitsPerUID = maxWaitsPerUID
+        options.limits.idleTimeoutSeconds = idleTimeout
+        options.policy.allowedPageServers = try allowedPageServers()
+        options.policy.allowRootPeers = jobSocketPeers == "owner-or-root"
+        options.metricsPerJob = metricsPerJob
         if let socketGroup { options.socketGroup = try Self.groupID(socketGroup) }
         if let metricsAddress {
             let (host, port) = try Self.parseAddress(metricsAddress)

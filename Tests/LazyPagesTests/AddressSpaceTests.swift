@@ -4,7 +4,7 @@ import Testing
 /// Bookkeeping of what each process still needs. Pure data structure: no kernel involved.
 @Suite struct AddressSpaceTests {
     let base: UInt64 = 0x7f00_0000_0000
-    let page = UInt64(pageSize)
+    let page = UInt64(basePageSize)
 
     func space(_ runs: [(UInt64, Int)]) -> AddressSpace {
         AddressSpace(extents: runs.map { LazyExtent(start: $0.0, dumpAddress: $0.0, data: nil, pageCount: $0.1) })

@@ -17,12 +17,12 @@ import Userfaultfd
 
         init(pages: Int) throws {
             self.pages = pages
-            let length = pages * pageSize
+            let length = pages * basePageSize
             region = try #require(mmapAnonymous(length))
             source = try #require(mmapAnonymous(length))
             for p in 0..<pages {
-                let words = (source + p * pageSize).assumingMemoryBound(to: UInt64.self)
-                for w in 0..<(pageSize / 8) { words[w] = UInt64(p + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(w) }
+                let words = (source + p * basePageSize).assumingMemoryBound(to: UInt64.self)
+                for w in 0..<(basePageSize / 8) { words[w] = UInt64(p + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(w) }
             }
             uffd = try Userfaultfd.open(required: Features.nonCooperativeEvents)
             try uffd.register(AddressRange(start: address, length: UInt64(length)))
@@ -36,7 +36,7 @@ import Userfaultfd
                 extents.append(LazyExtent(start: address, dumpAddress: address, data: source, pageCount: skipped.lowerBound))
             }
             if skipped.upperBound < pages {
-                let offset = skipped.upperBound * pageSize
+                let offset = skipped.upperBound * basePageSize
                 extents.append(LazyExtent(start: address + UInt64(offset), dumpAddress: address + UInt64(offset),
                                           data: source + offset, pageCount: pages - skipped.upperBound))
             }
@@ -47,8 +47,8 @@ import Userfaultfd
             // Close the uffd first: with UNMAP events negotiated, munmap of a region still registered with an open
             // uffd blocks until someone reads the event — and after a cancelled engine nobody does (a hang).
             uffd.close()
-            munmap(region, pages * pageSize)
-            munmap(source, pages * pageSize)
+            munmap(region, pages * basePageSize)
+            munmap(source, pages * basePageSize)
         }
     }
 
@@ -81,8 +81,8 @@ import Userfaultfd
         let wait = Self.start(engine)
         // Faults before "RSTF": served from the first fd on, no background fill yet.
         for p in stride(from: 3, to: 512, by: 37) {
-            let got = (fixture.region + p * pageSize).load(as: UInt64.self)
-            #expect(got == (fixture.source + p * pageSize).load(as: UInt64.self) || (100..<110).contains(p))
+            let got = (fixture.region + p * basePageSize).load(as: UInt64.self)
+            #expect(got == (fixture.source + p * basePageSize).load(as: UInt64.self) || (100..<110).contains(p))
         }
         #expect(engine.statistics[.faults] > 0)
         #expect(engine.statistics[.pagesCopiedInBackground] == 0)
@@ -92,11 +92,11 @@ import Userfaultfd
         // Every page home: the image pages match byte for byte, the skipped ones read zero (kernel zero-fill
         // after the engine closed the uffd).
         for p in 0..<512 {
-            let page = UnsafeRawBufferPointer(start: fixture.region + p * pageSize, count: pageSize)
+            let page = UnsafeRawBufferPointer(start: fixture.region + p * basePageSize, count: basePageSize)
             if (100..<110).contains(p) {
                 #expect(page.allSatisfy { $0 == 0 }, "page \(p) should read zeros")
             } else {
-                #expect(memcmp(page.baseAddress!, fixture.source + p * pageSize, pageSize) == 0, "page \(p) differs")
+                #expect(memcmp(page.baseAddress!, fixture.source + p * basePageSize, basePageSize) == 0, "page \(p) differs")
             }
         }
     }
@@ -110,7 +110,7 @@ import Userfaultfd
             read.signal()
         }
         read.wait()
-        return cursor < fixture.address ? -1 : Int((cursor - fixture.address) / UInt64(pageSize))
+        return cursor < fixture.address ? -1 : Int((cursor - fixture.address) / UInt64(basePageSize))
     }
 
     @Test("a process reading forwards pulls the fill ahead of it; scattered faults leave the fill where it is",
@@ -123,8 +123,8 @@ import Userfaultfd
         try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
         let wait = Self.start(engine)
         func touch(_ p: Int) {
-            #expect((fixture.region + p * pageSize).load(as: UInt64.self)
-                    == (fixture.source + p * pageSize).load(as: UInt64.self), "page \(p)")
+            #expect((fixture.region + p * basePageSize).load(as: UInt64.self)
+                    == (fixture.source + p * basePageSize).load(as: UInt64.self), "page \(p)")
         }
         touch(300)  // a first fault alone is no direction
         #expect(Self.fillCursorPage(engine, fixture) == -1)
@@ -141,7 +141,7 @@ import Userfaultfd
         engine.execute { $0.allTasksAnnounced() }
         #expect(wait() == .completed)
         for p in 0..<512 {
-            #expect(memcmp(fixture.region + p * pageSize, fixture.source + p * pageSize, pageSize) == 0, "page \(p) differs")
+            #expect(memcmp(fixture.region + p * basePageSize, fixture.source + p * basePageSize, basePageSize) == 0, "page \(p) differs")
         }
     }
 
@@ -153,11 +153,11 @@ import Userfaultfd
         try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
         let wait = Self.start(engine)
         // Page 8 is delivered, then dropped; 9 was never touched. Both must read zeros after MADV_DONTNEED.
-        #expect((fixture.region + 8 * pageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 8 * pageSize, as: UInt64.self))
-        #expect(madvise(fixture.region + 8 * pageSize, 2 * pageSize, MADV_DONTNEED) == 0)
-        #expect((fixture.region + 8 * pageSize).load(as: UInt64.self) == 0)
-        #expect((fixture.region + 9 * pageSize).load(as: UInt64.self) == 0)
-        #expect((fixture.region + 10 * pageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 10 * pageSize, as: UInt64.self))
+        #expect((fixture.region + 8 * basePageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 8 * basePageSize, as: UInt64.self))
+        #expect(madvise(fixture.region + 8 * basePageSize, 2 * basePageSize, MADV_DONTNEED) == 0)
+        #expect((fixture.region + 8 * basePageSize).load(as: UInt64.self) == 0)
+        #expect((fixture.region + 9 * basePageSize).load(as: UInt64.self) == 0)
+        #expect((fixture.region + 10 * basePageSize).load(as: UInt64.self) == fixture.source.load(fromByteOffset: 10 * basePageSize, as: UInt64.self))
         engine.cancel(reason: "test over")
         #expect(wait() == .cancelled(reason: "test over"))
         // (Counted after the loop ended: the engine counts a zero fill after the ioctl woke the reader.)

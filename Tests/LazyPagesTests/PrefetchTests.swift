@@ -70,21 +70,21 @@ import Userfaultfd
     /// (ENOENT) without effect. The prefetch waits for RSTF and resumes at the same entry, delivering the right bytes.
     @Test(.timeLimit(.minutes(1))) func prefetchBeforeRegistrationWaitsForRSTF() throws {
         let pages = 16
-        let length = pages * pageSize
+        let length = pages * basePageSize
         let region = try #require(EngineInProcessTests.mmapAnonymous(length))
         let source = try #require(EngineInProcessTests.mmapAnonymous(length))
         defer {
             munmap(region, length)
             munmap(source, length)
         }
-        for p in 0..<pages { memset(source + p * pageSize, Int32(p + 1), pageSize) }
+        for p in 0..<pages { memset(source + p * basePageSize, Int32(p + 1), basePageSize) }
         let address = UInt64(UInt(bitPattern: region))
         let uffd = try Userfaultfd.open(required: Features.nonCooperativeEvents)
         defer { uffd.close() }
         let engine = try RestoreEngine(logger: testLogger())
         let wanted = [5, 3, 4, 9]
         engine.prefetch(WorkingSetProfile(entries: wanted.map {
-            .init(imagePid: 7, dumpAddress: address + UInt64($0 * pageSize))
+            .init(imagePid: 7, dumpAddress: address + UInt64($0 * basePageSize))
         }))
         let space = AddressSpace(extents: [
             LazyExtent(start: address, dumpAddress: address, data: source, pageCount: pages),
@@ -105,7 +105,7 @@ import Userfaultfd
         #expect(process.space.pendingPages == pages - wanted.count)
         // Only the delivered pages are read (any other would fault with nobody serving it).
         for p in wanted {
-            let bytes = UnsafeRawBufferPointer(start: region + p * pageSize, count: pageSize)
+            let bytes = UnsafeRawBufferPointer(start: region + p * basePageSize, count: basePageSize)
             #expect(bytes.allSatisfy { $0 == UInt8(p + 1) }, "page \(p)")
         }
         engine.closeAll()

@@ -80,7 +80,7 @@ struct CRIUClientTests {
         #expect(server.counters.pagesSent == 6 * 2 * RemoteImages.lazyPagesPerTask)
     }
 
-    @Test("a request past the end of a run is clamped; an unknown address or pid gets nr_pages 0 and the connection stays usable")
+    @Test("a request past the end of a run is clamped; an unknown address or pid gets nr_pages 0, then that connection is closed")
     func clampAndUnknown() throws {
         let images = try RemoteImages()
         let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
@@ -95,15 +95,20 @@ struct CRIUClientTests {
         let reply = PageServerMessage(decoding: Wire.receive(fd, 32))
         #expect(reply == .pages(answering: clamped, pageCount: 6))
         #expect(Wire.receive(fd, 6 * 4096).count == 6 * 4096)
-        for unknown in [PageServerMessage.get(pid: 1, address: RemoteImages.base + 230 * 4096, pageCount: 1),
-                        PageServerMessage.get(pid: 77, address: b, pageCount: 1)] {
-            try #require(Wire.send(fd, unknown.bytes))
-            #expect(PageServerMessage(decoding: Wire.receive(fd, 32)) == .pages(answering: unknown, pageCount: 0))
-        }
         let again = PageServerMessage.get(pid: 2, address: b, pageCount: 4)
         try #require(Wire.send(fd, again.bytes))
         #expect(PageServerMessage(decoding: Wire.receive(fd, 32)) == .pages(answering: again, pageCount: 4))
         #expect(Wire.receive(fd, 4 * 4096).count == 4 * 4096)
+        // An unknown address or pid: answered nr_pages 0, then that connection is closed (as CRIU's server closes
+        // it), so a client scanning for pages pays a connection per miss.
+        for unknown in [PageServerMessage.get(pid: 1, address: RemoteImages.base + 230 * 4096, pageCount: 1),
+                        PageServerMessage.get(pid: 77, address: b, pageCount: 1)] {
+            let probe = try Wire.connect(port: server.port)
+            defer { close(probe) }
+            try #require(Wire.send(probe, unknown.bytes + again.bytes))
+            #expect(PageServerMessage(decoding: Wire.receive(probe, 32)) == .pages(answering: unknown, pageCount: 0))
+            #expect(Wire.receive(probe, 1).isEmpty, "the connection must be closed after an unknown address")
+        }
         #expect(server.counters.unknownAddresses == 2)
     }
 

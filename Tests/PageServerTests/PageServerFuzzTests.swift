@@ -37,10 +37,12 @@ import Glibc
             switch message.command {
             case PageServerCommand.get:
                 let found = truth.locate(pid: Int32(truncatingIfNeeded: message.destination), address: message.address,
-                                         maxPages: message.pageCount)
+                                         maxPages: min(message.pageCount, PageServerLimits().maxReplyPages))
                 let count = found?.pageCount ?? 0
                 out += PageServerMessage.pages(answering: message, pageCount: count).bytes
-                if let found, count > 0 {
+                // An unknown address is answered, then the connection is closed (probing costs a connection).
+                guard count > 0 else { return out }
+                if let found {
                     var data = [UInt8](repeating: 0, count: Int(count) * criuPageSize)
                     _ = data.withUnsafeMutableBytes { pread(found.descriptor, $0.baseAddress, $0.count, off_t(found.offset)) }
                     out += data

@@ -6,7 +6,7 @@ import Testing
 /// The Prometheus endpoint, scraped over HTTP after a restore.
 @Suite(.serialized) struct MetricsTests {
     @Test(.timeLimit(.minutes(2))) func aScrapeHasEverySeries() throws {
-        let daemon = try ServiceDaemon(["--metrics-address", "127.0.0.1:0"])
+        let daemon = try ServiceDaemon(["--metrics-address", "127.0.0.1:0", "--metrics-per-job"])
         // READY's STATUS says where the metrics are (port 0: the kernel chose).
         let port = try #require(daemon.readyMessage.split(separator: ":").last
             .flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
@@ -42,17 +42,73 @@ import Testing
         #expect(try scrape(port: port, path: "/other").hasPrefix("HTTP/1.1 404"))
     }
 
-    private func scrape(port: UInt16, path: String) throws -> String {
+    static func port(of daemon: ServiceDaemon) throws -> UInt16 {
+        try #require(daemon.readyMessage.split(separator: ":").last
+            .flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+    }
+
+    /// Issue 13, finding 7: a client that trickles its request one byte a second used to hold the endpoint (one
+    /// client at a time, a per-read timeout) for as long as it liked. Now a scrape beside it is answered at once, and
+    /// the trickler is cut off at the request deadline (5 s) with a log line.
+    @Test(.timeLimit(.minutes(2))) func aSlowClientDelaysNoScrape() throws {
+        let daemon = try ServiceDaemon(["--metrics-address", "0"])
+        #expect(daemon.readyMessage.contains("metrics on 127.0.0.1:"), "the default host is loopback: \(daemon.readyMessage)")
+        let port = try Self.port(of: daemon)
+        let slow = try connect(port: port)
+        defer { close(slow) }
+        let started = Date()
+        let trickler = runInBackgroundThread {
+            // One byte a second for up to 20 s, until the daemon hangs up.
+            for byte in Array("GET /metrics HTTP/1.1\r\nHost: x\r\n".utf8) {
+                if send(slow, [byte], 1, Int32(MSG_NOSIGNAL)) != 1 { return Date().timeIntervalSince(started) }
+                var entry = pollfd(fd: slow, events: Int16(POLLIN), revents: 0)
+                if poll(&entry, 1, 1000) > 0 { return Date().timeIntervalSince(started) }
+            }
+            return Date().timeIntervalSince(started)
+        }
+        let body = try scrape(port: port, path: "/metrics")
+        let scraped = Date().timeIntervalSince(started)
+        #expect(body.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(scraped < 4, "the scrape waited \(scraped) s behind the slow client")
+        let cutOff = trickler()
+        #expect(cutOff < 15, "the slow client was held \(cutOff) s")
+        #expect(daemon.waitForLog("metrics request deadline passed"), "\(daemon.process.stderr)")
+    }
+
+    /// Per-job series tell every user's job ids and progress to whoever reaches the port: off unless the operator
+    /// asks (--metrics-per-job); the totals are always there.
+    @Test(.timeLimit(.minutes(2))) func perJobSeriesOnlyWhenTheOperatorOptsIn() throws {
+        let memory = try MemoryFixture(bytes: 1 << 20)
+        for perJob in [false, true] {
+            let daemon = try ServiceDaemon(["--metrics-address", "127.0.0.1:0"] + (perJob ? ["--metrics-per-job"] : []))
+            let id = try daemon.add(["firecracker", "--socket", memory.socket("vm-\(perJob)"), "--mem-file", memory.memoryFile])
+            let body = try scrape(port: try Self.port(of: daemon), path: "/metrics")
+            #expect(body.contains("\nlazy_pages_jobs{state=\"listening\"} 1"), "\(body)")
+            #expect(body.contains("lazy_pages_job_pages_expected{job=\"\(id)\"}") == perJob, "\(body)")
+            #expect(body.contains("job=\"") == perJob)
+            #expect(try daemon.cli(["cancel", id]).exitCode == 0)
+        }
+    }
+
+    private func connect(port: UInt16) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else { throw Emulator.Failure(description: "connect: errno \(errno)") }
+        guard connected == 0 else {
+            close(fd)
+            throw Emulator.Failure(description: "connect: errno \(errno)")
+        }
+        return fd
+    }
+
+    private func scrape(port: UInt16, path: String) throws -> String {
+        let fd = try connect(port: port)
+        defer { close(fd) }
         let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
         _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         var response: [UInt8] = []
@@ -63,5 +119,19 @@ import Testing
             response += chunk[..<n]
         }
         return String(decoding: response, as: UTF8.self)
+    }
+}
+
+/// Runs `body` on its own thread; the returned closure waits for its result.
+func runInBackgroundThread<T>(_ body: @escaping @Sendable () -> T) -> () -> T {
+    let done = DispatchSemaphore(value: 0)
+    nonisolated(unsafe) var result: T?
+    Thread {
+        result = body()
+        done.signal()
+    }.start()
+    return {
+        done.wait()
+        return result!
     }
 }

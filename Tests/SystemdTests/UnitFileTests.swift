@@ -32,6 +32,8 @@ import Testing
         let service = try settings(of: "lazy-pagesd.service")
         #expect(service["Type"] == ["notify"])
         #expect(service["ExecStart"] == ["/usr/local/bin/lazy-pagesd serve"])
+        // Our own man page first (Scripts/install-systemd installs it; Scripts/first-contact checks it is made).
+        #expect(service["Documentation"]?.first?.split(separator: " ").first == "man:lazy-pagesd(8)")
         #expect(service["NoNewPrivileges"] == ["yes"])
         #expect(service["ProtectSystem"] == ["strict"])
         #expect(service["ProtectHome"] == ["read-only"])

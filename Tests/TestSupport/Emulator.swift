@@ -28,14 +28,19 @@ public final class Emulator {
     }
 
     public init(socket: String, memoryFile: String, regions: [String], handshake: String = "normal",
-         balloons: [String] = [], threads: Int = 1, wait: Bool = false) throws
+         balloons: [String] = [], threads: Int = 1, wait: Bool = false, user: (uid: UInt32, gid: UInt32)? = nil) throws
     {
         var arguments = ["--socket", socket, "--mem-file", memoryFile, "--handshake", handshake,
                          "--threads", "\(threads)"]
         for region in regions { arguments += ["--region", region] }
         for balloon in balloons { arguments += ["--balloon", balloon] }
         if wait { arguments.append("--wait") }
-        let path = try BuiltProducts.path(of: "fc-emulator")
+        var path = try BuiltProducts.path(of: "fc-emulator")
+        if let user {
+            // As another user (setpriv), e.g. a job's owner or an intruder.
+            arguments = ["--reuid=\(user.uid)", "--regid=\(user.gid)", "--init-groups", path] + arguments
+            path = "/usr/bin/setpriv"
+        }
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         var stdinPair: [Int32] = [-1, -1]
         var stdoutPair: [Int32] = [-1, -1]

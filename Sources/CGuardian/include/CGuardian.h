@@ -15,6 +15,10 @@ enum {
     LP_GUARDIAN_ABORT = 6,
 };
 
+/* The guardian's exit status when it killed the restore's processes (0: it let them go, or nothing depended on
+ * the daemon any more). */
+enum { LP_GUARDIAN_EXIT_KILLED = 3 };
+
 struct lp_guardian_msg {
     uint32_t kind;
     int32_t pid; /* RESTORER: the restorer's pid (with PEERS_ARE_TASKS: the process to end); LISTENER: the

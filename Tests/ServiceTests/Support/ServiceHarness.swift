@@ -13,16 +13,24 @@ final class ServiceDaemon {
     /// What READY=1 came with (STATUS=...).
     let readyMessage: String
 
-    init(_ extra: [String] = []) throws {
+    /// With `umask` (e.g. "000"), the daemon runs under that umask (the umask a job socket must not depend on).
+    init(_ extra: [String] = [], umask: String? = nil) throws {
         // A write to a child that already exited must fail with EPIPE, not kill the whole test runner.
         signal(SIGPIPE, SIG_IGN)
         directory = try makeTemporaryDirectory("lp-service")
         chmod(directory, 0o755)
         controlSocket = directory + "/control.sock"
         notify = try NotifyReceiver(path: directory + "/notify")
-        process = try DaemonProcess(
-            try BuiltProducts.path(of: "lazy-pagesd"), ["serve", "--control-socket", controlSocket, "-vv"] + extra,
-            environment: ["NOTIFY_SOCKET=\(notify.path)"], directory: directory)
+        let daemon = try BuiltProducts.path(of: "lazy-pagesd")
+        let arguments = ["serve", "--control-socket", controlSocket, "-vv"] + extra
+        if let umask {
+            process = try DaemonProcess(
+                "/bin/sh", ["-c", "umask \(umask) && exec \"$0\" \"$@\"", daemon] + arguments,
+                environment: ["NOTIFY_SOCKET=\(notify.path)"], directory: directory)
+        } else {
+            process = try DaemonProcess(
+                daemon, arguments, environment: ["NOTIFY_SOCKET=\(notify.path)"], directory: directory)
+        }
         readyMessage = try notify.receive()
         guard readyMessage.hasPrefix("READY=1\n") else { throw Emulator.Failure(description: "no READY: \(readyMessage)") }
     }
@@ -42,6 +50,28 @@ final class ServiceDaemon {
         var argv = [try BuiltProducts.path(of: "lazy-pages")] + arguments + ["--control-socket", controlSocket]
         if let user { argv = ["setpriv", "--reuid=\(user)", "--regid=\(user)", "--clear-groups"] + argv }
         return try Spawn.run(argv, timeoutMilliseconds: 90_000)
+    }
+
+    /// `lazy-pages ARGS --control-socket ...` run to completion as a test user (with its groups).
+    func cli(_ arguments: [String], user: TestUsers.User) throws -> Spawn.Output {
+        let argv = [try BuiltProducts.path(of: "lazy-pages")] + arguments + ["--control-socket", controlSocket]
+        return try Spawn.run(TestUsers.asUser(user, argv), timeoutMilliseconds: 90_000)
+    }
+
+    /// Adds a job as `user`; its id.
+    func add(_ arguments: [String], user: TestUsers.User) throws -> String {
+        let output = try cli(["add"] + arguments, user: user)
+        guard output.exitCode == 0 else { throw Emulator.Failure(description: "add failed: \(output.stderr)") }
+        return output.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Waits until the daemon's log holds `count` lines containing `text` (at most 60 s, a safety net).
+    func waitForLog(_ text: String, count: Int = 1) -> Bool {
+        for _ in 0..<6000 {
+            if process.stderr.components(separatedBy: "\n").filter({ $0.contains(text) }).count >= count { return true }
+            usleep(10_000)
+        }
+        return false
     }
 
     /// Adds a job with `lazy-pages add ...`; its id.
