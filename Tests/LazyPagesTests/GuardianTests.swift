@@ -168,15 +168,15 @@ import Glibc
              "--workload", BuiltTools.path("lp-workload")],
             directory: work, name: "sim")
         // Wait until the daemon has stopped itself after accept() and the restorer has sent every task and hung up:
-        // the accepted socket (local address: the listener's, under the work directory) has bytes queued and no
-        // peer any more.
+        // the accepted socket has bytes queued and no peer any more. Its local address is the listener's bound
+        // name, `/proc/self/fd/N/.lp-PID-K.tmp` (UnixListener binds a temporary name and links it into place).
         let deadline = ContinuousClock.now + .seconds(30)
         var sent = false
         while !sent && ContinuousClock.now < deadline {
             let sockets = try Spawn.run(["ss", "-x", "-n"]).stdout.split(separator: "\n")
             sent = sockets.contains { line in
                 let fields = line.split(separator: " ")
-                return line.contains(work + "/.lazy-pages.socket") && fields.count >= 8 && fields[1] == "ESTAB"
+                return line.contains("/.lp-\(daemon.pid)-") && fields.count >= 8 && fields[1] == "ESTAB"
                     && (Int(fields[2]) ?? 0) > 0 && fields[6] == "*" && fields[7] == "0"
             }
             if !sent { usleep(10_000) }  // polling the kernel's socket table (a safety-net deadline bounds it)
