@@ -32,14 +32,18 @@ import Testing
     }
 
     /// Waits (bounded) until the daemon's socket exists: the daemon listens before it reads the images. With
-    /// `replacing`, the inode of a stale socket at that name, until the daemon's own socket has taken its place.
-    static func waitForSocket(_ work: String, replacing staleInode: Int? = nil) throws {
+    /// `afterLogging`, a socket at that name counts only once the daemon's log file holds that line (a stale socket
+    /// is there before the daemon replaces it and says so; its inode number may be reused by the new one).
+    static func waitForSocket(_ work: String, afterLogging line: String? = nil, in log: String? = nil) throws {
         let deadline = Date().addingTimeInterval(30)
         func listening() -> Bool {
-            guard let attributes = try? FileManager.default.attributesOfItem(atPath: work + "/lazy-pages.socket")
-            else { return false }
-            if let staleInode, (attributes[.systemFileNumber] as? Int) == staleInode { return false }
-            return attributes[.type] as? FileAttributeType == .typeSocket
+            if let line, let log {
+                guard let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains(line) else {
+                    return false
+                }
+            }
+            let type = try? FileManager.default.attributesOfItem(atPath: work + "/lazy-pages.socket")[.type]
+            return type as? FileAttributeType == .typeSocket
         }
         while !listening() {
             try #require(Date() < deadline, "lazy-pagesd never created its socket")
@@ -66,12 +70,11 @@ import Testing
         // A stale socket from an earlier run (nothing listens on it) must not stop the daemon. (A file that is not a
         // socket is refused: UnixListener replaces only stale sockets.)
         try Self.makeStaleSocket(work + "/lazy-pages.socket")
-        let staleInode = try FileManager.default.attributesOfItem(atPath: work + "/lazy-pages.socket")[.systemFileNumber] as? Int
         let pidFile = work + "/daemon.pid"
         let (process, wait) = try Self.startDaemon([
             "-D", images, "-W", work, "-o", "lazy-pages.log", "-v4", "--pidfile", pidFile,
         ])
-        try Self.waitForSocket(work, replacing: try #require(staleInode))
+        try Self.waitForSocket(work, afterLogging: "replaced a stale socket", in: work + "/lazy-pages.log")
         let simulation = try RestoreSimulation(options: SimulationOptions(
             imagesDirectory: images, workDirectory: work, scenario: "verify"))
         try simulation.start()
