@@ -22,6 +22,14 @@ let package = Package(
     targets: [
         // The C layer: module map + one header of static inline shims and constants. No logic.
         .systemLibrary(name: "CUserfaultfd"),
+        // What Swift cannot import from Linux (epoll/eventfd/timerfd, pidfd, setfsuid, the CMSG_* macros): one header
+        // of prefixed one-line shims, for LinuxSupport only.
+        .systemLibrary(name: "CLinuxSupport"),
+        // The platform layer beside the engine: listeners, descriptor passing, mapped files, descriptor limits, epoll
+        // and wake-up events, peer credentials, descriptor types, wait statuses, one SystemCallError.
+        .target(
+            name: "LinuxSupport",
+            dependencies: ["CLinuxSupport", .product(name: "SystemPackage", package: "swift-system")]),
         // The typed Swift API over a uffd.
         .target(
             name: "Userfaultfd",
@@ -35,7 +43,7 @@ let package = Package(
         .target(
             name: "LazyPagesEngine",
             dependencies: [
-                "Userfaultfd", "CUserfaultfd",
+                "Userfaultfd", "LinuxSupport", "CGuardian",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -47,16 +55,14 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: [
-                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "CFsuid", "PageServer",
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // Process file descriptors (pidfd_open, pidfd_send_signal) for Swift: one header of one-line shims.
-        .systemLibrary(name: "CPidfd"),
         // Front end: Firecracker's UFFD memory backend (JSON mappings + uffd handshake, snapshot memory file).
         .target(
             name: "LazyPagesFirecracker",
             dependencies: [
-                "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CPidfd",
+                "LazyPagesEngine", "Userfaultfd", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // systemd's protocols, service side: sd_notify over NOTIFY_SOCKET and socket activation (LISTEN_FDS).
@@ -68,7 +74,7 @@ let package = Package(
         .target(
             name: "PageServer",
             dependencies: [
-                "CRIUImages", "LazyPagesEngine", "CUserfaultfd", "CGnuTLS", .product(name: "Logging", package: "swift-log"),
+                "CRIUImages", "LazyPagesEngine", "LinuxSupport", "CGnuTLS", .product(name: "Logging", package: "swift-log"),
             ]),
         // GnuTLS (Debian: libgnutls28-dev) for the page-server protocol's TLS, as CRIU uses it: module map and
         // one-line shims only.
@@ -82,13 +88,11 @@ let package = Package(
             ]),
         // The control protocol of `lazy-pagesd serve` (versioned line-delimited JSON) and its client.
         .target(name: "LazyPagesControl"),
-        // setfsuid/setfsgid (per-thread filesystem identity) for Swift: one header, no logic.
-        .systemLibrary(name: "CFsuid"),
         // `lazy-pagesd serve`: jobs (one session and thread each), the control socket, graceful shutdown, metrics.
         .target(
             name: "LazyPagesService",
             dependencies: [
-                "LazyPagesControl", "LazyPagesCRIU", "LazyPagesFirecracker", "LazyPagesEngine", "PageServer", "CFsuid",
+                "LazyPagesControl", "LazyPagesCRIU", "LazyPagesFirecracker", "LazyPagesEngine", "PageServer", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -96,7 +100,7 @@ let package = Package(
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
             name: "RestoreSimulator",
-            dependencies: ["CRIUImages", "LazyPagesCRIU"]),
+            dependencies: ["CRIUImages", "LinuxSupport"]),
         // SCM_RIGHTS for the C helper programs below.
         .target(name: "CDescriptorPassing"),
         // The workload process the simulator starts (C: it must fault, fork, mremap and madvise for real).
@@ -109,6 +113,11 @@ let package = Package(
         .executableTarget(name: "lp-socket-client", path: "Sources/lp-socket-client"),
         // Small C helper the Userfaultfd tests drive as a separate process (forks, remaps, exits).
         .executableTarget(name: "uffd-testee", dependencies: ["CDescriptorPassing"], path: "Sources/uffd-testee"),
+        // A real process for `criu dump` / `criu restore --lazy-pages`: patterned memory, forks, zombies, threads,
+        // a process tree; after the restore it checks every byte and reports through a fifo (C).
+        .executableTarget(
+            name: "lp-criu-workload", path: "Sources/lp-criu-workload",
+            linkerSettings: [.linkedLibrary("pthread")]),
         // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
         .executableTarget(
             name: "lp-bench-baseline", dependencies: ["CDescriptorPassing"], path: "Sources/lp-bench-baseline"),
@@ -118,12 +127,20 @@ let package = Package(
         // `lazy-pages bench`: images, daemons, baselines and workloads run side by side; report and ratios.
         .target(
             name: "LazyPagesBench",
-            dependencies: ["CRIUImages", "RestoreSimulator"]),
+            dependencies: ["CRIUImages", "RestoreSimulator", "LinuxSupport"]),
+        // CRIU's command line for our drop-ins: CRIU's option grammar and configuration files rewritten for
+        // swift-argument-parser, the options CRIU's daemons share, and their conventions (-d, --status-fd, the log).
+        .target(
+            name: "CRIUCommandLine",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "lazy-pagesd",
             dependencies: [
                 "LazyPagesCRIU", "LazyPagesEngine", "PageServer", "LazyPagesFirecracker", "SystemdSupport",
-                "LazyPagesService", "LazyPagesControl", "PageServerCommandLine",
+                "LazyPagesService", "LazyPagesControl", "CRIUCommandLine", "PageServerCommandLine", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -133,34 +150,41 @@ let package = Package(
             name: "lazy-pages",
             dependencies: [
                 "Userfaultfd", "CRIUImages", "RestoreSimulator", "LazyPagesCRIU", "LazyPagesEngine", "LazyPagesBench",
-                "PageServer", "LazyPagesControl", "PageServerCommandLine",
+                "PageServer", "LazyPagesControl", "CRIUCommandLine", "PageServerCommandLine", "LinuxSupport",
                 "lp-workload", "lp-bench-baseline", "lp-bench-workload",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Helpers shared by the test targets: finding built executables, running them.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["LinuxSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "TestSupport"]),
+        .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine", "TestSupport"]),
         .testTarget(
             name: "ServiceTests",
             dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),
         .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport", "TestSupport"]),
+        // Real `criu dump` / `criu restore --lazy-pages` of lp-criu-workload against lazy-pagesd, CRIU's page server,
+        // our page server and CRIU's own daemon.
+        .testTarget(name: "CRIUEndToEndTests", dependencies: ["CRIUImages", "TestSupport"]),
         .testTarget(
             name: "FirecrackerTests",
             dependencies: [
-                "LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "Userfaultfd", "CUserfaultfd", "TestSupport",
+                "LazyPagesFirecracker", "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "Userfaultfd", "CUserfaultfd",
+                "TestSupport",
             ]),
         .testTarget(
             name: "PageServerTests",
             dependencies: [
-                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "TestSupport",
+                "PageServer", "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "RestoreSimulator", "CRIUImages",
+                "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "LazyPagesTests",
             dependencies: [
-                "LazyPagesEngine", "LazyPagesCRIU", "RestoreSimulator", "CRIUImages", "Userfaultfd", "TestSupport",
+                "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "RestoreSimulator", "CRIUImages", "Userfaultfd",
+                "TestSupport",
             ]),
     ],
     swiftLanguageModes: [.v6]

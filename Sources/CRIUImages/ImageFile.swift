@@ -9,7 +9,7 @@ import SwiftProtobuf
 
 /// The kinds of image file this module reads and writes, with their magic numbers.
 enum ImageKind: Sendable {
-    case inventory, pstree, mm, pagemap
+    case inventory, pstree, mm, pagemap, core
 
     /// `IMG_COMMON_MAGIC`: the first word of every image except `inventory.img`.
     static let commonMagic: UInt32 = 0x5456_4319
@@ -21,6 +21,7 @@ enum ImageKind: Sendable {
         case .pstree: 0x5027_3030
         case .mm: 0x5749_2820
         case .pagemap: 0x5608_4025
+        case .core: 0x5505_3847
         }
     }
 
@@ -30,6 +31,7 @@ enum ImageKind: Sendable {
         case .pstree: "pstree"
         case .mm: "mm"
         case .pagemap: "pagemap"
+        case .core: "core"
         }
     }
 
@@ -41,7 +43,7 @@ func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 1
 
 /// A metadata image file read whole into memory, its magic checked and its message framing
 /// (`u32` little-endian length + protobuf bytes, repeated to the end of the file) validated.
-/// Only used for the small files (inventory, pstree, mm, pagemap); page data is never read here.
+/// Only used for the small files (inventory, pstree, mm, pagemap, core); page data is never read here.
 struct ImageFile {
     let path: String
     let kind: ImageKind

@@ -45,13 +45,44 @@ public struct ImageSet: Sendable {
     }
 
     /// Reads and validates the memory images of task `pid`: `mm-<pid>.img`, `pagemap-<pid>.img`, the size of
-    /// its pages file, and — for `PE_PARENT` entries — the parent image sets' pagemaps and pages files.
-    public func process(pid: Int32) throws(ImageError) -> ProcessImage {
+    /// its pages file, and — for `PE_PARENT` entries — the parent image sets' pagemaps and pages files. With
+    /// `lazyPages` ``LazyPageSource/pageServer`` every `LAZY` page is the page server's (see ``ProcessImage``).
+    public func process(pid: Int32, lazyPages: LazyPageSource = .images) throws(ImageError) -> ProcessImage {
         guard task(pid: pid) != nil else {
             throw ImageError(
                 file: "\(directory)/pstree.img",
                 problem: "pid \(pid) is not in pstree (tasks: \(tasks.map { String($0.pid) }.joined(separator: ", ")))")
         }
-        return try ProcessImage(directory: directory, pid: pid)
+        return try ProcessImage(directory: directory, pid: pid, lazyPages: lazyPages)
+    }
+
+    /// Path of task `pid`'s `core-<pid>.img`.
+    public func corePath(pid: Int32) -> String { "\(directory)/core-\(pid).img" }
+
+    /// The state `core-<pid>.img` records for task `pid`; nil when the set has no core image for it (image sets
+    /// written without one, like the simulator's older ones: such a task counts as alive).
+    public func state(ofTask pid: Int32) throws(ImageError) -> TaskState? {
+        let path = corePath(pid: pid)
+        guard case .regular = try fileStatus(path) else {
+            guard entryExists(path) else { return nil }
+            throw ImageError(file: path, problem: "not a regular file")
+        }
+        let file = try ImageFile(path: path, kind: .core)
+        guard file.messages.count == 1 else {
+            throw ImageError(file: path, problem: "expected one core_entry, found \(file.messages.count) messages")
+        }
+        let core = try file.decode(Criu_core_entry.self, at: 0, as: "core_entry")
+        guard core.hasTc, core.tc.hasTaskState else {
+            throw ImageError(file: path, problem: "core_entry has no task_core_entry.task_state")
+        }
+        guard let state = TaskState(rawValue: core.tc.taskState) else {
+            throw ImageError(file: path, problem: "unknown task_state \(core.tc.taskState)")
+        }
+        return state
+    }
+
+    /// Whether task `pid` has memory images to serve: every task but one its core image says is dead (a zombie).
+    public func hasMemory(pid: Int32) throws(ImageError) -> Bool {
+        try state(ofTask: pid)?.hasMemory ?? true
     }
 }

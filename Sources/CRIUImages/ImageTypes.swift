@@ -111,3 +111,16 @@ public struct TaskEntry: Sendable, Hashable {
         self.threads = threads
     }
 }
+
+/// A task's state as its `core-<pid>.img` records it (`task_core_entry.task_state`, compel's values). CRIU dumps a
+/// zombie as ``dead`` and writes no `mm-`/`pagemap-` images for it; on restore it announces it to the lazy-pages
+/// daemon as a negative pid, without a uffd.
+public enum TaskState: UInt32, Sendable, Hashable {
+    case alive = 1
+    case dead = 2
+    case stopped = 3
+    case zombie = 6
+
+    /// Whether the task has memory (and so memory images): CRIU's `task_alive()`.
+    public var hasMemory: Bool { self == .alive || self == .stopped }
+}

@@ -28,7 +28,8 @@ public struct RunSpec: Sendable {
     }
 }
 
-/// One task to write: its pstree entry, its VMAs (`mm-<pid>.img`) and its pagemap runs.
+/// One task to write: its pstree entry, its state (`core-<pid>.img`), its VMAs (`mm-<pid>.img`) and its pagemap
+/// runs. A task that does not have memory (``TaskState/dead``, as CRIU dumps a zombie) gets no memory images.
 public struct ProcessSpec: Sendable {
     public var pid: UInt32
     /// Parent pid in the tree (0 for the root).
@@ -36,18 +37,25 @@ public struct ProcessSpec: Sendable {
     public var vmas: [VMA]
     /// Written in the given order, unchecked (so tests can write lying images).
     public var runs: [RunSpec]
+    public var state: TaskState
 
-    public init(pid: UInt32, ppid: UInt32, vmas: [VMA], runs: [RunSpec]) {
+    public init(pid: UInt32, ppid: UInt32, vmas: [VMA], runs: [RunSpec], state: TaskState = .alive) {
         self.pid = pid
         self.ppid = ppid
         self.vmas = vmas
         self.runs = runs
+        self.state = state
+    }
+
+    /// A zombie child of `ppid`, as CRIU dumps one: state ``TaskState/dead``, no memory.
+    public static func zombie(pid: UInt32, ppid: UInt32) -> ProcessSpec {
+        ProcessSpec(pid: pid, ppid: ppid, vmas: [], runs: [], state: .dead)
     }
 }
 
 /// Writes CRIU image sets of any size and layout, the way CRIU 4.2 lays them out: `inventory.img`,
-/// `pstree.img`, and per process `mm-<pid>.img`, `pagemap-<pid>.img` and `pages-<id>.img` (pages ids 1, 2, …
-/// in process order). Page data is streamed through a 1 MiB buffer; nothing is checked, so tests can write
+/// `pstree.img`, and per process `core-<pid>.img` (only its task state), then for a task with memory `mm-<pid>.img`,
+/// `pagemap-<pid>.img` and `pages-<id>.img` (pages ids 1, 2, … in process order). Page data is streamed through a 1 MiB buffer; nothing is checked, so tests can write
 /// corrupt or lying images on purpose.
 public enum ImageWriter {
     /// Which page-count field pagemap entries carry.
@@ -89,6 +97,8 @@ public enum ImageWriter {
         try writeImage(path: "\(directory)/pstree.img", kind: .pstree, messages: tasks)
 
         for (index, spec) in processes.enumerated() {
+            try writeCore(path: "\(directory)/core-\(spec.pid).img", state: spec.state)
+            guard spec.state.hasMemory else { continue }
             let pagesID = UInt32(index + 1)
             try writeMM(path: "\(directory)/mm-\(spec.pid).img", vmas: spec.vmas)
             try writePagemap(
@@ -103,6 +113,13 @@ public enum ImageWriter {
                 throw ImageError(file: link, problem: "cannot create parent symlink: \(errnoText(errno))")
             }
         }
+    }
+
+    private static func writeCore(path: String, state: TaskState) throws {
+        var core = Criu_core_entry()
+        core.mtype = 1  // X86_64 (a page monitor does not look at it)
+        core.tc.taskState = state.rawValue
+        try writeImage(path: path, kind: .core, messages: [core])
     }
 
     private static func writeMM(path: String, vmas: [VMA]) throws {
@@ -203,7 +220,7 @@ public enum ImageWriter {
 
     // MARK: - Framing
 
-    private static func header(_ kind: ImageKind) -> [UInt8] {
+    static func header(_ kind: ImageKind) -> [UInt8] {
         var bytes: [UInt8] = []
         for word in kind.header { appendLittleEndian(word, to: &bytes) }
         return bytes
@@ -213,7 +230,7 @@ public enum ImageWriter {
         withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
     }
 
-    private static func appendMessage<M: SwiftProtobuf.Message>(_ message: M, to bytes: inout [UInt8]) throws {
+    static func appendMessage<M: SwiftProtobuf.Message>(_ message: M, to bytes: inout [UInt8]) throws {
         let payload: [UInt8] = try message.serializedBytes()
         appendLittleEndian(UInt32(payload.count), to: &bytes)
         bytes.append(contentsOf: payload)
@@ -227,7 +244,7 @@ public enum ImageWriter {
 
     // MARK: - Files
 
-    private static func makeDirectories(_ path: String) throws {
+    static func makeDirectories(_ path: String) throws {
         var prefix = path.hasPrefix("/") ? "/" : ""
         for component in path.split(separator: "/") {
             prefix += component + "/"
@@ -237,20 +254,20 @@ public enum ImageWriter {
         }
     }
 
-    private static func createFile(_ path: String) throws(ImageError) -> Int32 {
+    static func createFile(_ path: String) throws(ImageError) -> Int32 {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ImageError(file: path, problem: "cannot create: \(errnoText(errno))") }
         return fd
     }
 
-    private static func writeFile(path: String, bytes: [UInt8]) throws {
+    static func writeFile(path: String, bytes: [UInt8]) throws {
         let fd = try createFile(path)
         defer { close(fd) }
         // (Typed throws in this closure crashes Swift 6.3.1's IRGen; an untyped closure is fine.)
         try bytes.withUnsafeBytes { buffer in try writeAll(fd: fd, path: path, buffer) }
     }
 
-    private static func writeAll(fd: Int32, path: String, _ buffer: UnsafeRawBufferPointer) throws(ImageError) {
+    static func writeAll(fd: Int32, path: String, _ buffer: UnsafeRawBufferPointer) throws(ImageError) {
         var done = 0
         while done < buffer.count {
             let n = systemWrite(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done)

@@ -14,7 +14,8 @@ struct PagemapFile: Sendable {
     /// For each entry: byte offset of its first page in the pages file (meaningful for present entries).
     let fileOffsets: [UInt64]
 
-    init(directory: String, pid: Int32) throws(ImageError) {
+    /// With `checkPagesFile` false the pages file is not looked at (its pages are not ours to serve).
+    init(directory: String, pid: Int32, checkPagesFile: Bool = true) throws(ImageError) {
         let path = "\(directory)/pagemap-\(pid).img"
         let file = try ImageFile(path: path, kind: .pagemap)
         guard !file.messages.isEmpty else {
@@ -84,7 +85,7 @@ struct PagemapFile: Sendable {
 
         // Only the size of the pages file matters here; a set without present pages (remote lazy pages)
         // may lack the file altogether.
-        if presentBytes > 0 {
+        if presentBytes > 0 && checkPagesFile {
             let fileName = "pagemap-\(pid).img"
             switch try fileStatus(pagesPath) {
             case .missing:

@@ -1,3 +1,13 @@
+/// Where a restore's `LAZY` pages come from.
+public enum LazyPageSource: Sendable, Hashable {
+    /// From the image set's pages files (or a page server where they have no data).
+    case images
+    /// From a page server, always, even where the image set holds data for them (a copy of a full dump, an older
+    /// dump): as in CRIU, the page server is the truth. The set's pages files are then not looked at at all — the
+    /// non-lazy pages in them are `criu restore`'s business.
+    case pageServer
+}
+
 /// Everything a lazy-pages daemon needs about one task of an image set, validated: its VMAs, its pagemap,
 /// and where every page it must deliver comes from. Holds no page data, only file paths and offsets.
 public struct ProcessImage: Sendable {
@@ -12,14 +22,14 @@ public struct ProcessImage: Sendable {
     /// `LAZY` entries, sorted by address, split at VMA boundaries, `PE_PARENT` resolved to the parent's file.
     public let lazyRuns: [LazyRun]
     /// `PRESENT`-but-not-`LAZY` entries (and non-lazy `PE_PARENT` ones), which `criu restore` fills itself;
-    /// same shape as ``lazyRuns``.
+    /// same shape as ``lazyRuns``. Empty with ``LazyPageSource/pageServer``.
     public let eagerRuns: [LazyRun]
     /// Path of this set's `pages-<pagesID>.img` (which may not exist when no page is present locally).
     public let pagesPath: String
 
-    init(directory: String, pid: Int32) throws(ImageError) {
+    init(directory: String, pid: Int32, lazyPages: LazyPageSource = .images) throws(ImageError) {
         let vmas = try Self.readVMAs(path: "\(directory)/mm-\(pid).img")
-        let pagemap = try PagemapFile(directory: directory, pid: pid)
+        let pagemap = try PagemapFile(directory: directory, pid: pid, checkPagesFile: lazyPages == .images)
         var chain = ParentChain(pid: pid, pagemap: pagemap)
         let page = UInt64(criuPageSize)
 
@@ -30,6 +40,7 @@ public struct ProcessImage: Sendable {
             let lazy = entry.flags.contains(.lazy)
             let hasData = entry.flags.contains(.present) || entry.flags.contains(.parent)
             guard lazy || hasData else { continue }  // nothing to deliver or restore
+            if !lazy && lazyPages == .pageServer { continue }  // criu restore's, and its data not looked at
             var runs = lazy ? lazyRuns : eagerRuns
             if lazy { lazyRuns = [] } else { eagerRuns = [] }  // keep `runs` uniquely referenced
 
@@ -45,7 +56,10 @@ public struct ProcessImage: Sendable {
                 }
                 let vma = vmas[vmaIndex]
                 let pieceEnd = min(entry.end, vma.end)
-                if entry.flags.contains(.present) {
+                if lazy && lazyPages == .pageServer {
+                    runs.append(
+                        LazyRun(address: cursor, pageCount: Int((pieceEnd - cursor) / page), data: .remote))
+                } else if entry.flags.contains(.present) {
                     let offset = pagemap.fileOffsets[number] + (cursor - entry.vaddr)
                     runs.append(
                         LazyRun(

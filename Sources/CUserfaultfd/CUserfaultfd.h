@@ -5,8 +5,7 @@
  * re-exports them as constants and wraps each call in a one-line static inline function. It holds no logic:
  * every decision (errno meaning, retries, outcomes) lives in the Swift `Userfaultfd` module.
  *
- * It also includes <sys/epoll.h>, <sys/eventfd.h> and <sys/timerfd.h>, which Glibc's Swift module map leaves out, so the engine's
- * event loop can reach them through this module.
+ * uffd only: the other Linux calls Swift cannot import (epoll, eventfd, timerfd, pidfd, ...) are in CLinuxSupport.
  *
  * The build box ships 6.1 UAPI headers while the kernel is newer; what 6.1 lacks is defined here, guarded so a
  * newer header wins.
@@ -18,9 +17,6 @@
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/timerfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>

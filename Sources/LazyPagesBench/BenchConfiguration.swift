@@ -6,7 +6,7 @@ public struct BenchConfiguration: Sendable {
     public var touches: Int
     /// Passes of each ceiling chunk size.
     public var ceilingRepeats: Int
-    /// Which steps run: "ceiling", "floor", "a", "b", "c", "d", "e", "f" (empty: all).
+    /// Which steps run: "ceiling", "floor", "a", "b", "c", "d", "e", "f", "criu" (empty: all).
     public var scenarios: Set<String> = []
     /// Interleaved rounds of the floor and scenario (a); each pools its rounds.
     public var latencyRounds: Int = 3
@@ -21,6 +21,11 @@ public struct BenchConfiguration: Sendable {
     /// Safety net per restore (seconds).
     public var timeout: Double
     public var binaries: Binaries
+    /// The reference CRIU (`criu dump`, `criu restore --lazy-pages`, `criu lazy-pages`, `criu page-server`).
+    public var criu = "/var/tmp/lazy-pages-criu-4.2/criu-4.2/criu/criu"
+    /// Which workloads of the CRIU comparison run (`criuWorkloads`), and how many alternating rounds each.
+    public var criuWorkloadNames: [String] = criuWorkloads
+    public var criuRounds = 3
 
     public struct Binaries: Sendable {
         public var daemon: String
@@ -29,12 +34,18 @@ public struct BenchConfiguration: Sendable {
         public var workload: String
         /// `lazy-pages` (its `page-server` subcommand serves scenario (e)).
         public var pageServer: String
-        public init(daemon: String, baseline: String, benchWorkload: String, workload: String, pageServer: String) {
+        /// The real process the CRIU comparison dumps (idle, fork and random modes).
+        public var criuWorkload: String
+        public init(
+            daemon: String, baseline: String, benchWorkload: String, workload: String, pageServer: String,
+            criuWorkload: String
+        ) {
             self.daemon = daemon
             self.baseline = baseline
             self.benchWorkload = benchWorkload
             self.workload = workload
             self.pageServer = pageServer
+            self.criuWorkload = criuWorkload
         }
 
         /// The executables next to `directory` (the build directory).
@@ -42,7 +53,7 @@ public struct BenchConfiguration: Sendable {
             self.init(
                 daemon: directory + "/lazy-pagesd", baseline: directory + "/lp-bench-baseline",
                 benchWorkload: directory + "/lp-bench-workload", workload: directory + "/lp-workload",
-                pageServer: directory + "/lazy-pages")
+                pageServer: directory + "/lazy-pages", criuWorkload: directory + "/lp-criu-workload")
         }
     }
 

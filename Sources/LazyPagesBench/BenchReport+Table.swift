@@ -17,6 +17,10 @@ extension BenchReport {
             let p50 = ratio(demand.latency.p50, floor.latency.p50)
             let p99 = ratio(demand.latency.p99, floor.latency.p99)
             checks.append(TargetCheck(name: "(a) fault p50 / floor", measured: fmt(p50) + "x", target: "<= 1.2x", met: p50 <= 1.2))
+            if let spin = floorSpin {
+                let r = ratio(demand.latency.p50, spin.latency.p50)
+                checks.append(TargetCheck(name: "(a) p50 / spinning floor", measured: fmt(r) + "x", target: "<= 1.2x", met: r <= 1.2))
+            }
             checks.append(TargetCheck(name: "(a) fault p99 / floor", measured: fmt(p99) + "x", target: "<= 1.5x", met: p99 <= 1.5))
         }
         if let fill, ceilingGiBps > 0 {
@@ -39,6 +43,18 @@ extension BenchReport {
             let gbps = remoteFill.gibPerSecond * Double(1 << 30) / 1e9
             checks.append(TargetCheck(name: "(e-b) remote fill", measured: fmt(gbps) + " GB/s", target: ">= 1.5 GB/s", met: gbps >= 1.5))
         }
+        let criuTargets: [String: Double] = ["idle": 1.5, "fork": 3, "random": 1.5, "remote": 4]
+        for row in criu {
+            guard let target = criuTargets[row.workload] else { continue }
+            checks.append(TargetCheck(
+                name: "criu \(row.workload): CRIU / ours", measured: fmt(row.speedup) + "x", target: ">= \(fmt(target))x",
+                met: row.speedup >= target))
+        }
+        if let random = criu.first(where: { $0.workload == "random" }),
+           let idle = criu.first(where: { $0.workload == "idle" && $0.bytes == random.bytes }) {
+            let r = random.oursMedian / idle.oursMedian
+            checks.append(TargetCheck(name: "criu random / idle (ours)", measured: fmt(r) + "x", target: "<= 1.1x", met: r <= 1.1))
+        }
         if let fill {
             let budgetKiB = 32 * 1024 + imageBytes / 4096 / 8 / 1024
             checks.append(TargetCheck(
@@ -58,10 +74,14 @@ extension BenchReport {
         out.append("")
         out.append("baselines (C)")
         for c in ceiling {
-            out.append("  ceiling UFFDIO_COPY \(pad(kib(c.chunkBytes), 8))  median \(fmt(c.median)) GiB/s  best \(fmt(c.best)) GiB/s  passes \(c.passes.map(fmt).joined(separator: " "))")
+            let threads = c.threads == 1 ? "" : " x\(c.threads) threads"
+            out.append("  ceiling UFFDIO_COPY \(pad(kib(c.chunkBytes) + threads, 8))  median \(fmt(c.median)) GiB/s  best \(fmt(c.best)) GiB/s  passes \(c.passes.map(fmt).joined(separator: " "))")
         }
         if let floor {
             out.append("  floor   minimal handler      \(latencyText(floor.latency))")
+        }
+        if let spin = floorSpin {
+            out.append("  floor   spinning handler     \(latencyText(spin.latency))")
         }
         out.append("")
         out.append("lazy-pagesd")
@@ -110,6 +130,19 @@ extension BenchReport {
             out.append("       faults: \(latencyText(f.latency))\(vsFloor(f.latency))")
             out.append("       daemons: \(fmt(f.daemonCPUSeconds)) s CPU total, peak anon \(f.maxPeakAnonKiB) KiB, peak RSS \(f.maxPeakRSSKiB) KiB (max of one)")
         }
+        if !criu.isEmpty {
+            out.append("")
+            out.append("CRIU 4.2 against lazy-pagesd: one real criu dump per workload, restored with criu restore --lazy-pages")
+            out.append("(criu restore started -> the daemon exited with every page home), alternating, median of the rounds")
+            for row in criu {
+                let what = row.workload == "remote" ? "idle, page server on 127.0.0.1" : row.workload
+                out.append("  \(pad("\(what) \(row.bytes >> 20) MiB", 38)) CRIU \(fmt(row.criuMedian)) s  ours \(fmt(row.oursMedian)) s  CRIU/ours \(fmt(row.speedup))x  (load \(row.loadAtStart) -> \(row.loadAtEnd))")
+                out.append("       CRIU: \(row.criu.map { fmt($0.seconds) }.joined(separator: " ")) s, daemon CPU \(fmt(median(row.criu.map(\.daemonCPUSeconds)))) s, peak anon \(row.criu.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.criu))")
+                let fills = row.ours.compactMap(\.fillSeconds)
+                let fill = fills.isEmpty ? "" : " (fill alone \(fills.map(fmt).joined(separator: " ")) s)"
+                out.append("       ours: \(row.ours.map { fmt($0.seconds) }.joined(separator: " ")) s\(fill), daemon CPU \(fmt(median(row.ours.map(\.daemonCPUSeconds)))) s, peak anon \(row.ours.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.ours))")
+            }
+        }
         out.append("")
         out.append("targets")
         for t in targets {
@@ -134,6 +167,11 @@ func fmt(_ v: Double) -> String {
 
 private func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
+
+private func serverCPU(_ runs: [CRIURestoreResult]) -> String {
+    let cpu = runs.compactMap(\.pageServerCPUSeconds)
+    return cpu.isEmpty ? "" : ", page server CPU \(fmt(median(cpu))) s"
 }
 
 private func kib(_ bytes: Int) -> String { bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(bytes >> 10) KiB" }

@@ -5,6 +5,8 @@ public struct BenchReport: Sendable, Codable {
     public var tunables: DaemonTunables
     public var ceiling: [CeilingResult] = []
     public var floor: FloorResult?
+    /// The floor with a handler that spins on its uffd instead of sleeping (no wake-up in the way).
+    public var floorSpin: FloorResult?
     /// (a) demand faults only, the daemon's settings.
     public var demand: FaultScenario?
     /// (a) again with `--fault-around 1`: one 4 KiB copy per fault, the floor's work.
@@ -21,11 +23,13 @@ public struct BenchReport: Sendable, Codable {
     public var remoteFill: FillScenario?
     /// (f) concurrent restores.
     public var concurrent: ConcurrentScenario?
+    /// The CRIU comparison: real dumps restored by `criu lazy-pages` and by lazy-pagesd, alternating.
+    public var criu: [CRIUComparison] = []
     /// Scenarios that could not run, with why.
     public var failures: [String: String] = [:]
 
-    /// The fill ceiling the ratios use: the best median over the chunk sizes, GiB/s.
-    public var ceilingGiBps: Double { ceiling.map(\.median).max() ?? 0 }
+    /// The fill ceiling the ratios use: the best median over the chunk sizes of one thread, GiB/s.
+    public var ceilingGiBps: Double { ceiling.filter { $0.threads == 1 }.map(\.median).max() ?? 0 }
 }
 
 public struct MachineInfo: Sendable, Codable {

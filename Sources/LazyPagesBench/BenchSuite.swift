@@ -6,7 +6,7 @@ import RestoreSimulator
 /// `progress` gets one line per step (for stderr).
 public final class BenchSuite {
     public let configuration: BenchConfiguration
-    private let progress: (String) -> Void
+    let progress: (String) -> Void
 
     public init(configuration: BenchConfiguration, progress: @escaping (String) -> Void = { _ in }) {
         self.configuration = configuration
@@ -53,10 +53,17 @@ public final class BenchSuite {
                 report.ceiling.append(
                     try baselines.ceiling(pagesFile: image.pagesFile, chunkKiB: kib, repeats: configuration.ceilingRepeats))
             }
+            // One thread per CPU, each over its own slice.
+            let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            if cpus > 1 {
+                report.ceiling.append(try baselines.ceiling(
+                    pagesFile: image.pagesFile, chunkKiB: 4096, repeats: configuration.ceilingRepeats,
+                    threads: min(cpus, 64)))
+            }
         }
         // The floor and (a) are interleaved, `latencyRounds` times, and each pools its rounds' latencies, so that
         // noise from other load on the machine falls on both alike.
-        var floorRuns: [[UInt64]] = [], demandRuns: [FaultScenario] = [], singleRuns: [FaultScenario] = []
+        var floorRuns: [[UInt64]] = [], spinRuns: [[UInt64]] = [], demandRuns: [FaultScenario] = [], singleRuns: [FaultScenario] = []
         var demandLatencies: [UInt64] = [], singleLatencies: [UInt64] = []
         var remoteDemandRuns: [FaultScenario] = [], remoteDemandLatencies: [UInt64] = []
         for round in 0..<configuration.latencyRounds {
@@ -66,6 +73,13 @@ public final class BenchSuite {
                     pagesFile: image.pagesFile, touches: configuration.touches,
                     seed: configuration.seed &+ UInt64(round), latencyFile: file)
                 floorRuns.append(readLatencies(file))
+            }
+            attempt("floor-spin (round \(round + 1))") {
+                let file = latencies + "/floor-spin.\(round).txt"
+                _ = try baselines.floor(
+                    pagesFile: image.pagesFile, touches: configuration.touches,
+                    seed: configuration.seed &+ UInt64(round), latencyFile: file, spin: true)
+                spinRuns.append(readLatencies(file))
             }
             attempt("a-demand (round \(round + 1))") {
                 var tunables = configuration.tunables
@@ -100,6 +114,10 @@ public final class BenchSuite {
             report.floor = FloorResult(latency: LatencySummary(nanoseconds: floorRuns.flatMap { $0 }))
             try? writeLatencies(floorRuns.flatMap { $0 }, to: latencies + "/floor.txt")
         }
+        if !spinRuns.isEmpty {
+            report.floorSpin = FloorResult(latency: LatencySummary(nanoseconds: spinRuns.flatMap { $0 }))
+            try? writeLatencies(spinRuns.flatMap { $0 }, to: latencies + "/floor-spin.txt")
+        }
         report.demand = pooled(demandRuns, demandLatencies)
         report.demandSinglePage = pooled(singleRuns, singleLatencies)
         try? writeLatencies(demandLatencies, to: latencies + "/demand.txt")
@@ -126,6 +144,11 @@ public final class BenchSuite {
         }
         attempt("f-concurrent") {
             report.concurrent = try concurrentScenario(scratch: scratch.path, latencyFile: latencies + "/concurrent.txt")
+        }
+        for workload in configuration.criuWorkloadNames {
+            attempt("criu-\(workload)") {
+                report.criu.append(try criuComparison(workload, scratch: scratch.path))
+            }
         }
         report.machine.loadAtEnd = currentLoad()
         return report
@@ -276,10 +299,11 @@ public final class BenchSuite {
             report = try simulation.wait()
         } else {
             // Without the background fill nothing tells the daemon that a workload which touched only some pages
-            // has exited (a uffd gives no hang-up when its mm goes away; only a copy's ESRCH would), so it is
-            // stopped once the workload is done.
+            // has exited (a uffd gives no hang-up when its mm goes away) until its liveness probe (one copy per
+            // process after a second without activity) gets ESRCH; then it completes and prints its summary.
+            // SIGTERM only if it has not ended well after that.
             report = try simulation.wait()
-            if !daemon.process.hasExited(waitingMilliseconds: 100) { daemon.kill(SIGTERM) }
+            if !daemon.process.hasExited(waitingMilliseconds: 5_000) { daemon.kill(SIGTERM) }
             try waitForDaemons([daemon], timeout: 30)
         }
         let result = try daemon.result()

@@ -109,7 +109,10 @@ final class DaemonRun {
     func result() throws -> DaemonResult {
         let memory = sampler?.stop() ?? (0, 0)
         let usage = try process.waitForExit()
-        let summary = process.output().split(separator: "\n").last { $0.hasPrefix("lazy-pages:") }.map(String.init) ?? ""
+        // A completed restore prints its summary on stdout; one stopped by SIGTERM (the demand-only scenarios)
+        // prints it on stderr after "restore failed: cancelled".
+        let summary = (process.output() + "\n" + process.errors()).split(separator: "\n")
+            .last { $0.hasPrefix("lazy-pages:") }.map(String.init) ?? ""
         let log = readText(workDirectory + "/daemon.log")
         func number(before word: String) -> Int {
             let words = summary.replacingOccurrences(of: "(", with: " ").split(separator: " ")

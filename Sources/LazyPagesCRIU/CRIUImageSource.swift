@@ -1,5 +1,6 @@
 import CRIUImages
 import LazyPagesEngine
+import LinuxSupport
 
 /// Errors of the CRIU front end, each naming what was wrong.
 public struct LazyPagesError: Error, CustomStringConvertible, Sendable, Equatable {
@@ -10,18 +11,43 @@ public struct LazyPagesError: Error, CustomStringConvertible, Sendable, Equatabl
 
 /// Pages from a local CRIU image directory: every task's images are read and validated up front (a corrupt image
 /// fails the restore before any page is served), and each pages file is mapped once, read-only.
+///
+/// A task its core image says is dead (a zombie) has no memory images and gets none. A task without a core image
+/// whose memory images are missing can still be a zombie the restorer announces with a negative pid: its error is
+/// kept and raised only if the restorer sends a uffd for it. Every other missing or bad image fails here.
 public final class CRIUImageSource: @unchecked Sendable {
     public let images: ImageSet
+    /// Where the LAZY pages come from: with ``LazyPageSource/pageServer`` every one is the page server's and no
+    /// pages file is opened.
+    public let lazyPages: LazyPageSource
     private var processes: [Int32: ProcessImage] = [:]
+    /// Tasks whose core image says they are dead.
+    public private(set) var deadTasks: Set<Int32> = []
+    /// Tasks without a core image whose memory images are missing, with the error naming the file.
+    private var withoutMemoryImages: [Int32: ImageError] = [:]
     private var files: [String: MappedFile] = [:]
 
-    /// Reads and validates `directory`. With `remote`, LAZY pages without local data are allowed (a page server
-    /// has them); otherwise every lazy page must be in a local pages file.
-    public init(directory: String, allowRemoteOnly: Bool = false) throws {
+    /// Reads and validates `directory`. With `lazyPages` ``LazyPageSource/pageServer`` (`--page-server`) every LAZY
+    /// page comes from the page server; otherwise every lazy page must be in a local pages file.
+    public init(directory: String, lazyPages: LazyPageSource = .images) throws {
         images = try ImageSet(directory: directory)
+        self.lazyPages = lazyPages
         for task in images.tasks {
             let pid = Int32(bitPattern: task.pid)
-            let image = try images.process(pid: pid)
+            let state = try images.state(ofTask: pid)
+            if let state, !state.hasMemory {
+                deadTasks.insert(pid)
+                continue
+            }
+            let image: ProcessImage
+            do {
+                image = try images.process(pid: pid, lazyPages: lazyPages)
+            } catch {
+                // (A `catch ... where` on this typed error crashes Swift 6.3.1's SILGen.)
+                guard state == nil, Self.isMissingMemoryImage(error, pid: pid, in: images) else { throw error }
+                withoutMemoryImages[pid] = error
+                continue
+            }
             for run in image.lazyRuns {
                 switch run.data {
                 case .file(let path, let offset):
@@ -31,7 +57,7 @@ public final class CRIUImageSource: @unchecked Sendable {
                         throw ImageError(file: path, problem: "page data at offset \(offset) runs past the end of the file (\(file.size) bytes)")
                     }
                 case .remote:
-                    guard allowRemoteOnly else {
+                    guard lazyPages == .pageServer else {
                         throw ImageError(
                             file: "\(directory)/pagemap-\(pid).img",
                             problem: "lazy pages at 0x\(String(run.address, radix: 16)) have no local data (a dump for a page server?); use --page-server")
@@ -40,6 +66,11 @@ public final class CRIUImageSource: @unchecked Sendable {
             }
             processes[pid] = image
         }
+    }
+
+    private static func isMissingMemoryImage(_ error: ImageError, pid: Int32, in images: ImageSet) -> Bool {
+        error.problem == "missing file"
+            && [images.directory + "/mm-\(pid).img", images.directory + "/pagemap-\(pid).img"].contains(error.file)
     }
 
     private func mapped(_ path: String) throws -> MappedFile {
@@ -52,9 +83,19 @@ public final class CRIUImageSource: @unchecked Sendable {
     /// Image pids of the tasks in `pstree.img`.
     public var taskPids: [Int32] { images.tasks.map { Int32(bitPattern: $0.pid) } }
 
-    /// Pages the daemon must deliver to the task `pid`, or nil when the images have no such task.
-    public func addressSpace(forTask pid: Int32) -> AddressSpace? {
-        guard let image = processes[pid] else { return nil }
+    /// Pages the daemon must deliver to the task `pid` (the restorer sent its uffd); an error naming the problem
+    /// when the images have no such task, or no memory for it.
+    public func addressSpace(forTask pid: Int32) throws(LazyPagesError) -> AddressSpace {
+        guard let image = processes[pid] else {
+            if deadTasks.contains(pid) {
+                throw LazyPagesError("pid \(pid) is dead in \(images.corePath(pid: pid)) (a zombie, no memory), "
+                    + "yet the restorer sent a uffd for it")
+            }
+            if let missing = withoutMemoryImages[pid] {
+                throw LazyPagesError("cannot serve pid \(pid): \(missing)")
+            }
+            throw LazyPagesError("pid \(pid) is not a task of the images in \(images.directory) (pstree.img)")
+        }
         var extents: [LazyExtent] = []
         extents.reserveCapacity(image.lazyRuns.count)
         for run in image.lazyRuns {

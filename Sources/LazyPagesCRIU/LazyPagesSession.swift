@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 /// One `criu lazy-pages`-style restore: listen on `lazy-pages.socket` in the work directory, take the restorer's
@@ -16,9 +17,9 @@ public final class LazyPagesSession: @unchecked Sendable {
     public private(set) var guardian: GuardianLink?
 
     /// Listens first (so `criu restore` can connect as early as possible), then reads and validates the images.
-    /// With `remotePages`, `LAZY` pages without local data come from that source (a page server), which is started
-    /// (connected) here. The socket is created with the calling thread's filesystem identity and `socketAccess` says
-    /// who may connect (see `UnixListener`).
+    /// With `remotePages`, every `LAZY` page comes from that source (a page server, the truth even where the image
+    /// directory holds data for the page), which is started (connected) here. The socket is created with the calling
+    /// thread's filesystem identity and `socketAccess` says who may connect (see `UnixListener`).
     public init(
         imagesDirectory: String, workDirectory: String? = nil,
         configuration: EngineConfiguration = EngineConfiguration(), remotePages: RemotePageSource? = nil,
@@ -26,9 +27,10 @@ public final class LazyPagesSession: @unchecked Sendable {
     ) throws {
         self.logger = logger
         listener = try UnixListener(
-            directory: workDirectory ?? imagesDirectory, name: Self.socketName, access: socketAccess, logger: logger)
+            directory: workDirectory ?? imagesDirectory, name: Self.socketName, access: socketAccess,
+            replacingStaleFiles: true, logger: logger)
         do {
-            source = try CRIUImageSource(directory: imagesDirectory, allowRemoteOnly: remotePages != nil)
+            source = try CRIUImageSource(directory: imagesDirectory, lazyPages: remotePages != nil ? .pageServer : .images)
             engine = try RestoreEngine(configuration: configuration, logger: logger)
             if let remotePages { try engine.useRemotePages(remotePages) }
         } catch {
@@ -38,6 +40,7 @@ public final class LazyPagesSession: @unchecked Sendable {
         try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptRestorer() }
         logger.info("listening", metadata: [
             "socket": "\(listener.path)", "images": "\(imagesDirectory)", "tasks": "\(source.taskPids)",
+            "dead": "\(source.deadTasks.sorted())",
         ])
     }
 

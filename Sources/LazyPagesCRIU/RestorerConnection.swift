@@ -1,4 +1,5 @@
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 import Userfaultfd
 
@@ -123,9 +124,12 @@ final class RestorerConnection {
             refused.append(uffd)
             return broken("pid \(pid) was announced twice")
         }
-        guard let space = source.addressSpace(forTask: pid) else {
+        let space: AddressSpace
+        do {
+            space = try source.addressSpace(forTask: pid)
+        } catch {
             refused.append(uffd)
-            return broken("pid \(pid) is not a task of the images in \(source.images.directory) (pstree.img)")
+            return broken(error.message)
         }
         do {
             try engine.addTask(imagePid: pid, uffd: uffd, space: space)

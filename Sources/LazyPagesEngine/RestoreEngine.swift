@@ -1,4 +1,4 @@
-import CUserfaultfd
+import LinuxSupport
 import Logging
 import Synchronization
 import SystemPackage

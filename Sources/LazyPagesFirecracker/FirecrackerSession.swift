@@ -1,5 +1,5 @@
 import Foundation
-import LazyPagesCRIU
+import LinuxSupport
 import LazyPagesEngine
 import Logging
 import Userfaultfd

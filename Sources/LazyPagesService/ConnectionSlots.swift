@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 
 /// The control socket's connection bounds: at most `connections` open in all, `connectionsPerUID` for one non-root
 /// uid, and — for a connection inside a `wait`, which leaves those counts while it waits — `waitsPerUID`. So one

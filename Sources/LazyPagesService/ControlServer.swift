@@ -1,6 +1,7 @@
 import Foundation
 import LazyPagesCRIU
 import LazyPagesControl
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)

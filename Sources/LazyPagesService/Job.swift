@@ -2,6 +2,7 @@ import Foundation
 import LazyPagesCRIU
 import LazyPagesControl
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 /// One restore the service runs: its session, its dedicated thread, its state. Thread-safe.

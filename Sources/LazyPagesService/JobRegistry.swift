@@ -2,6 +2,7 @@ import Foundation
 import LazyPagesCRIU
 import LazyPagesControl
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 /// Every job of the service, who owns it, and the per-uid bound. Thread-safe.

@@ -1,4 +1,5 @@
 import LazyPagesCRIU
+import LinuxSupport
 import LazyPagesControl
 import LazyPagesEngine
 import LazyPagesFirecracker

@@ -2,6 +2,7 @@ import Foundation
 import LazyPagesCRIU
 import LazyPagesControl
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 /// Turns one request line from one peer into one reply. Every refusal is a reply naming what was wrong, and a log

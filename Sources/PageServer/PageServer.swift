@@ -1,6 +1,6 @@
 import CRIUImages
-import CUserfaultfd  // epoll, eventfd
 import Foundation
+import LinuxSupport
 import Logging
 import Synchronization
 
@@ -43,8 +43,8 @@ public final class PageServer: @unchecked Sendable {
     private let clientName: String?
     private let counterState = Mutex(Counters())
     private let loopDone = DispatchSemaphore(value: 0)
-    private let epoll: Int32
-    private let wakeUp: Int32
+    private let epoll: Epoll
+    private let wakeUp: WakeUpEvent
 
     /// Counters, for tests and log lines.
     public struct Counters: Sendable, Equatable {
@@ -77,13 +77,11 @@ public final class PageServer: @unchecked Sendable {
         listener = try TCPSocket.listen(host: address, port: port, backlog: 128)
         _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
         self.port = TCPSocket.localPort(listener)
-        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        wakeUp = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard epoll >= 0, wakeUp >= 0 else {
-            let error = errnoText()
+        do {
+            epoll = try Epoll(capacity: 64)
+            wakeUp = try WakeUpEvent()
+        } catch {
             close(listener)
-            if epoll >= 0 { close(epoll) }
-            if wakeUp >= 0 { close(wakeUp) }
             throw PageServerError(.configuration, "cannot set up the page server's event loop: \(error)")
         }
         reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -96,8 +94,6 @@ public final class PageServer: @unchecked Sendable {
     }
 
     deinit {
-        close(epoll)
-        close(wakeUp)
         if reserve >= 0 { close(reserve) }
     }
 
@@ -112,8 +108,7 @@ public final class PageServer: @unchecked Sendable {
 
     /// Stops accepting, closes every connection and waits for the loop to end.
     public func stop() {
-        var one: UInt64 = 1
-        _ = write(wakeUp, &one, 8)
+        wakeUp.signal()
         loopDone.wait()
     }
 
@@ -132,23 +127,15 @@ public final class PageServer: @unchecked Sendable {
 
     private func run() {
         defer { loopDone.signal() }
-        let capacity = 64
-        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: capacity)
-        defer { events.deallocate() }
-        guard add(listener, tag: Self.listenerTag, events: EPOLLIN.rawValue), add(wakeUp, tag: Self.wakeUpTag, events: EPOLLIN.rawValue)
+        guard add(listener, tag: Self.listenerTag, events: Epoll.readable),
+              add(wakeUp.descriptor, tag: Self.wakeUpTag, events: Epoll.readable)
         else {
             logger.critical("cannot watch the listener", metadata: ["error": "\(errnoText())"])
             return
         }
         while true {
-            let n = epoll_wait(epoll, events, Int32(capacity), 100)
-            if n < 0 && errno != EINTR {
-                logger.critical("epoll_wait failed; the page server stops", metadata: ["error": "\(errnoText())"])
-                break
-            }
             var stopping = false
-            for i in 0..<max(0, Int(n)) {
-                let tag = events[i].data.u64
+            epoll.wait(timeout: 100) { tag, _ in
                 switch tag {
                 case Self.listenerTag: acceptReady()
                 case Self.wakeUpTag: stopping = true
@@ -163,7 +150,7 @@ public final class PageServer: @unchecked Sendable {
             }
             if let until = acceptPausedUntil, now >= until {
                 acceptPausedUntil = nil
-                if !add(listener, tag: Self.listenerTag, events: EPOLLIN.rawValue) {
+                if !add(listener, tag: Self.listenerTag, events: Epoll.readable) {
                     acceptPausedUntil = now + .milliseconds(100)
                 }
             }
@@ -174,21 +161,18 @@ public final class PageServer: @unchecked Sendable {
     }
 
     private func add(_ fd: Int32, tag: UInt64, events: UInt32) -> Bool {
-        var event = epoll_event(events: events, data: epoll_data_t(u64: tag))
-        return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0
+        (try? epoll.add(fd, tag: tag, events: events)) != nil
     }
 
     private func setInterest(_ client: ServedConnection, tag: UInt64, _ events: UInt32) {
         guard client.interest != events else { return }
         client.interest = events
-        var event = epoll_event(events: events, data: epoll_data_t(u64: tag))
-        _ = epoll_ctl(epoll, EPOLL_CTL_MOD, client.connection.descriptor, &event)
+        try? epoll.modify(client.connection.descriptor, tag: tag, events: events)
     }
 
     private func drop(_ tag: UInt64) {
         guard let client = connections.removeValue(forKey: tag) else { return }
-        var event = epoll_event()
-        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, client.connection.descriptor, &event)
+        epoll.remove(client.connection.descriptor)
         client.connection.close()
         counterState.withLock { $0.open = connections.count }
     }
@@ -250,8 +234,7 @@ public final class PageServer: @unchecked Sendable {
     }
 
     private func pauseAccepting() {
-        var event = epoll_event()
-        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, listener, &event)
+        epoll.remove(listener)
         acceptPausedUntil = ContinuousClock.now + .milliseconds(100)
     }
 
@@ -308,8 +291,8 @@ public final class PageServer: @unchecked Sendable {
 
     private func handshake(_ client: ServedConnection, tag: UInt64) {
         switch client.connection.handshakeStep() {
-        case .wantRead: setInterest(client, tag: tag, EPOLLIN.rawValue)
-        case .wantWrite: setInterest(client, tag: tag, EPOLLOUT.rawValue)
+        case .wantRead: setInterest(client, tag: tag, Epoll.readable)
+        case .wantWrite: setInterest(client, tag: tag, Epoll.writable)
         case .failed(let reason):
             counterState.withLock { $0.tlsFailures += 1 }
             client.log.warning("TLS refused", metadata: ["reason": "\(reason)"])
@@ -323,7 +306,7 @@ public final class PageServer: @unchecked Sendable {
             client.log.info("TLS handshake done; client certificate verified")
             client.phase = .request
             client.since = ContinuousClock.now
-            setInterest(client, tag: tag, EPOLLIN.rawValue)
+            setInterest(client, tag: tag, Epoll.readable)
             readRequests(client, tag: tag)
         }
     }
@@ -335,7 +318,7 @@ public final class PageServer: @unchecked Sendable {
             }
             switch result {
             case .wouldBlock:
-                return setInterest(client, tag: tag, EPOLLIN.rawValue)
+                return setInterest(client, tag: tag, Epoll.readable)
             case .closed:
                 if client.headerBytes == 0 {
                     client.log.info("client disconnected")
@@ -406,7 +389,7 @@ public final class PageServer: @unchecked Sendable {
             return false
         }
         func wait() -> Bool {
-            setInterest(client, tag: tag, EPOLLOUT.rawValue)
+            setInterest(client, tag: tag, Epoll.writable)
             return false
         }
         while client.smallSent < client.small.count {
@@ -456,7 +439,7 @@ public final class PageServer: @unchecked Sendable {
         client.connection.finishSending()
         client.phase = .closing
         client.since = ContinuousClock.now
-        setInterest(client, tag: tag, EPOLLIN.rawValue)
+        setInterest(client, tag: tag, Epoll.readable)
         drain(client, tag: tag)
     }
 

@@ -1,4 +1,4 @@
-import CUserfaultfd
+import LinuxSupport
 import LazyPagesEngine
 import Logging
 
@@ -50,8 +50,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     }
 
     private var connection: TCPConnection?
-    /// The connection's descriptor, or -1.
-    private var timer: Int32 = -1
+    private var timer: PeriodicTimer?
     /// Unanswered requests in send order; the first `sentCount` were written (the next one `partialBytes` of it).
     private var queue: [Outstanding] = []
     private var queueHead = 0
@@ -83,21 +82,20 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     deinit {
         buffer.deallocate()
         connection?.close()
-        if timer >= 0 { Glibc.close(timer) }
     }
 
     // MARK: RemotePageSource
 
     public func start(engine: RestoreEngine) throws {
         self.engine = engine
-        timer = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
-        guard timer >= 0 else { throw PageServerError(.configuration, "timerfd_create: \(errnoText())") }
-        let tick = max(0.01, min(0.25, options.stallTimeout / 4))
-        var spec = itimerspec(
-            it_interval: timespec(tv_sec: Int(tick), tv_nsec: Int((tick - Double(Int(tick))) * 1e9)),
-            it_value: timespec(tv_sec: Int(tick), tv_nsec: Int((tick - Double(Int(tick))) * 1e9)))
-        timerfd_settime(timer, 0, &spec, nil)
-        try engine.watch(descriptor: timer) { [unowned self] in self.timerFired() }
+        let timer: PeriodicTimer
+        do {
+            timer = try PeriodicTimer(interval: max(0.01, min(0.25, options.stallTimeout / 4)))
+        } catch {
+            throw PageServerError(.configuration, "\(error)")
+        }
+        self.timer = timer
+        try engine.watch(descriptor: timer.descriptor) { [unowned self] in self.timerFired() }
         // The first connection: the same retry policy, but blocking (no task is restored yet).
         while true {
             do {
@@ -266,8 +264,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     }
 
     private func timerFired() {
-        var expirations: UInt64 = 0
-        _ = read(timer, &expirations, 8)
+        timer?.acknowledge()
         guard !finished else { return }
         let now = monotonicNanoseconds()
         if connection == nil {

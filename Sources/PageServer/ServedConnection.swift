@@ -1,4 +1,4 @@
-import CUserfaultfd  // epoll
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)
@@ -47,7 +47,7 @@ final class ServedConnection {
         log = logger
         log[metadataKey: "client"] = "\(connection.peer)"
         self.phase = phase
-        interest = EPOLLIN.rawValue
+        interest = Epoll.readable
         since = now
     }
 

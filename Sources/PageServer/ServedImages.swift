@@ -4,7 +4,7 @@ import CRIUImages
 import Glibc
 #endif
 
-/// The pages a page server hands out: every task's `LAZY` runs that have data in a local pages file (as CRIU's page
+/// The pages a page server hands out: every live task's `LAZY` runs that have data in a local pages file (as CRIU's page
 /// server serves its lazy page pipes), as (file descriptor, offset). Nothing is read until asked for; each pages
 /// file is opened once, read-only, and read with `sendfile`/`pread` at explicit offsets, so any number of
 /// connection threads share the descriptors.
@@ -29,6 +29,8 @@ public final class ServedImages: @unchecked Sendable {
         do {
             for task in images.tasks {
                 let pid = Int32(bitPattern: task.pid)
+                // A dead task (a zombie) has no memory images and no pages; as in CRIU's page server, skip it.
+                guard try images.hasMemory(pid: pid) else { continue }
                 let image = try images.process(pid: pid)
                 var list: [Run] = []
                 for run in image.lazyRuns {

@@ -6,7 +6,7 @@ import PageServer
 /// and `lazy-pages page-server`), with CRIU's spellings and defaults (`criu/config.c`, `criu/tls.c`). As in CRIU,
 /// the file options mean nothing without `--tls`.
 public struct TLSOptionGroup: ParsableArguments {
-    @Flag(name: .customLong("tls"), inversion: .prefixedNo,
+    @Flag(name: .customLong("tls"), inversion: .prefixedNo, exclusivity: .chooseLast,
           help: "Speak TLS with the page-server peer (X.509 certificates on both ends, as `criu --tls`).")
     public var enabled = false
 

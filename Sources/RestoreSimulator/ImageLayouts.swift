@@ -20,14 +20,18 @@ public enum ImageLayout: String, CaseIterable, Sendable {
     public static let base: UInt64 = 0x5b00_0000_0000
     static let page = UInt64(criuPageSize)
 
-    /// Writes `tasks` processes of `bytesPerTask` each (rounded to whole pages, at least 64 pages).
+    /// Writes `tasks` processes of `bytesPerTask` each (rounded to whole pages, at least 64 pages); the last
+    /// `zombies` of them as CRIU dumps zombies (dead in `core-<pid>.img`, no memory images).
     public func write(
-        to directory: String, tasks: Int = 2, bytesPerTask: UInt64 = 4 << 20, vmaCount: Int = 5000, seed: UInt64 = 1
+        to directory: String, tasks: Int = 2, bytesPerTask: UInt64 = 4 << 20, vmaCount: Int = 5000, seed: UInt64 = 1,
+        zombies: Int = 0
     ) throws {
         precondition(tasks >= 1, "at least one task")
+        precondition(zombies >= 0 && zombies < tasks, "the root task is alive")
         let pages = max(bytesPerTask / Self.page, 64)
         let pids = (0..<tasks).map { UInt32(100 + $0) }
         let specs = pids.enumerated().map { index, pid in
+            if index >= tasks - zombies { return ProcessSpec.zombie(pid: pid, ppid: pids[0]) }
             let fill = PagePattern.filler(seed: 1000 + UInt64(pid), base: Self.base)
             let (vmas, runs): ([VMA], [RunSpec])
             switch self {

@@ -1,5 +1,5 @@
 import CRIUImages
-import LazyPagesCRIU
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -39,7 +39,8 @@ public final class RestoreSimulation: @unchecked Sendable {
 
     /// Connects to `<workDirectory>/lazy-pages.socket` (failing with "connect to lazy-pages.socket failed" when
     /// nobody listens, before starting anything), then for each task in `pstree.img` order: starts its workload,
-    /// takes its uffd, sends the virtual pid and the uffd (a zombie: its negated pid only) and closes our copy;
+    /// takes its uffd, sends the virtual pid and the uffd (a zombie — named in the options or dead in its
+    /// `core-<pid>.img` — its negated pid only) and closes our copy;
     /// then "RSTF" (unless `hangUpBeforeRSTF`) and closes the socket. On failure every started workload is killed.
     public func start() throws {
         precondition(startedAt == nil, "start() runs once")
@@ -56,7 +57,8 @@ public final class RestoreSimulation: @unchecked Sendable {
             planDirectory = directory
             for task in images.tasks {
                 let virtualPid = Int32(bitPattern: task.pid)
-                if options.zombies.contains(virtualPid) {
+                // A zombie: named in the options, or (as CRIU's restorer decides) dead in its core image.
+                if try options.zombies.contains(virtualPid) || !images.hasMemory(pid: virtualPid) {
                     try connection.sendZombie(virtualPid: virtualPid)
                     zombieTasks.append(virtualPid)
                     continue

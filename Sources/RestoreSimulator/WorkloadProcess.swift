@@ -1,4 +1,4 @@
-import LazyPagesCRIU
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -11,8 +11,10 @@ struct Bench: ParsableCommand {
             scenarios (a) demand faults, (b) background fill, (c) a working process during the fill, (d) a forking \
             workload, (e) remote pages over loopback from `lazy-pages page-server` (demand faults, fill), \
             (f) concurrent restores, each through the real lazy-pages.socket protocol with lazy-pagesd, \
-            lp-bench-workload and lp-workload found next to this executable; prints a table (or --json) with \
-            ratios against the baselines, and removes the scratch files. Use a release build for real numbers \
+            lp-bench-workload and lp-workload found next to this executable; then (criu) real `criu dump`s of \
+            lp-criu-workload (idle, fork, random, and idle over a loopback page server) restored by \
+            `criu restore --lazy-pages` with `criu lazy-pages` and with lazy-pagesd, alternating (--criu); prints a \
+            table (or --json) with ratios against the baselines and CRIU, and removes the scratch files. Use a release build for real numbers \
             (Scripts/bench does).
             """)
 
@@ -31,7 +33,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Passes per ceiling chunk size (default 3; --quick 1).")
     var repeats: Int?
 
-    @Option(help: "Run only these steps, comma-separated: ceiling, floor, a, b, c, d, e, f (default: all).")
+    @Option(help: "Run only these steps, comma-separated: ceiling, floor, a, b, c, d, e, f, criu (default: all).")
     var only: String = ""
 
     @Option(help: "Interleaved rounds of the floor and scenario (a), pooled (default 3; --quick 1).")
@@ -58,16 +60,31 @@ struct Bench: ParsableCommand {
     @Option(help: "Seconds after which a stuck restore is killed.")
     var timeout: Int = 300
 
+    @Option(help: "The reference CRIU for the `criu` step.")
+    var criu = "/var/tmp/lazy-pages-criu-4.2/criu-4.2/criu/criu"
+
+    @Option(help: "Workloads of the `criu` step, comma-separated: idle, fork, random, remote (default: all).")
+    var criuWorkloads: String?
+
+    @Option(help: "Alternating rounds per daemon in the `criu` step (default 3; --quick 1).")
+    var criuRounds: Int?
+
+    var criuWorkloadList: [String] { criuWorkloads.map { $0.split(separator: ",").map(String.init) } ?? LazyPagesBench.criuWorkloads }
+
     @Option(help: "Where lazy-pagesd, lp-bench-baseline, lp-bench-workload and lp-workload are (default: next to this executable).")
     var binDir: String?
 
     func validate() throws {
         guard size >= 1 << 20, size % 4096 == 0 else { throw ValidationError("--size must be at least 1M and a multiple of 4K") }
         if let touches, touches < 1 { throw ValidationError("--touches must be positive") }
-        let known: Set<Substring> = ["ceiling", "floor", "a", "b", "c", "d", "e", "f"]
+        let known: Set<Substring> = ["ceiling", "floor", "a", "b", "c", "d", "e", "f", "criu"]
         for step in only.split(separator: ",") where !known.contains(step) {
-            throw ValidationError("unknown step '\(step)' in --only; known: ceiling, floor, a, b, c, d, e, f")
+            throw ValidationError("unknown step '\(step)' in --only; known: ceiling, floor, a, b, c, d, e, f, criu")
         }
+        for workload in criuWorkloadList where !LazyPagesBench.criuWorkloads.contains(workload) {
+            throw ValidationError("unknown workload '\(workload)' in --criu-workloads; known: \(LazyPagesBench.criuWorkloads.joined(separator: ", "))")
+        }
+        if let criuRounds, criuRounds < 1 { throw ValidationError("--criu-rounds must be positive") }
         if let rounds, rounds < 1 { throw ValidationError("--rounds must be positive") }
         if let repeats, repeats < 1 { throw ValidationError("--repeats must be positive") }
         guard concurrent >= 1 else { throw ValidationError("--concurrent must be positive") }
@@ -91,6 +108,9 @@ struct Bench: ParsableCommand {
             binaries: .init(directory: ProcessInfo.processInfo.environment["LP_BENCH_BIN_DIR"] ?? directory))
         configuration.latencyRounds = rounds ?? (quick ? 1 : 3)
         configuration.scenarios = Set(only.split(separator: ",").map { String($0) })
+        configuration.criu = criu
+        configuration.criuWorkloadNames = criuWorkloadList
+        configuration.criuRounds = criuRounds ?? (quick ? 1 : 3)
         let suite = BenchSuite(configuration: configuration) { step in
             FileHandle.standardError.write(Data("bench: \(step)\n".utf8))
         }

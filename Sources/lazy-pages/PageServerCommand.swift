@@ -1,4 +1,6 @@
+import LinuxSupport
 import ArgumentParser
+import CRIUCommandLine
 import Foundation
 import Logging
 import LazyPagesCRIU
@@ -13,27 +15,27 @@ struct PageServerCommand: ParsableCommand {
         discussion: """
             Answers PS_IOV_GET for the LAZY pages of every task in the images, to any number of clients at once \
             (`criu lazy-pages --page-server` or `lazy-pagesd --page-server`), each page as often as asked, read \
-            straight from the pages files. Runs until killed (SIGINT/SIGTERM).
+            straight from the pages files. Runs until killed (SIGINT/SIGTERM). Takes the options of \
+            `criu page-server --lazy-pages` in every spelling CRIU accepts, and CRIU's configuration files; CRIU \
+            options that mean nothing here are accepted and logged at debug level.
 
             Without --address it listens on loopback (\(PageServer.defaultAddress)) only. To serve other machines, \
             give the address and use --tls with client certificates: the server then requires a certificate from \
             every client, signed by a CA of --tls-cacert, and (unless --tls-no-cn-verify) naming the --address \
             given, as `criu page-server --tls` checks it. Without TLS anyone who can reach the port reads every \
             page of the dump.
-            """)
+            """,
+        version: lazyPagesVersion)
 
-    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Directory of the CRIU images.")
-    var imagesDirectory: String = "."
+    @OptionGroup(title: "CRIU's options")
+    var criu: CRIUDaemonOptions
 
     @Option(name: .customLong("address"),
             help: "Address to listen on (default: \(PageServer.defaultAddress), loopback only; 0.0.0.0 or :: for every address).")
     var address: String?
 
-    @Option(name: .customLong("port"), help: "TCP port to listen on (0: any; the port is logged).")
+    @Option(name: .customLong("port"), help: "TCP port to listen on (0: any; the port is printed and logged).")
     var port: UInt16 = 0
-
-    @Flag(name: .customShort("v"), help: "More verbose logging (repeat).")
-    var verbose: Int
 
     @OptionGroup(title: "TLS")
     var tls: TLSOptionGroup
@@ -54,11 +56,7 @@ struct PageServerCommand: ParsableCommand {
     }
 
     func run() throws {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = verbose >= 2 ? .trace : (verbose == 1 ? .debug : .info)
-            return handler
-        }
+        try criu.bootstrapLog(label: "lazy-pages page-server")
         let logger = Logger(label: "lazy-pages page-server")
         // Every connection is a descriptor: the soft limit goes up to the hard one (and the hard one as far as we may).
         let descriptors = DescriptorLimit.raise(wanted: maxConnections + 256)
@@ -71,16 +69,28 @@ struct PageServerCommand: ParsableCommand {
         do {
             let credentials = try tls.credentials(logger: logger)
             server = try PageServer(
-                directory: imagesDirectory, host: address, port: port, tls: credentials,
+                directory: criu.imagesDirectory, host: address, port: port, tls: credentials,
                 limits: PageServerLimits(maxConnections: maxConnections, idleTimeout: idleTimeout, requestTimeout: requestTimeout),
                 logger: logger)
         } catch {
-            FileHandle.standardError.write(Data("lazy-pages page-server: \(error)\n".utf8))
+            reportFatal("\(error)", logger: logger, command: "lazy-pages page-server")
             throw ExitCode.failure
         }
         FileHandle.standardOutput.write(Data("page-server: listening on port \(server.port)\n".utf8))
         signal(SIGPIPE, SIG_IGN)
+        // As `criu page-server -d`: listening first, then into the background (before any thread is started).
+        let detached = criu.daemon ? try detach() : nil
+        if let pidFile = criu.pidPath {
+            do {
+                try OutputFile.write("\(getpid())\n", to: pidFile)
+            } catch {
+                reportFatal("cannot write the pid file: \(error)", logger: logger, command: "lazy-pages page-server")
+                throw ExitCode.failure
+            }
+        }
         server.start()
+        if let statusFD = criu.statusFD { signalReady(on: statusFD) }
+        detached?()
         // Park the main thread until a signal ends the process.
         while true { pause() }
     }

@@ -1,7 +1,9 @@
 import ArgumentParser
+import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LazyPagesService
 import Logging
 import PageServer
 import PageServerCommandLine
@@ -10,33 +12,16 @@ import PageServerCommandLine
 struct CRIULazyPages: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lazy-pages",
-        abstract: "Serve one `criu restore --lazy-pages` from a CRIU image directory (like `criu lazy-pages`).")
+        abstract: "Serve one `criu restore --lazy-pages` from a CRIU image directory (like `criu lazy-pages`).",
+        discussion: """
+            Takes every option of `criu lazy-pages`, in every spelling CRIU accepts, and CRIU's configuration files \
+            (/etc/criu/default.conf, ~/.criu/default.conf, $CRIU_CONFIG_FILE, --config FILE; --no-default-config). \
+            CRIU options that mean nothing here are accepted and logged at debug level.
+            """,
+        version: lazyPagesVersion)
 
-    @Option(name: [.customShort("D"), .customLong("images-dir")], help: "Directory of the CRIU images.")
-    var imagesDirectory: String = "."
-
-    @Option(name: [.customShort("W"), .customLong("work-dir")],
-            help: "Where lazy-pages.socket is created and relative log files go (default: the images directory).")
-    var workDirectory: String?
-
-    @Option(name: [.customShort("o"), .customLong("log-file")],
-            help: "Write the log to this file (relative to the work directory) instead of stderr.")
-    var logFile: String?
-
-    @Flag(name: .customShort("v"), help: "More verbose logging (repeat, or -vN as in CRIU: 1 errors ... 4 debug, 5 trace).")
-    var verbose: Int
-
-    @Option(name: .customLong("log-level"), help: .hidden)
-    var logLevel: Int?
-
-    @Flag(name: [.customShort("d"), .customLong("daemon")], help: "Detach and run in the background.")
-    var daemon = false
-
-    @Option(name: .customLong("pidfile"), help: "Write the daemon's pid to this file.")
-    var pidFile: String?
-
-    @Option(name: .customLong("status-fd"), help: "Write one byte to this descriptor (then close it) once listening.")
-    var statusFD: Int32?
+    @OptionGroup(title: "CRIU's options")
+    var criu: CRIUDaemonOptions
 
     @Option(name: .customLong("fault-around"), help: "Pages delivered per fault, the faulting one first.")
     var faultAround = 1
@@ -55,8 +40,8 @@ struct CRIULazyPages: ParsableCommand {
             help: "Deliver the pages of this working-set profile (written by --record-profile on an earlier restore of the same images) first.")
     var prefetchProfile: String?
 
-    @Flag(name: .customLong("page-server"),
-          help: "Fetch LAZY pages from a page server (`criu page-server --lazy-pages`, `criu dump --lazy-pages --port`, or `lazy-pages page-server`); the images directory holds everything but the page data.")
+    @Flag(name: .customLong("page-server"), inversion: .prefixedNo, exclusivity: .chooseLast,
+          help: "Fetch every LAZY page from a page server (`criu page-server --lazy-pages`, `criu dump --lazy-pages --port`, or `lazy-pages page-server`), even where the images directory holds data for it; the pages files are not opened.")
     var pageServer = false
 
     @Option(name: .customLong("address"), help: "The page server's address (with --page-server).")
@@ -83,12 +68,9 @@ struct CRIULazyPages: ParsableCommand {
 
     func validate() throws {
         do { try engineConfiguration.validate() } catch { throw ValidationError(error.message(naming: "--\(error.setting.rawValue)")) }
-        if let level = logLevel, !(0...5).contains(level) { throw ValidationError("-v takes a level from 0 to 5") }
         if pageServer {
             guard address != nil else { throw ValidationError("--page-server needs --address") }
             guard port != nil else { throw ValidationError("--page-server needs --port") }
-        } else if address != nil || port != nil {
-            throw ValidationError("--address and --port only go with --page-server")
         }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
         guard retryDelay >= 0 else { throw ValidationError("--retry-delay must be 0 or more") }
@@ -96,14 +78,15 @@ struct CRIULazyPages: ParsableCommand {
     }
 
     func run() throws {
-        let workDirectory = self.workDirectory ?? imagesDirectory
-        let level = criuLogLevel(logLevel ?? (2 + verbose))
-        let logPath = logFile.map { $0.hasPrefix("/") ? $0 : workDirectory + "/" + $0 }
-        try bootstrapLogging(level: level, file: logPath)
+        try criu.bootstrapLog(label: "lazy-pagesd")
         let logger = Logger(label: "lazy-pagesd")
+        if !pageServer && (address != nil || port != nil) {
+            // As in CRIU (a configuration file may set them for `criu dump --page-server`).
+            logger.warning("--address and --port are ignored without --page-server")
+        }
 
-        var options = CRIURestore.Options(imagesDirectory: imagesDirectory)
-        options.workDirectory = workDirectory
+        var options = CRIURestore.Options(imagesDirectory: criu.imagesDirectory)
+        options.workDirectory = criu.resolvedWorkDirectory
         options.engine = engineConfiguration
         options.recordProfile = recordProfile != nil
         options.guardian = !noGuardian
@@ -136,14 +119,14 @@ struct CRIULazyPages: ParsableCommand {
             reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
-        let detached = daemon ? try detach() : nil
+        let detached = criu.daemon ? try detach() : nil
         do {
             try restore.startGuardian()  // after detaching: the guardian watches the process that serves
         } catch {
             reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
             throw ExitCode.failure
         }
-        if let pidFile {
+        if let pidFile = criu.pidPath {
             do {
                 try OutputFile.write("\(getpid())\n", to: pidFile)
             } catch {
@@ -151,7 +134,7 @@ struct CRIULazyPages: ParsableCommand {
                 throw ExitCode.failure
             }
         }
-        if let statusFD { signalReady(on: statusFD) }
+        if let statusFD = criu.statusFD { signalReady(on: statusFD) }
         detached?()
         let report = restore.run()
         if let recordProfile, let recorded = report.profile {
@@ -185,22 +168,6 @@ struct CRIULazyPages: ParsableCommand {
         configuration.fillChunkPages = fillChunk
         configuration.backgroundFill = !noBackground
         return configuration
-    }
-}
-
-/// CRIU's `--status-fd` contract: one zero byte once listening, then the descriptor is closed. A standard
-/// descriptor is pointed at /dev/null instead, so later output cannot land in whatever reuses its number.
-func signalReady(on descriptor: Int32) {
-    var ready: UInt8 = 0
-    _ = write(descriptor, &ready, 1)
-    if descriptor <= 2 {
-        let null = open("/dev/null", O_RDWR)
-        if null >= 0 {
-            dup2(null, descriptor)
-            close(null)
-        }
-    } else {
-        close(descriptor)
     }
 }
 

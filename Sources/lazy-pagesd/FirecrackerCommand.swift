@@ -1,7 +1,9 @@
 import ArgumentParser
+import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LazyPagesService
 import LazyPagesFirecracker
 import Logging
 import SystemdSupport

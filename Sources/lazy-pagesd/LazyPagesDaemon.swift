@@ -1,6 +1,8 @@
 import ArgumentParser
+import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 
 /// `lazy-pagesd`: the userfaultfd post-copy monitor.
 @main
@@ -16,13 +18,20 @@ struct LazyPagesDaemon: ParsableCommand {
         subcommands: [CRIULazyPages.self, FirecrackerCommand.self, ServeCommand.self],
         defaultSubcommand: CRIULazyPages.self)
 
-    /// CRIU spells verbosity `-v4` as well as `-vvvv`; ArgumentParser knows only the latter, so rewrite the former.
-    static func normalizedArguments(_ arguments: [String]) -> [String] {
-        arguments.map { argument in
-            if argument.hasPrefix("-v"), argument.count > 2, argument.dropFirst(2).allSatisfy(\.isNumber) {
-                return "--log-level=\(argument.dropFirst(2))"
-            }
-            return argument
+    /// The arguments for swift-argument-parser: `firecracker` and `serve` as given; everything else is a
+    /// `criu lazy-pages` command line (the action word optional and anywhere, as in CRIU, CRIU's configuration files
+    /// read) rewritten by ``CRIUCommandLine``.
+    static func normalizedArguments(
+        _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> [String] {
+        let own: [String?] = [FirecrackerCommand.configuration.commandName, ServeCommand.configuration.commandName]
+        if let first = arguments.first, own.contains(first) || ["help", "--help", "-h"].contains(first) {
+            return arguments
+        }
+        do {
+            return try CRIUCommandLine(arguments, for: .lazyPages, environment: environment).arguments
+        } catch {
+            throw ValidationError(error.message)
         }
     }
 
@@ -31,8 +40,8 @@ struct LazyPagesDaemon: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         // A uffd per restored task and forked child: take every descriptor the hard limit allows.
         DescriptorLimit.raise()
-        let arguments = normalizedArguments(Array(CommandLine.arguments.dropFirst()))
         do {
+            let arguments = try normalizedArguments(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot(arguments)
             try command.run()
         } catch {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CRIUCommandLine
 import Foundation
 import LazyPagesControl
 import LazyPagesService
@@ -14,7 +15,7 @@ struct ServeCommand: ParsableCommand {
             The control socket comes from systemd (socket activation, LISTEN_FDS) when there is one, else it is \
             bound at --control-socket with mode 0660. SIGTERM or SIGINT shuts down gracefully: no new jobs, \
             running restores get --shutdown-timeout seconds to finish, the rest are cancelled. The protocol is in \
-            docs/control-protocol.md.
+            docs/control-protocol.md; who may connect where, and what to configure, in docs/security.md.
             """)
 
     @Option(name: .customLong("control-socket"), help: "Where to bind the control socket.")

@@ -2,19 +2,21 @@
  * lp-bench-baseline: the two reference points `lazy-pages bench` compares lazy-pagesd against, measured on the
  * same pages file in the same run.
  *
- *   lp-bench-baseline ceiling PAGESFILE CHUNK_KIB REPEATS
+ *   lp-bench-baseline ceiling PAGESFILE CHUNK_KIB REPEATS [THREADS]
  *       The fastest any monitor could fill: a forked child maps an anonymous private region the size of PAGESFILE,
  *       registers it MISSING on a uffd it made and hands the uffd over a socketpair; the parent maps PAGESFILE
  *       read-only (MAP_SHARED, like the daemon) and runs a plain loop of UFFDIO_COPY of CHUNK_KIB over the whole
- *       region. Repeated REPEATS times (the child drops its pages with MADV_DONTNEED between passes, the parent
- *       maps the file afresh). One JSON line per pass.
+ *       region — with THREADS (default 1) threads, each over its own contiguous slice. Repeated REPEATS times (the
+ *       child drops its pages with MADV_DONTNEED between passes, the parent maps the file afresh). One JSON line
+ *       per pass.
  *
- *   lp-bench-baseline floor PAGESFILE TOUCHES SEED LATENCYFILE
+ *   lp-bench-baseline floor PAGESFILE TOUCHES SEED LATENCYFILE [spin]
  *       The lowest fault latency any monitor could give: the child (same setup) touches TOUCHES distinct pages in
  *       random order and times each first touch with clock_gettime(CLOCK_MONOTONIC); the parent is a minimal
- *       handler: poll, read one message, one 4 KiB UFFDIO_COPY from the mapped file. The child checks the first
- *       word of every touched page against the file, writes one latency (ns) per line to LATENCYFILE, and exits
- *       non-zero on a mismatch. One JSON line.
+ *       handler: poll, read one message, one 4 KiB UFFDIO_COPY from the mapped file. With `spin`, the handler
+ *       never sleeps: it reads the (non-blocking) uffd in a loop, so no wake-up stands between a fault and its
+ *       answer (and one CPU is busy all along). The child checks the first word of every touched page against the
+ *       file, writes one latency (ns) per line to LATENCYFILE, and exits non-zero on a mismatch. One JSON line.
  *
  * Exit status 0 on success; 1 on a wrong page; 2 on a setup error (message on stderr).
  */
@@ -23,6 +25,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,7 +184,35 @@ static void ceiling_child(int sock, size_t length, void *arg) {
     }
 }
 
-static int run_ceiling(const char *path, size_t chunk, int repeats) {
+struct copy_slice {
+    int uffd;
+    uint64_t dst;
+    const uint8_t *src;
+    size_t length, chunk;
+    uint64_t eagain;
+};
+
+/* One thread's share of a pass: UFFDIO_COPY of `chunk` over [dst, dst + length). */
+static void *copy_slice(void *arg) {
+    struct copy_slice *s = arg;
+    for (size_t off = 0; off < s->length;) {
+        size_t len = s->length - off < s->chunk ? s->length - off : s->chunk;
+        struct uffdio_copy c = {.dst = s->dst + off, .src = (uint64_t)(uintptr_t)(s->src + off), .len = len, .mode = 0, .copy = 0};
+        if (ioctl(s->uffd, UFFDIO_COPY, &c)) {
+            if (errno == EAGAIN && c.copy > 0) {
+                off += (size_t)c.copy;
+                s->eagain++;
+                continue;
+            }
+            if (errno == EAGAIN) { s->eagain++; continue; }
+            die("UFFDIO_COPY at +0x%zx: %s", off, strerror(errno));
+        }
+        off += len;
+    }
+    return NULL;
+}
+
+static int run_ceiling(const char *path, size_t chunk, int repeats, int threads) {
     size_t length = file_size(path);
     int sock;
     pid_t child = start_child(&sock, ceiling_child, length, NULL);
@@ -193,27 +224,27 @@ static int run_ceiling(const char *path, size_t chunk, int repeats) {
             if (read_byte(sock) != 'k') die("the child did not drop its pages");
         }
         struct pages_file f = map_file(path);
-        uint64_t eagain = 0;
+        struct copy_slice slices[64];
+        pthread_t ids[64];
+        size_t share = (length / PAGE + (size_t)threads - 1) / (size_t)threads * PAGE;
         uint64_t t0 = now_ns();
-        for (size_t off = 0; off < length;) {
-            size_t len = length - off < chunk ? length - off : chunk;
-            struct uffdio_copy c = {.dst = h.region + off, .src = (uint64_t)(uintptr_t)(f.map + off), .len = len, .mode = 0, .copy = 0};
-            if (ioctl(uffd, UFFDIO_COPY, &c)) {
-                if (errno == EAGAIN && c.copy > 0) {
-                    off += (size_t)c.copy;
-                    eagain++;
-                    continue;
-                }
-                if (errno == EAGAIN) { eagain++; continue; }
-                die("UFFDIO_COPY at +0x%zx: %s", off, strerror(errno));
-            }
-            off += len;
+        for (int t = 0; t < threads; t++) {
+            size_t start = (size_t)t * share < length ? (size_t)t * share : length;
+            size_t end = start + share < length ? start + share : length;
+            slices[t] = (struct copy_slice){uffd, h.region + start, f.map + start, end - start, chunk, 0};
+            if (t > 0 && pthread_create(&ids[t], NULL, copy_slice, &slices[t])) die("pthread_create failed");
+        }
+        copy_slice(&slices[0]);
+        uint64_t eagain = slices[0].eagain;
+        for (int t = 1; t < threads; t++) {
+            pthread_join(ids[t], NULL);
+            eagain += slices[t].eagain;
         }
         uint64_t t1 = now_ns();
         munmap((void *)f.map, f.size);
         double seconds = (double)(t1 - t0) / 1e9;
-        printf("{\"mode\":\"ceiling\",\"chunk_bytes\":%zu,\"pass\":%d,\"bytes\":%zu,\"seconds\":%.6f,\"gib_per_s\":%.4f,\"partial\":%llu}\n",
-               chunk, pass, length, seconds, (double)length / seconds / (double)(1ULL << 30), (unsigned long long)eagain);
+        printf("{\"mode\":\"ceiling\",\"threads\":%d,\"chunk_bytes\":%zu,\"pass\":%d,\"bytes\":%zu,\"seconds\":%.6f,\"gib_per_s\":%.4f,\"partial\":%llu}\n",
+               threads, chunk, pass, length, seconds, (double)length / seconds / (double)(1ULL << 30), (unsigned long long)eagain);
         fflush(stdout);
     }
     write_byte(sock, 'q');
@@ -229,6 +260,7 @@ struct floor_args {
     size_t touches;
     uint64_t seed;
     const char *latency_path;
+    int spin;
 };
 
 static uint64_t rng_next(uint64_t *s) {
@@ -292,7 +324,8 @@ static int run_floor(struct floor_args *a) {
     uint64_t served = 0;
     struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = sock, .events = POLLIN}};
     for (;;) {
-        int n = poll(fds, 2, -1);
+        if (a->spin) fds[0].revents = POLLIN; /* read at once, sleep never; EAGAIN when nothing is queued */
+        int n = a->spin ? poll(fds + 1, 1, 0) : poll(fds, 2, -1);
         if (n < 0) {
             if (errno == EINTR) continue;
             die("poll: %s", strerror(errno));
@@ -312,26 +345,28 @@ static int run_floor(struct floor_args *a) {
         if (fds[1].revents) break; /* the child closed its end: it is done */
     }
     int status = reap(child);
-    printf("{\"mode\":\"floor\",\"touches\":%zu,\"faults_served\":%llu,\"status\":%d}\n", a->touches,
+    printf("{\"mode\":\"%s\",\"touches\":%zu,\"faults_served\":%llu,\"status\":%d}\n", a->spin ? "floor-spin" : "floor", a->touches,
            (unsigned long long)served, status);
     return status;
 }
 
 int main(int argc, char **argv) {
-    if (argc == 5 && !strcmp(argv[1], "ceiling")) {
+    if ((argc == 5 || argc == 6) && !strcmp(argv[1], "ceiling")) {
         size_t chunk = (size_t)strtoull(argv[3], NULL, 0) * 1024;
         int repeats = atoi(argv[4]);
+        int threads = argc == 6 ? atoi(argv[5]) : 1;
         if (chunk == 0 || chunk % PAGE || repeats < 1) die("bad chunk size or repeat count");
-        return run_ceiling(argv[2], chunk, repeats);
+        if (threads < 1 || threads > 64) die("THREADS must be 1 to 64");
+        return run_ceiling(argv[2], chunk, repeats, threads);
     }
-    if (argc == 6 && !strcmp(argv[1], "floor")) {
-        struct floor_args a = {argv[2], (size_t)strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0), argv[5]};
+    if ((argc == 6 || (argc == 7 && !strcmp(argv[6], "spin"))) && !strcmp(argv[1], "floor")) {
+        struct floor_args a = {argv[2], (size_t)strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0), argv[5], argc == 7};
         if (a.touches == 0) die("TOUCHES must be positive");
         return run_floor(&a);
     }
     fprintf(stderr,
-            "usage: %s ceiling PAGESFILE CHUNK_KIB REPEATS\n"
-            "       %s floor PAGESFILE TOUCHES SEED LATENCYFILE\n",
+            "usage: %s ceiling PAGESFILE CHUNK_KIB REPEATS [THREADS]\n"
+            "       %s floor PAGESFILE TOUCHES SEED LATENCYFILE [spin]\n",
             argv[0], argv[0]);
     return 2;
 }

@@ -1,6 +1,8 @@
+import CLinuxSupport
 import CUserfaultfd
 import Foundation
 import LazyPagesFirecracker
+import LinuxSupport
 import Testing
 import Userfaultfd
 

@@ -1,8 +1,10 @@
+import CLinuxSupport
 import CUserfaultfd
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
 import LazyPagesFirecracker
+import LinuxSupport
 import Logging
 import TestSupport
 import Testing

@@ -27,7 +27,10 @@ final class ChildProcess {
     /// Our read end of the fd-3 pipe, if any.
     let statusPipe: Int32
 
-    init(_ path: String, _ arguments: [String], directory: String, name: String, statusFD: Bool = false) throws {
+    init(
+        _ path: String, _ arguments: [String], directory: String, name: String, statusFD: Bool = false,
+        environment: [String] = []
+    ) throws {
         stdoutPath = "\(directory)/\(name).out"
         stderrPath = "\(directory)/\(name).err"
         var pipeFDs: [Int32] = [-1, -1]
@@ -37,7 +40,7 @@ final class ChildProcess {
         }
         var descriptors: [(Int32, ChildDescriptor)] = [(0, .null), (1, .file(stdoutPath)), (2, .file(stderrPath))]
         if statusFD { descriptors.append((3, .duplicate(pipeFDs[1]))) }
-        let spawned = Result { try spawnChild(path, arguments, descriptors: descriptors) }
+        let spawned = Result { try spawnChild(path, arguments, descriptors: descriptors, environment: environment) }
         if statusFD { close(pipeFDs[1]) }
         guard case .success(let child) = spawned else {
             if statusFD { close(pipeFDs[0]) }

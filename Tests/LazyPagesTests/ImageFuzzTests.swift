@@ -123,8 +123,18 @@ import Glibc
 
     /// What a loaded image must satisfy for the daemon to serve it safely; nil when it does.
     static func inconsistency(_ source: CRIUImageSource, pid: Int32) -> String? {
-        guard let image = try? source.images.process(pid: pid) else { return "loaded, but process(\(pid)) throws" }
-        guard let space = source.addressSpace(forTask: pid) else { return "no address space for \(pid)" }
+        guard let image = try? source.images.process(pid: pid) else {
+            // A task without memory images (a zombie, or a pid without a core image to tell) loads with nothing to
+            // serve; a uffd sent for it must be refused naming the missing file.
+            do {
+                _ = try source.addressSpace(forTask: pid)
+                return "process(\(pid)) throws, yet it has an address space"
+            } catch {
+                let named = ["mm-\(pid).img", "pagemap-\(pid).img", "core-\(pid).img"].contains { error.message.contains($0) }
+                return named ? nil : "no memory images for \(pid), and the refusal names none: \(error.message)"
+            }
+        }
+        guard let space = try? source.addressSpace(forTask: pid) else { return "no address space for \(pid)" }
         var previousEnd: UInt64 = 0
         for run in image.lazyRuns {
             if run.address % UInt64(criuPageSize) != 0 { return "lazy run at \(run.address) unaligned" }

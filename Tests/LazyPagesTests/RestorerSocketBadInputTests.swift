@@ -1,5 +1,7 @@
+import CLinuxSupport
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 import TestSupport
 import Testing
 import CUserfaultfd

@@ -2,6 +2,8 @@ import CRIUImages
 import Dispatch
 import Foundation
 import LazyPagesCRIU
+import CLinuxSupport  // SOCK_STREAM, SOCK_CLOEXEC: declared in a header CLinuxSupport includes too
+import LinuxSupport
 import RestoreSimulator
 import TestSupport
 import Testing

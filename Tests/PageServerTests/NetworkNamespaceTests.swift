@@ -23,7 +23,9 @@ struct NetworkNamespaceTests {
 
         let server = try NamespacedChild.start(
             namespace: network.serverNamespace,
-            [lazyPages, "page-server", "-D", images.serverDirectory, "--address", network.serverAddress, "--port", "0"],
+            // -v3: info, for the "client connected" lines (CRIU's default level, 2, logs warnings only).
+            [lazyPages, "page-server", "-D", images.serverDirectory, "--address", network.serverAddress, "--port", "0",
+             "-v3"],
             readiness: .outputLine, outputFile: images.workDirectory + "/page-server.err")
         defer { server.stop() }
         let port = try #require(

@@ -12,11 +12,11 @@ public enum ChildDescriptor {
 
 /// The one way the tests start a process: `posix_spawn` (the test process is never forked) with the listed
 /// descriptors, default signal dispositions and an empty signal mask (the test runner's threads block signals the
-/// child must obey), and our environment plus `environment` (minus the variables named in `removing`).
-/// Returns the child's pid.
+/// child must obey), and our environment plus `environment` (minus the variables named in `removing`); with
+/// `newSession`, in a session (and process group) of its own, as `setsid` would. Returns the child's pid.
 public func spawnChild(
     _ path: String, _ arguments: [String], descriptors: [(Int32, ChildDescriptor)],
-    environment: [String] = [], removing: Set<String> = []
+    environment: [String] = [], removing: Set<String> = [], newSession: Bool = false
 ) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
@@ -37,7 +37,9 @@ public func spawnChild(
     sigfillset(&allSignals)
     posix_spawnattr_setsigmask(&attributes, &noSignals)
     posix_spawnattr_setsigdefault(&attributes, &allSignals)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    // POSIX_SPAWN_SETSID (glibc 2.26) is a GNU extension the Glibc module does not export.
+    let setSession: Int32 = newSession ? 0x80 : 0
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | setSession))
     let inherited = ProcessInfo.processInfo.environment.filter { !removing.contains($0.key) }
         .map { "\($0.key)=\($0.value)" }
     let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) }

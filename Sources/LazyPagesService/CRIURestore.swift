@@ -1,3 +1,5 @@
+import LazyPagesCRIU
+import LinuxSupport
 import LazyPagesEngine
 import Logging
 import PageServer

@@ -1,3 +1,5 @@
+import LazyPagesFirecracker
+import LinuxSupport
 import LazyPagesCRIU
 import LazyPagesEngine
 import Logging

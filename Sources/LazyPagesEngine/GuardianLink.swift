@@ -1,5 +1,5 @@
 import CGuardian
-import LazyPagesEngine
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)
@@ -24,7 +24,7 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
         var control: Int32 = -1
         let child = lp_guardian_start(&control)
         guard child > 0 else {
-            throw LazyPagesError("cannot start the guardian: \(String(cString: strerror(-child)))")
+            throw GuardianStartError(errno: -child)
         }
         pid = child
         self.control = control
@@ -92,4 +92,10 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
 public func peerProcess(of socket: Int32) -> pid_t? {
     guard let peer = PeerCredentials(socket: socket), peer.pid > 0 else { return nil }
     return peer.pid
+}
+
+/// The guardian could not be started (`lp_guardian_start` failed with `errno`).
+public struct GuardianStartError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let errno: Int32
+    public var description: String { "cannot start the guardian: \(String(cString: strerror(errno)))" }
 }

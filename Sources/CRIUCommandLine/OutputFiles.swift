@@ -4,18 +4,18 @@ import Foundation
 /// write to, while the daemon runs as root: a file there is opened with `O_NOFOLLOW` (a symlink planted at the name
 /// is refused, never followed) and must be a regular file with no other hard links, so the daemon never appends to
 /// or truncates a file it was pointed at by someone else.
-enum OutputFile {
-    struct Refusal: Error, CustomStringConvertible {
-        var description: String
+public enum OutputFile {
+    public struct Refusal: Error, CustomStringConvertible {
+        public var description: String
     }
 
     /// Opens `path` for appending (created 0640 if missing).
-    static func openForAppending(_ path: String) throws -> FileHandle {
+    public static func openForAppending(_ path: String) throws -> FileHandle {
         try FileHandle(fileDescriptor: open(path, O_WRONLY | O_APPEND | O_CREAT, mode: 0o640), closeOnDealloc: true)
     }
 
     /// Replaces the contents of `path` with `text` (created 0644 if missing).
-    static func write(_ text: String, to path: String) throws {
+    public static func write(_ text: String, to path: String) throws {
         let handle = try FileHandle(fileDescriptor: open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644),
                                     closeOnDealloc: true)
         try handle.write(contentsOf: Data(text.utf8))

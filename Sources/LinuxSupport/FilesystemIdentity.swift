@@ -1,4 +1,4 @@
-import CFsuid
+import CLinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -19,7 +19,7 @@ public struct FilesystemIdentity: Sendable, Equatable, CustomStringConvertible {
 
     /// The calling thread's current filesystem identity (an invalid id asks without changing it).
     public static var current: FilesystemIdentity {
-        FilesystemIdentity(uid: uid_t(setfsuid(uid_t.max)), gid: gid_t(setfsgid(gid_t.max)))
+        FilesystemIdentity(uid: uid_t(CLinuxSupport_setfsuid(uid_t.max)), gid: gid_t(CLinuxSupport_setfsgid(gid_t.max)))
     }
 
     public var description: String { "uid \(uid) gid \(gid)" }
@@ -47,11 +47,11 @@ public struct FilesystemIdentityError: Error, CustomStringConvertible {
 /// identity back with an invalid id) and refused, never run with the daemon's own rights.
 public func withFilesystemIdentity<R>(_ identity: FilesystemIdentity, _ body: () throws -> R) throws -> R {
     if identity == .current { return try body() }
-    let previousGID = setfsgid(identity.gid)
-    let previousUID = setfsuid(identity.uid)
+    let previousGID = CLinuxSupport_setfsgid(identity.gid)
+    let previousUID = CLinuxSupport_setfsuid(identity.uid)
     defer {
-        setfsuid(uid_t(previousUID))
-        setfsgid(gid_t(previousGID))
+        CLinuxSupport_setfsuid(uid_t(previousUID))
+        CLinuxSupport_setfsgid(gid_t(previousGID))
     }
     guard FilesystemIdentity.current == identity else { throw FilesystemIdentityError(identity: identity) }
     return try body()

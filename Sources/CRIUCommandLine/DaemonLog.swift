@@ -2,7 +2,7 @@ import Foundation
 import Logging
 
 /// CRIU's verbosity numbers (0 silent ... 4 debug) mapped to swift-log levels; 5 is trace.
-func criuLogLevel(_ level: Int) -> Logger.Level {
+public func criuLogLevel(_ level: Int) -> Logger.Level {
     switch level {
     case ...1: return .error
     case 2: return .warning
@@ -13,17 +13,17 @@ func criuLogLevel(_ level: Int) -> Logger.Level {
 }
 
 /// Whether log lines go to stderr (no `--log-file`); set once by `bootstrapLogging`, before any other thread runs.
-nonisolated(unsafe) private(set) var loggingToStandardError = true
+nonisolated(unsafe) public private(set) var loggingToStandardError = true
 
 /// A fatal error, said once: `<command>: <message>` on stderr; a critical log line too only when the log goes to a
 /// file (on stderr, the log line would say the same thing a second time).
-func reportFatal(_ message: String, logger: Logger, command: String = "lazy-pagesd") {
+public func reportFatal(_ message: String, logger: Logger, command: String = "lazy-pagesd") {
     if !loggingToStandardError { logger.critical("\(message)") }
     FileHandle.standardError.write(Data("\(command): \(message)\n".utf8))
 }
 
 /// Sends every logger to stderr, or to `file` (appended), at `level`.
-func bootstrapLogging(level: Logger.Level, file: String?) throws {
+public func bootstrapLogging(level: Logger.Level, file: String?) throws {
     loggingToStandardError = file == nil
     let sink: LogSink
     if let file {
@@ -43,10 +43,10 @@ func bootstrapLogging(level: Logger.Level, file: String?) throws {
     }
 }
 
-struct LogFileError: Error, CustomStringConvertible {
+public struct LogFileError: Error, CustomStringConvertible {
     var path: String
     var reason: String
-    var description: String { "cannot open the log file \(path): \(reason)" }
+    public var description: String { "cannot open the log file \(path): \(reason)" }
 }
 
 /// Where log lines go; one write per line.

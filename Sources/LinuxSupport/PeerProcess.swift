@@ -1,5 +1,4 @@
-import CPidfd
-import LazyPagesCRIU
+import CLinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -28,7 +27,7 @@ public final class PeerProcess: @unchecked Sendable {
             descriptor = fd
             return
         }
-        let fd = CPidfd_open(pid, 0)
+        let fd = CLinuxSupport_pidfd_open(pid, 0)
         guard fd >= 0 else { throw SocketError("pidfd_open(\(pid))", errno: errno) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         descriptor = fd
@@ -53,6 +52,6 @@ public final class PeerProcess: @unchecked Sendable {
     /// Sends `signal` to exactly this process. Returns false when it is already gone.
     @discardableResult
     public func send(_ signal: Int32) -> Bool {
-        descriptor >= 0 && CPidfd_send_signal(descriptor, signal, 0) == 0
+        descriptor >= 0 && CLinuxSupport_pidfd_send_signal(descriptor, signal, 0) == 0
     }
 }

@@ -35,9 +35,12 @@ public final class UnixListener: @unchecked Sendable {
     private var directoryFD: Int32 = -1
     private var bound: (device: dev_t, inode: ino_t)?
 
-    /// Binds `directory/name` and listens (see the type's description).
+    /// Binds `directory/name` and listens (see the type's description). With `replacingStaleFiles` (a fixed name like
+    /// CRIU's `lazy-pages.socket`, as `criu lazy-pages` does), a stale file there that is not a socket is replaced
+    /// too — still with the owner's identity, relative to the directory descriptor; without it (a path the caller
+    /// chose, such as a Firecracker `socketPath`), anything but a stale socket is an error.
     public init(directory: String, name: String, backlog: Int32 = 16, access: SocketAccess = SocketAccess(),
-                logger: Logger? = nil) throws(SocketError)
+                replacingStaleFiles: Bool = false, logger: Logger? = nil) throws(SocketError)
     {
         path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
         self.name = name
@@ -50,7 +53,7 @@ public final class UnixListener: @unchecked Sendable {
         }
         directoryFD = open(directory, O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
-        try removeStaleSocket()
+        try removeStaleSocket(replacingStaleFiles: replacingStaleFiles)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw closing(SocketError("socket(AF_UNIX)", errno: errno)) }
         descriptor = fd
@@ -77,16 +80,16 @@ public final class UnixListener: @unchecked Sendable {
     private func procPath(_ entry: String) -> String { "/proc/self/fd/\(directoryFD)/\(entry)" }
 
     /// A socket file at the name that nothing listens on may go (if the owner may remove it); anything else stays.
-    private func removeStaleSocket() throws(SocketError) {
+    private func removeStaleSocket(replacingStaleFiles: Bool) throws(SocketError) {
         var existing = stat()
         guard fstatat(directoryFD, name, &existing, AT_SYMLINK_NOFOLLOW) == 0 else {
             guard errno == ENOENT else { throw closing(SocketError("stat \(path)", errno: errno)) }
             return
         }
-        guard existing.st_mode & S_IFMT == S_IFSOCK else {
+        guard existing.st_mode & S_IFMT == S_IFSOCK || (replacingStaleFiles && existing.st_mode & S_IFMT != S_IFDIR) else {
             throw closing(SocketError("\(path) exists and is not a socket; refusing to replace it", errno: EEXIST))
         }
-        guard !ListeningSockets.isListening(device: existing.st_dev, inode: existing.st_ino, connectPath: procPath(name))
+        guard existing.st_mode & S_IFMT != S_IFSOCK || !ListeningSockets.isListening(device: existing.st_dev, inode: existing.st_ino, connectPath: procPath(name))
         else {
             throw closing(SocketError(
                 "\(path) is a live socket (a process listens on it); refusing to replace it", errno: EADDRINUSE))
@@ -191,7 +194,7 @@ public final class UnixListener: @unchecked Sendable {
 let O_PATH: Int32 = 0o10000000
 
 /// Calls `body` with a `sockaddr_un` for `path`; nil (without calling it) when `path` does not fit `sun_path`.
-func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R? {
+public func withSocketAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R? {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)

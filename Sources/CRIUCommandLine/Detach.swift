@@ -3,7 +3,7 @@ import Foundation
 /// `-d`: fork into the background the way `daemon(3)` does, keeping the working directory and pointing
 /// stdin/stdout/stderr at /dev/null. The parent exits only once the child calls the returned closure (after it
 /// wrote its pidfile and is listening): 0 then, 1 if the child died first. Called before any thread is started.
-func detach() throws -> () -> Void {
+public func detach() throws -> () -> Void {
     var fds: [Int32] = [-1, -1]
     guard pipe(&fds) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
     let pid = fork()
