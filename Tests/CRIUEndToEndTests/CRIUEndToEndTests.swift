@@ -8,7 +8,7 @@ import TestSupport
 /// page server. Every process of the restored tree checks every byte of its memory; each test also checks the exit
 /// codes of criu restore, the daemon and the page server.
 @Suite(
-    "Real CRIU: dump, restore --lazy-pages", .serialized, .timeLimit(.minutes(5)),
+    "Real CRIU: dump, restore --lazy-pages", .serialized, .timeLimit(.minutes(20)),
     .enabled(if: RealCRIU.isAvailable, "needs the reference criu 4.2 ($LP_CRIU or ../shared/criu/build-criu) and root"))
 struct CRIUEndToEndTests {
     enum Daemon { case lazyPagesd, criuLazyPages }
@@ -55,42 +55,42 @@ struct CRIUEndToEndTests {
     @Test(
         "local images, lazy-pagesd: every byte of every process and thread after the restore",
         arguments: [("random", 1), ("fork", 5), ("zombie", 1), ("threads", 1), ("tree", 5)])
-    func localImages(mode: String, processes: Int) throws {
+    func localImages(mode: String, processes: Int) async throws { try await oneHeavyTestAtATime {
         let run = try CRIURun(mode: mode, mib: mode == "tree" ? 8 : 24)
         try run.dump()
         let line = try Self.restore(run)
         Self.expectOK(line, run, processes: processes)
         if mode == "zombie" { #expect(CRIURun.fields(line)["zombies"] == "2") }
         if mode == "threads" { #expect(CRIURun.fields(line)["threads"] == "4") }
-    }
+    }}
 
     @Test("criu page-server --lazy-pages as the source of lazy-pagesd", arguments: ["random", "fork"])
-    func criuPageServerToLazyPagesd(mode: String) throws {
+    func criuPageServerToLazyPagesd(mode: String) async throws { try await oneHeavyTestAtATime {
         let run = try CRIURun(mode: mode, mib: 24)
         try run.dump()
         let line = try Self.restore(run, source: .criuPageServer)
         Self.expectOK(line, run, processes: mode == "fork" ? 5 : 1)
-    }
+    }}
 
     @Test("our lazy-pages page-server as the source of lazy-pagesd", arguments: ["random", "tree"])
-    func ourPageServerToLazyPagesd(mode: String) throws {
+    func ourPageServerToLazyPagesd(mode: String) async throws { try await oneHeavyTestAtATime {
         let run = try CRIURun(mode: mode, mib: mode == "tree" ? 8 : 24)
         try run.dump()
         let line = try Self.restore(run, source: .ourPageServer)
         Self.expectOK(line, run, processes: mode == "tree" ? 5 : 1)
-    }
+    }}
 
     @Test("our lazy-pages page-server as the source of CRIU's own daemon (criu lazy-pages --page-server)")
-    func ourPageServerToCRIULazyPages() throws {
+    func ourPageServerToCRIULazyPages() async throws { try await oneHeavyTestAtATime {
         let run = try CRIURun(mode: "random", mib: 24)
         try run.dump()
         let line = try Self.restore(run, daemon: .criuLazyPages, source: .ourPageServer)
         Self.expectOK(line, run, processes: 1)
-    }
+    }}
 
     /// The check is real: one byte changed in the dumped pages is found, at the page it was changed in.
     @Test("a byte changed in pages-*.img after the dump is reported by the restored process, at its page")
-    func corruptedPageIsCaught() throws {
+    func corruptedPageIsCaught() async throws { try await oneHeavyTestAtATime {
         let run = try CRIURun(mode: "idle", mib: 8)
         try run.dump()
         // The first page from page 1000 of the workload's mapping on that has data (one in eight is a hole): find
@@ -122,5 +122,5 @@ struct CRIUEndToEndTests {
         #expect(fields["bad"] == "1", "\(line)")
         #expect(fields["first_page"] == "\(page)", "\(line)")
         #expect(fields["byte"] == "123", "\(line)")
-    }
+    }}
 }

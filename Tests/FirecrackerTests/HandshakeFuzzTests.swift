@@ -283,7 +283,7 @@ import Glibc
         }
     }
 
-    @Test(.timeLimit(.minutes(3))) func fuzzedHandshakesAreRefusedClearlyWhileAGoodVMIsServed() throws {
+    @Test(.timeLimit(.minutes(20))) func fuzzedHandshakesAreRefusedClearlyWhileAGoodVMIsServed() async throws { try await oneHeavyTestAtATime {
         signal(SIGPIPE, SIG_IGN)
         let budget = FuzzBudget(seconds: 12, inputs: 20_000)
         var rng = FuzzRandom(seed: budget.seed)
@@ -386,11 +386,11 @@ import Glibc
         #expect(tally.hangs == 0 && tally.unclear == 0 && tally.wrongPages == 0 && tally.badAccepts == 0,
                 "\(tally)\n\(failures.joined(separator: "\n"))")
         #expect(tally.accepted > 0 && tally.pagesChecked > 0 && tally.refusals.count >= 9, "the generator should reach every rule: \(tally)")
-    }
+    }}
 
     // MARK: Against the daemon
 
-    @Test(.timeLimit(.minutes(3))) func refusedHandshakesEndTheDaemonWithTheReason() throws {
+    @Test(.timeLimit(.minutes(20))) func refusedHandshakesEndTheDaemonWithTheReason() async throws { try await oneHeavyTestAtATime {
         signal(SIGPIPE, SIG_IGN)
         let budget = FuzzBudget(seconds: 8, inputs: 300)
         var rng = FuzzRandom(seed: budget.seed ^ 0xdae)
@@ -445,5 +445,5 @@ import Glibc
               + "refused with the predicted reason \(clear), killed from outside \(killedFromOutside)")
         #expect(inputs >= 10, "too few inputs in the time allowed")
         #expect(crashes == 0 && hangs == 0 && clear + killedFromOutside == inputs && killedFromOutside <= 2, "\(failures.joined(separator: "\n"))")
-    }
+    }}
 }

@@ -17,8 +17,8 @@ import Testing
         ("not-uffd", "(not a userfaultfd): the descriptor sent is anon_inode:[eventfd]"),
     ]
 
-    @Test(.timeLimit(.minutes(2)), arguments: cases.map(\.mode))
-    func aBadHandshakeIsRefusedAndThePeerKilled(mode: String) throws {
+    @Test(.timeLimit(.minutes(20)), arguments: cases.map(\.mode))
+    func aBadHandshakeIsRefusedAndThePeerKilled(mode: String) async throws { try await oneHeavyTestAtATime {
         let expected = try #require(Self.cases.first { $0.mode == mode }).expected
         let fixture = try SnapshotFixture(bytes: 1 << 20)
         let session = try fixture.session()
@@ -34,9 +34,9 @@ import Testing
         #expect(reason.contains(expected), "\(reason)")
         #expect(session.killedPeer)
         #expect(session.statistics[.tasksAnnounced] == 0)
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(2))) func withoutKillingARefusedPeerSeesTheSocketClose() throws {
+    @Test(.timeLimit(.minutes(20))) func withoutKillingARefusedPeerSeesTheSocketClose() async throws { try await oneHeavyTestAtATime {
         let fixture = try SnapshotFixture(bytes: 1 << 20)
         let session = try fixture.session()
         session.killPeerOnFailure = false
@@ -50,9 +50,9 @@ import Testing
             return
         }
         #expect(session.killedPeer == false)
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(1))) func aPeerThatHangsUpSilentlyIsRefused() throws {
+    @Test(.timeLimit(.minutes(20))) func aPeerThatHangsUpSilentlyIsRefused() async throws { try await oneHeavyTestAtATime {
         let fixture = try SnapshotFixture(bytes: 1 << 20)
         let session = try fixture.session()
         let outcome = start(session)
@@ -74,5 +74,5 @@ import Testing
         #expect(reason.contains("(hung up)"), "\(reason)")
         // The peer was this test process: it must not have been killed (it is alive to check this).
         #expect(session.killedPeer == false)
-    }
+    }}
 }

@@ -4,7 +4,7 @@ import Testing
 
 /// `lazy-pages demo` as a newcomer runs it (README's first command): piped output in order, a progress bar that ends
 /// with the truth, clear refusals of sizes and counts it cannot do, and nothing left behind when it is interrupted.
-@Suite(.serialized, .timeLimit(.minutes(3))) struct DemoCommandTests {
+@Suite(.serialized, .timeLimit(.minutes(20))) struct DemoCommandTests {
     /// Runs the demo with stdout and stderr on one pipe (as `2>&1 | tee` does); its lines and exit status.
     static func runMerged(_ arguments: [String]) throws -> (status: Int32, lines: [String]) {
         let process = Process()
@@ -20,7 +20,7 @@ import Testing
         return (process.terminationStatus, lines)
     }
 
-    @Test func pipedOutputIsInOrderAndTheBarEndsWithTheTruth() throws {
+    @Test func pipedOutputIsInOrderAndTheBarEndsWithTheTruth() async throws { try await oneHeavyTestAtATime {
         // exit-mid: every task exits half way, its other pages no longer needed; the bar must still end at 100%.
         let (status, lines) = try Self.runMerged(["--size", "16M", "--scenario", "exit-mid"])
         let text = lines.joined(separator: "\n")
@@ -39,9 +39,9 @@ import Testing
         let rate = try #require(summary.split(separator: " ").dropLast().last, "\(summary)")  // "…, 0.12 GiB/s"
         #expect(bar.contains("average \(rate) GiB/s"), "\(bar) beside \(summary)")
         #expect(!text.contains("FAILED"), "\(text)")
-    }
+    }}
 
-    @Test func sizesAndCountsItCannotDoAreClearErrors() throws {
+    @Test func sizesAndCountsItCannotDoAreClearErrors() async throws { try await oneHeavyTestAtATime {
         let lazyPages = try BuiltProducts.path(of: "lazy-pages")
         let tiny = try Spawn.run([lazyPages, "demo", "--size", "1K"])
         #expect(tiny.exitCode == 64, "\(tiny.stderr)")
@@ -62,10 +62,10 @@ import Testing
         #expect(huge.stderr.contains("of memory for the restored tasks"), "\(huge.stderr)")
         #expect(huge.stderr.contains("choose a smaller --size"), "\(huge.stderr)")
         #expect(!huge.stdout.contains("writing"), "\(huge.stdout)")
-    }
+    }}
 
     @Test(arguments: [SIGTERM, SIGINT])
-    func aSignalRemovesTheImageDirectory(signal: Int32) throws {
+    func aSignalRemovesTheImageDirectory(signal: Int32) async throws { try await oneHeavyTestAtATime {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try BuiltProducts.path(of: "lazy-pages"))
         // Large enough that writing the images takes a while: the signal arrives while the directory fills.
@@ -95,5 +95,5 @@ import Testing
                 "\(stderr)")
         #expect(!FileManager.default.fileExists(atPath: directory), "\(directory) left behind")
         #expect(!FileManager.default.fileExists(atPath: directory + ".removing"), "\(directory).removing left behind")
-    }
+    }}
 }

@@ -80,7 +80,7 @@ import Glibc
         }
     }
 
-    @Test(.timeLimit(.minutes(2))) func daemonKilledAtRandomMomentsNeverLeavesAWrongPage() throws {
+    @Test(.timeLimit(.minutes(20))) func daemonKilledAtRandomMomentsNeverLeavesAWrongPage() async throws { try await oneHeavyTestAtATime {
         // (scenario, fault-only?) pairs; fault-only restores last longer, so more kills land mid-restore.
         let cases: [(String, Bool)] = [
             ("fork-storm", true), ("fork2-storm", true), ("threads16", true), ("uffd-events", true),
@@ -119,11 +119,11 @@ import Glibc
         // The test must really have crashed restores in flight, some of them with forked children tracked.
         #expect(killedRestores >= kills / 3, "only \(killedRestores) of \(kills) kills landed mid-restore")
         #expect(midFork >= 1, "no kill landed while forked children were tracked")
-    }
+    }}
 
     /// The hazard the guardian exists for, shown by the same harness: without it, killing the daemon mid-restore
     /// lets the kernel hand the waiting processes zero pages, and the workloads see wrong bytes.
-    @Test(.timeLimit(.minutes(1))) func withoutTheGuardianTheKernelHandsOutZeroPages() throws {
+    @Test(.timeLimit(.minutes(20))) func withoutTheGuardianTheKernelHandsOutZeroPages() async throws { try await oneHeavyTestAtATime {
         var wrong = 0
         for (seed, delay) in [(1, 60_000), (2, 100_000), (3, 30_000), (4, 150_000), (5, 80_000), (6, 200_000)]
         where wrong == 0 {
@@ -133,11 +133,11 @@ import Glibc
             wrong += result.simulator.wrongPageLines.count
         }
         #expect(wrong > 0, "killing an unguarded daemon never produced a wrong page: is the harness blind?")
-    }
+    }}
 
     /// A restore that fails (the restorer hangs up before RSTF) takes its processes with it: the daemon exits with
     /// an error and the guardian kills the workloads still waiting for pages instead of letting them read zeros.
-    @Test(.timeLimit(.minutes(1))) func failedRestoreProcessesAreKilledNotZeroFilled() throws {
+    @Test(.timeLimit(.minutes(20))) func failedRestoreProcessesAreKilledNotZeroFilled() async throws { try await oneHeavyTestAtATime {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try ChildProcess(
@@ -156,7 +156,7 @@ import Glibc
         #expect(output.wrongPageLines.isEmpty, "\(output.text)")
         #expect(!output.timedOut, "\(output.text)")
         for status in output.taskStatuses { #expect(status == 0 || status == -SIGKILL, "\(output.text)") }
-    }
+    }}
 
     /// A clean restore: the guardian lets go (exit 0) and the daemon exits 0 with every byte right.
     /// The daemon dies in the one moment between accepting the restorer's connection and telling the guardian about
@@ -164,7 +164,7 @@ import Glibc
     /// the guardian must find the connection in the shared table itself, receive the uffds and kill the tasks.
     /// (Before it did, it saw no uffd open, exited, and the queued uffds were released: the tasks read zero pages —
     /// twice in 24 random kills under the load of a full parallel test run.)
-    @Test(.timeLimit(.minutes(1))) func daemonKilledRightAfterAcceptingTheRestorer() throws {
+    @Test(.timeLimit(.minutes(20))) func daemonKilledRightAfterAcceptingTheRestorer() async throws { try await oneHeavyTestAtATime {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try ChildProcess(
@@ -203,9 +203,9 @@ import Glibc
         #expect(output.taskStatuses == [-SIGKILL, -SIGKILL], "\(output.text)")
         #expect(daemon.stderrText.contains("went away with a restore in flight; killed 2 processes"),
                 "\(daemon.stderrText)")
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(1))) func cleanRestoreWithTheGuardian() throws {
+    @Test(.timeLimit(.minutes(20))) func cleanRestoreWithTheGuardian() async throws { try await oneHeavyTestAtATime {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try ChildProcess(
@@ -221,7 +221,7 @@ import Glibc
         #expect(daemon.wait() == 0, "\(daemon.stderrText)")
         #expect(daemon.stderrText.contains("guardian started"))
         #expect(!daemon.stderrText.contains("lp-guardian:"), "\(daemon.stderrText)")
-    }
+    }}
 }
 
 /// xorshift64*, for reproducible test choices.
@@ -240,7 +240,7 @@ struct SeededRandom {
 /// read(2) fails with EMFILE). The daemon must fail the restore with a clear error — never treat it as the process
 /// exiting and close its uffd (zero pages) — and the guardian kills the restore's processes.
 @Suite(.serialized) struct ResourceLimitTests {
-    @Test(.timeLimit(.minutes(1))) func descriptorExhaustionDuringAForkStormFailsClearly() throws {
+    @Test(.timeLimit(.minutes(20))) func descriptorExhaustionDuringAForkStormFailsClearly() async throws { try await oneHeavyTestAtATime {
         var wrongPages = 0
         for limit in [36, 40, 44] {
             let work = try makeTemporaryDirectory()
@@ -271,5 +271,5 @@ struct SeededRandom {
         withKnownIssue("rare escape of a grandchild during the EMFILE abort", isIntermittent: true) {
             #expect(wrongPages == 0)
         }
-    }
+    }}
 }

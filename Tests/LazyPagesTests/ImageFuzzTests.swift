@@ -48,7 +48,7 @@ import Glibc
         }
     }
 
-    @Test(.timeLimit(.minutes(2))) func mutatedImagesLoadConsistentlyOrThrowImageError() throws {
+    @Test(.timeLimit(.minutes(20))) func mutatedImagesLoadConsistentlyOrThrowImageError() async throws { try await oneHeavyTestAtATime {
         let environment = ProcessInfo.processInfo.environment
         let seconds = Double(environment["LP_FUZZ_SECONDS"] ?? "") ?? 30
         let limit = Int(environment["LP_FUZZ_INPUTS"] ?? "") ?? 20_000
@@ -119,7 +119,7 @@ import Glibc
         #expect(tally.inputs >= 1000, "too few inputs in the time allowed: \(tally)")
         #expect(tally.otherErrors == 0 && tally.inconsistent == 0 && tally.hangs == 0, "\(tally)\n\(failures.joined(separator: "\n"))")
         #expect(tally.imageErrors > 0 && tally.loaded > 0, "the mutations should both break and keep images: \(tally)")
-    }
+    }}
 
     /// What a loaded image must satisfy for the daemon to serve it safely; nil when it does.
     static func inconsistency(_ source: CRIUImageSource, pid: Int32) -> String? {

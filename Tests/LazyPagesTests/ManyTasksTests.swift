@@ -38,7 +38,7 @@ import Glibc
             directory: work, name: "sim")
     }
 
-    @Test(.timeLimit(.minutes(10))) func everyTaskOfAManyTaskRestoreVerifiesEveryByte() throws {
+    @Test(.timeLimit(.minutes(20))) func everyTaskOfAManyTaskRestoreVerifiesEveryByte() async throws { try await oneHeavyTestAtATime {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try Self.startDaemon(work: work)
@@ -53,12 +53,12 @@ import Glibc
         #expect(output.wrongPageLines.isEmpty)
         #expect(simulator.stdoutText.contains("restore-sim: all \(Self.taskCount) tasks passed"))
         #expect(daemon.stdoutText.contains("lazy-pages: \(Self.taskCount) tasks,"), "\(daemon.stdoutText)")
-    }
+    }}
 
     /// More tasks than descriptors (`prlimit --nofile=48`, 64 tasks): the daemon must stop taking uffds while it
     /// still has room — with none free the kernel drops a uffd on receipt, its last copy, and that task would read
     /// zeros — and fail naming RLIMIT_NOFILE; the guardian kills what it took.
-    @Test(.timeLimit(.minutes(1))) func moreTasksThanDescriptorsFailsClearly() throws {
+    @Test(.timeLimit(.minutes(20))) func moreTasksThanDescriptorsFailsClearly() async throws { try await oneHeavyTestAtATime {
         let images = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: images) }
         try ImageLayout.mixed.write(to: images, tasks: 64, bytesPerTask: 64 << 10)
@@ -83,13 +83,13 @@ import Glibc
         #expect(daemon.stderrText.contains("raise RLIMIT_NOFILE"))
         #expect(daemon.stderrText.contains("lp-guardian: lazy-pagesd"), "\(daemon.stderrText.suffix(3000))")
         #expect(RestoreSimOutput(simulator.stdoutText).wrongPageLines.isEmpty)
-    }
+    }}
 
     /// The guardian must find every task of a large restore: with a thousand tasks under one restorer it once
     /// read only the first 4 KiB of the restorer's children list (256 of them) and left the rest on zero pages.
     /// No background fill and idle workloads: when the daemon dies every task still has every lazy page pending,
     /// and each starts reading its memory three seconds after the hand-over.
-    @Test(.timeLimit(.minutes(10))) func daemonKilledDuringAManyTaskRestoreLeavesNoTaskOnZeroPages() throws {
+    @Test(.timeLimit(.minutes(20))) func daemonKilledDuringAManyTaskRestoreLeavesNoTaskOnZeroPages() async throws { try await oneHeavyTestAtATime {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try Self.startDaemon(work: work, ["--no-background"])
@@ -111,5 +111,5 @@ import Glibc
                 "\(simulator.stderrText.suffix(2000))\n\(output.text.suffix(2000))")
         #expect(output.taskStatuses.allSatisfy { $0 == -SIGKILL }, "\(output.text.suffix(4000))")
         #expect(daemon.stderrText.contains("killed \(Self.taskCount) processes"), "\(daemon.stderrText.suffix(4000))")
-    }
+    }}
 }

@@ -103,7 +103,7 @@ struct MemoryCgroupTests {
                    daemonStatus: daemonStatus)
     }
 
-    @Test(.timeLimit(.minutes(2))) func oomKilledTargetsAreProcessGoneAndAnotherRestoreGoesOn() throws {
+    @Test(.timeLimit(.minutes(20))) func oomKilledTargetsAreProcessGoneAndAnotherRestoreGoesOn() async throws { try await oneHeavyTestAtATime {
         let cgroup = try MemoryCgroup.make(limit: Self.limit)
         defer { MemoryCgroup.remove(cgroup) }
         let work = try makeTemporaryDirectory(), otherWork = try makeTemporaryDirectory()
@@ -122,9 +122,9 @@ struct MemoryCgroupTests {
         #expect(run.daemon.stdoutText.contains("lazy-pages: 2 tasks"))
         #expect(otherRun.output.taskStatuses == [0, 0], "\(otherRun.output.text)")
         #expect(otherRun.daemonStatus == 0)
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(2))) func withoutTheOomKillerACopyFailsWithENOMEMNamingTheCgroup() throws {
+    @Test(.timeLimit(.minutes(20))) func withoutTheOomKillerACopyFailsWithENOMEMNamingTheCgroup() async throws { try await oneHeavyTestAtATime {
         let cgroup = try MemoryCgroup.make(limit: Self.limit, oomKill: false)
         defer { MemoryCgroup.remove(cgroup) }
         let work = try makeTemporaryDirectory()
@@ -136,9 +136,9 @@ struct MemoryCgroupTests {
         // The guardian kills the failed restore's processes; none read a zero page.
         #expect(run.output.wrongPageLines.isEmpty, "\(run.output.text)")
         for status in run.output.taskStatuses { #expect(status == -SIGKILL, "\(run.output.text)") }
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(2))) func daemonInsideTheCgroupToo() throws {
+    @Test(.timeLimit(.minutes(20))) func daemonInsideTheCgroupToo() async throws { try await oneHeavyTestAtATime {
         let cgroup = try MemoryCgroup.make(limit: Self.limit)
         defer { MemoryCgroup.remove(cgroup) }
         let work = try makeTemporaryDirectory()
@@ -151,5 +151,5 @@ struct MemoryCgroupTests {
         #expect(!run.output.timedOut, "\(run.output.text)")
         for status in run.output.taskStatuses { #expect(status == 0 || status == -SIGKILL, "\(run.output.text)") }
         #expect([0, -SIGKILL].contains(run.daemonStatus), "\(run.daemon.stderrText.suffix(3000))")
-    }
+    }}
 }

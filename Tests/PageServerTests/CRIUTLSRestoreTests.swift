@@ -12,7 +12,7 @@ import Glibc
 /// of interop: `criu page-server --lazy-pages --tls` → `lazy-pagesd --page-server --tls`, and
 /// `lazy-pages page-server --tls` → `criu lazy-pages --page-server --tls`. The restored process checks every byte of
 /// its memory and reports through a fifo.
-@Suite("Restores over TLS with the real CRIU", .serialized, .timeLimit(.minutes(4)),
+@Suite("Restores over TLS with the real CRIU", .serialized, .timeLimit(.minutes(20)),
        .enabled(if: criuAvailable, "needs the reference CRIU at \(criuBinary)"),
        .enabled(if: TestCertificates.openssl != nil, "needs openssl to make the test certificates"),
        .enabled(if: access("/usr/bin/setsid", X_OK) == 0 && access("/bin/bash", X_OK) == 0, "needs setsid (util-linux) and bash"))
@@ -47,7 +47,7 @@ struct CRIUTLSRestoreTests {
     }
 
     @Test("criu restore --lazy-pages over TLS restores every byte", arguments: Direction.allCases)
-    func restoreOverTLS(_ direction: Direction) throws {
+    func restoreOverTLS(_ direction: Direction) async throws { try await oneHeavyTestAtATime {
         ensurePipeMaxSize()
         let certificates = try TestCertificates()
         defer { certificates.remove() }
@@ -117,5 +117,5 @@ struct CRIUTLSRestoreTests {
             #expect(log.contains("TLS handshake completed"), "\(log.suffix(1500))")
             #expect(ourServer!.waitForLog("client certificate verified"), "\(ourServer!.stderr)")
         }
-    }
+    }}
 }

@@ -125,7 +125,7 @@ struct BlockingWire {
 /// dump in `../shared/fixtures/criu-treeproc` to our TLS transport (every lazy page checked byte for byte against
 /// the dump's pages files), and each bad certificate refused on the side that checks it. (Whole restores over TLS
 /// with `criu restore --lazy-pages` are in the end-to-end tests.)
-@Suite("TLS against CRIU's page server", .serialized, .timeLimit(.minutes(3)),
+@Suite("TLS against CRIU's page server", .serialized, .timeLimit(.minutes(20)),
        .enabled(if: criuAvailable, "needs the reference CRIU at \(criuBinary)"),
        .enabled(if: TestCertificates.openssl != nil, "needs openssl to make the test certificates"))
 struct CRIUTLSTests {
@@ -150,7 +150,7 @@ struct CRIUTLSTests {
 
     @Test("criu page-server --tls serves every lazy page of a real dump to our TLS client, byte for byte",
           .enabled(if: FileManager.default.fileExists(atPath: fixture), "needs the fixture dump"))
-    func criuServerToOurClient() throws {
+    func criuServerToOurClient() async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try Self.fixtureCopy()
@@ -186,11 +186,11 @@ struct CRIUTLSTests {
         #expect(pages == truth.pageCount && pages == 2 * 1099, "\(pages) pages")
         #expect(server.waitForExit())
         #expect(server.log.contains("TLS handshake completed"), "\(server.log.suffix(2000))")
-    }
+    }}
 
     @Test("our client refuses CRIU's page server with an untrusted, expired or wrong-name certificate, or without TLS",
           arguments: ["untrusted", "expired", "wrong-name", "plain"])
-    func ourClientRefusesCRIUServer(_ kind: String) throws {
+    func ourClientRefusesCRIUServer(_ kind: String) async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try Self.fixtureCopy()
@@ -211,11 +211,11 @@ struct CRIUTLSTests {
         let words = ["untrusted": "NOT trusted", "expired": "expired", "wrong-name": "does not match",
                      "plain": "does the peer speak TLS"][kind]!
         #expect(failure.contains(words), "\(failure)")
-    }
+    }}
 
     @Test("CRIU's page server refuses our client with an untrusted or expired certificate, or without TLS",
           arguments: ["untrusted", "expired", "plain"])
-    func criuServerRefusesOurClient(_ kind: String) throws {
+    func criuServerRefusesOurClient(_ kind: String) async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try Self.fixtureCopy()
@@ -231,5 +231,5 @@ struct CRIUTLSTests {
         #expect(server.waitForExit())
         let words = kind == "plain" ? "TLS handshake failed" : "Invalid certificate"
         #expect(server.log.contains(words), "\(server.log.suffix(1500))")
-    }
+    }}
 }

@@ -2,6 +2,7 @@ import Foundation
 import LazyPagesEngine
 import PageServer
 import RestoreSimulator
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -9,10 +10,10 @@ import Glibc
 #endif
 
 /// Faults of the network and of the server, injected into real restores.
-@Suite("Network faults during remote restores", .serialized, .timeLimit(.minutes(3)))
+@Suite("Network faults during remote restores", .serialized, .timeLimit(.minutes(20)))
 struct NetworkFaultTests {
     @Test("server killed mid-transfer (reply cut inside page data), refused while down, back again: the client reconnects, re-sends and finishes every byte")
-    func killedAndRestarted() throws {
+    func killedAndRestarted() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
         server.start()
@@ -27,19 +28,19 @@ struct NetworkFaultTests {
         #expect(result.report.allPassed, "\(describe(result.report))")
         #expect(result.outcome == .completed)
         #expect(proxy.acceptedConnections >= 2)
-    }
+    }}
 
     @Test("a server that stalls: the client times out, retries with backoff, then fails loudly within bounds; processes die instead of reading zeros")
-    func stalls() throws {
+    func stalls() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let stalling = try ScriptedServer { _ in nil }
         defer { stalling.stop() }
         try expectRestoreGivesUp(images, port: stalling.port, stallTimeout: 0.4, retries: 2, within: .seconds(15))
-    }
+    }}
 
     @Test("a server that lies is an error, never a wrong page",
           arguments: ["wrong-address", "oversized", "wrong-command"])
-    func lies(_ lie: String) throws {
+    func lies(_ lie: String) async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let liar = try ScriptedServer { request in
             var reply = PageServerMessage.pages(answering: request, pageCount: request.pageCount)
@@ -66,10 +67,10 @@ struct NetworkFaultTests {
             #expect(task.exitStatus == -SIGBUS, "\(describe(result.report))")
             #expect(!task.output.contains { $0.hasPrefix("FAIL") && $0.contains("byte=") })
         }
-    }
+    }}
 
     @Test("nobody listening: the daemon fails at start, naming the server")
-    func refusedAtStart() throws {
+    func refusedAtStart() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let closed = try ScriptedServer { _ in nil }
         let port = closed.port
@@ -83,7 +84,7 @@ struct NetworkFaultTests {
         } throws: { error in
             "\(error)".contains("127.0.0.1:\(port)") && "\(error)".contains("unreachable")
         }
-    }
+    }}
 }
 
 import LazyPagesCRIU

@@ -10,11 +10,11 @@ import Glibc
 /// runs in namespace A, the built `lazy-pagesd --page-server` in namespace B, and `lazy-pages restore-sim` (in the
 /// root namespace: it needs only the daemon's unix socket) plays the restore with workloads that check every byte
 /// against the full image. Needs CAP_NET_ADMIN (CI runs as root): without it the test fails, it does not skip.
-@Suite("Remote restores across network namespaces", .serialized, .timeLimit(.minutes(3)))
+@Suite("Remote restores across network namespaces", .serialized, .timeLimit(.minutes(20)))
 struct NetworkNamespaceTests {
     @Test("scenarios restore every byte from a page server in another network namespace",
           arguments: ["fork-storm", "mremap-swap", "madvise"])
-    func scenarioAcrossVeth(_ scenario: String) throws {
+    func scenarioAcrossVeth(_ scenario: String) async throws { try await oneHeavyTestAtATime {
         let lazyPages = try BuiltProducts.path(of: "lazy-pages")
         let daemonBinary = try BuiltProducts.path(of: "lazy-pagesd")
         let images = try RemoteImages()
@@ -63,7 +63,7 @@ struct NetworkNamespaceTests {
         // (madvise drops some pages before they are fetched, so not every lazy page of both tasks need cross.)
         let sent = try network.transmittedBytes(namespace: network.serverNamespace)
         #expect(sent >= RemoteImages.lazyPagesPerTask * 4096, "only \(sent) bytes left namespace A")
-    }
+    }}
 }
 
 /// Two fresh network namespaces `lp-test-<pid>-<random>-a` / `-b` joined by a veth pair, with addresses from

@@ -166,7 +166,7 @@ import Glibc
         }
     }
 
-    @Test(.timeLimit(.minutes(3))) func fuzzedRequestStreamsGetExactRepliesFromLazyPagesPageServer() throws {
+    @Test(.timeLimit(.minutes(20))) func fuzzedRequestStreamsGetExactRepliesFromLazyPagesPageServer() async throws { try await oneHeavyTestAtATime {
         signal(SIGPIPE, SIG_IGN)
         let budget = FuzzBudget(seconds: 12, inputs: 20_000)
         var rng = FuzzRandom(seed: budget.seed)
@@ -264,7 +264,7 @@ import Glibc
         #expect(restore.outcome == .completed && restore.report.allPassed, "\(describe(restore.report))")
         #expect(tally.inputs >= 100, "too few inputs in the time allowed: \(tally)")
         #expect(tally.crashes == 0 && tally.hangs == 0 && tally.wrongReplies == 0, "\(tally)\n\(failures.joined(separator: "\n"))")
-    }
+    }}
 
     // MARK: Client side
 
@@ -398,7 +398,7 @@ import Glibc
         }
     }
 
-    @Test(.timeLimit(.minutes(4))) func aLyingServerIsAnErrorOrSurvivedNeverAWrongPage() throws {
+    @Test(.timeLimit(.minutes(20))) func aLyingServerIsAnErrorOrSurvivedNeverAWrongPage() async throws { try await oneHeavyTestAtATime {
         signal(SIGPIPE, SIG_IGN)
         // The restored processes die of SIGBUS when the restore fails: Swift's crash backtracer (linked into every
         // SwiftPM executable, lp-workload included, and switched on by `swift test`'s environment) can then spend
@@ -462,5 +462,5 @@ import Glibc
         #expect(tally.inputs >= 5, "too few inputs in the time allowed: \(tally)")
         #expect(tally.hangs == 0 && tally.wrongPages == 0 && tally.unclear == 0, "\(tally)\n\(failures.joined(separator: "\n"))")
         #expect(tally.completed > 0 && tally.failedClearly > 0, "the generator should both break and spare restores: \(tally)")
-    }
+    }}
 }

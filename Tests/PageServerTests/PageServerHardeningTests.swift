@@ -11,7 +11,7 @@ import Glibc
 /// descriptors, threads and log are its own): each test fails on the page server before the fix (all addresses
 /// by default, nr_pages 0 keeping the connection, a thread per connection with no cap and no deadline, an accept
 /// loop that stopped for good at EMFILE).
-@Suite("Page server hardening", .serialized, .timeLimit(.minutes(3)))
+@Suite("Page server hardening", .serialized, .timeLimit(.minutes(20)))
 struct PageServerHardeningTests {
     /// One GET, answered with its pages: the server serves.
     static func served(port: UInt16) throws -> Bool {
@@ -54,7 +54,7 @@ struct PageServerHardeningTests {
     }
 
     @Test("without --address the page server listens on loopback only")
-    func loopbackByDefault() throws {
+    func loopbackByDefault() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServerProcess(["-D", images.serverDirectory, "--port", "0"])
         defer { server.stop() }
@@ -65,10 +65,10 @@ struct PageServerHardeningTests {
                 close(fd)
             }
         }
-    }
+    }}
 
     @Test("no thread per connection: 64 connections held open add no thread")
-    func noThreadPerConnection() throws {
+    func noThreadPerConnection() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServerProcess(["-D", images.serverDirectory, "--address", "127.0.0.1", "--port", "0"])
         defer { server.stop() }
@@ -87,10 +87,10 @@ struct PageServerHardeningTests {
         }
         // ... and the server has as many threads as before.
         #expect(threads() == before, "threads before \(before), with 64 connections \(threads())")
-    }
+    }}
 
     @Test("connections past the cap are refused with a log line; idle ones are closed; then new clients are served")
-    func capAndIdleTimeout() throws {
+    func capAndIdleTimeout() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServerProcess([
             "-D", images.serverDirectory, "--address", "127.0.0.1", "--port", "0", "--max-connections", "4",
@@ -116,10 +116,10 @@ struct PageServerHardeningTests {
         #expect(server.waitForLog("closing the connection: no request for 2.0 s"), "\(server.stderr)")
         // ... and a new client is served.
         #expect(try Self.served(port: server.port))
-    }
+    }}
 
     @Test("half a request is not held forever: closed after --request-timeout")
-    func requestDeadline() throws {
+    func requestDeadline() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServerProcess([
             "-D", images.serverDirectory, "--address", "127.0.0.1", "--port", "0", "--request-timeout", "1",
@@ -131,11 +131,11 @@ struct PageServerHardeningTests {
         #expect(Self.closedByServer(fd))
         #expect(server.waitForLog("a request not completed within 1.0 s"), "\(server.stderr)")
         #expect(try Self.served(port: server.port))
-    }
+    }}
 
     @Test("out of descriptors (EMFILE): connections are refused, and once some close new clients are served again",
           .enabled(if: Spawn.tool("/usr/bin/prlimit") != nil, "needs prlimit (util-linux)"))
-    func recoversFromEMFILE() throws {
+    func recoversFromEMFILE() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServerProcess(["-D", images.serverDirectory, "--address", "127.0.0.1", "--port", "0"])
         defer { server.stop() }
@@ -160,5 +160,5 @@ struct PageServerHardeningTests {
         }
         #expect(servedAgain, "\(server.stderr.suffix(2000))")
         #expect(server.alive)
-    }
+    }}
 }

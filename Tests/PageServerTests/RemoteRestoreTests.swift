@@ -2,15 +2,16 @@ import Foundation
 import LazyPagesEngine
 import PageServer
 import RestoreSimulator
+import TestSupport
 import Testing
 
 /// Our server ↔ our client over loopback, driving real restores: every lazy page crosses the wire, and every
 /// workload checks every byte it owns against the full image.
-@Suite("Remote restores over loopback", .serialized, .timeLimit(.minutes(3)))
+@Suite("Remote restores over loopback", .serialized, .timeLimit(.minutes(20)))
 struct RemoteRestoreTests {
     @Test("scenarios restore every byte through the page server",
           arguments: ["verify", "fork-storm", "mremap-swap", "madvise", "threads"])
-    func scenario(_ scenario: String) throws {
+    func scenario(_ scenario: String) async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
         server.start()
@@ -25,10 +26,10 @@ struct RemoteRestoreTests {
         // Every lazy page of both tasks arrived (some more than once when forked children ask again).
         #expect(result.statistics[.remotePagesReceived] >= 1)
         #expect(server.counters.connections == 1)
-    }
+    }}
 
     @Test("one server, many restores from one dump: one after the other, then three at once")
-    func manyRestoresFromOneDump() throws {
+    func manyRestoresFromOneDump() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
         server.start()
@@ -44,5 +45,5 @@ struct RemoteRestoreTests {
         #expect(passed.values == [1, 1, 1])
         #expect(server.counters.connections == 4)
         #expect(server.counters.pagesSent >= 4 * 2 * RemoteImages.lazyPagesPerTask)
-    }
+    }}
 }

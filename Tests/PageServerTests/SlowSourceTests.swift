@@ -2,6 +2,7 @@ import Foundation
 import LazyPagesEngine
 import PageServer
 import RestoreSimulator
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -11,10 +12,10 @@ import Glibc
 /// A page source slower than the restore: a real `PageServer` behind a `ThrottlingProxy`, real workloads checking
 /// every byte. The client must bound what it holds in flight (backpressure), keep serving faults while the fill
 /// crawls, and treat a source slower than its timeout as dead: a clear error and poisoned pages, never zeros.
-@Suite("Slow page sources", .serialized, .timeLimit(.minutes(3)))
+@Suite("Slow page sources", .serialized, .timeLimit(.minutes(20)))
 struct SlowSourceTests {
     @Test("a throttled source (1 MiB/s, 2 ms per answer): every byte right, in-flight pages bounded, faults served during the fill")
-    func throttled() throws {
+    func throttled() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
         server.start()
@@ -43,10 +44,10 @@ struct SlowSourceTests {
         print("slow source: \(ContinuousClock.now - started), \(proxy.connections) connection(s), at most "
             + "\(proxy.maxOutstandingPages) pages in flight (background bound \(backgroundBound)), \(result.statistics[.pagesCopiedOnFault]) pages on fault, "
             + "\(result.statistics[.pagesCopiedInBackground]) in background")
-    }
+    }}
 
     @Test("a source that trickles (2 KiB/s, below what the stall timeout allows): the client gives up, pages are poisoned, no zero page")
-    func trickling() throws {
+    func trickling() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
         let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
         server.start()
@@ -54,5 +55,5 @@ struct SlowSourceTests {
         let proxy = try ThrottlingProxy(target: server.port, bytesPerSecond: 2048)
         defer { proxy.stop() }
         try expectRestoreGivesUp(images, port: proxy.port, stallTimeout: 0.5, retries: 1, within: .seconds(20))
-    }
+    }}
 }

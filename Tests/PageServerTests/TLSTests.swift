@@ -12,7 +12,7 @@ import Glibc
 /// TLS between our page server and our client (GnuTLS, CRIU's options and checks): a real restore over it, then
 /// each kind of bad peer refused with a reason that names it. The interop with CRIU's own GnuTLS ends is in
 /// `CRIUTLSTests`.
-@Suite("TLS between our page server and our client", .serialized, .timeLimit(.minutes(3)),
+@Suite("TLS between our page server and our client", .serialized, .timeLimit(.minutes(20)),
        .enabled(if: TestCertificates.openssl != nil, "needs openssl to make the test certificates"))
 struct TLSTests {
     static func credentials(_ identity: TestCertificates.Identity, ca: String, verifyName: Bool = true) throws -> TLSCredentials {
@@ -21,7 +21,7 @@ struct TLSTests {
     }
 
     @Test("a restore over TLS: every byte checked, client certificate verified by the server")
-    func restoreOverTLS() throws {
+    func restoreOverTLS() async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
@@ -37,7 +37,7 @@ struct TLSTests {
         #expect(result.closeStatus == 0)
         #expect(server.counters.tlsFailures == 0)
         #expect(server.counters.pagesSent >= 2 * RemoteImages.lazyPagesPerTask)
-    }
+    }}
 
     /// Starts a client session against `port` and returns why it failed (nil: it did not).
     static func clientFailure(port: UInt16, tls: TLSCredentials?) -> String? {
@@ -59,7 +59,7 @@ struct TLSTests {
 
     @Test("the client refuses a server certificate that is untrusted, expired or for another name",
           arguments: ["untrusted", "expired", "wrong-name"])
-    func clientRefusesBadServer(_ kind: String) throws {
+    func clientRefusesBadServer(_ kind: String) async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
@@ -78,10 +78,10 @@ struct TLSTests {
         #expect(reason.contains("certificate is refused"), "\(reason)")
         let words = ["untrusted": "NOT trusted", "expired": "expired", "wrong-name": "does not match"][kind]!
         #expect(reason.contains(words), "\(reason)")
-    }
+    }}
 
     @Test("--tls-no-cn-verify accepts another name, but never an untrusted chain")
-    func noNameCheck() throws {
+    func noNameCheck() async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
@@ -96,10 +96,10 @@ struct TLSTests {
                 tls: try Self.credentials(certificates.client, ca: certificates.caCertificate, verifyName: false))
             #expect((failure == nil) == accepted, "\(identity.certificate): \(failure ?? "accepted")")
         }
-    }
+    }}
 
     @Test("a TLS client meeting a plain-text server fails, naming the server and the likely cause")
-    func plainServer() throws {
+    func plainServer() async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
@@ -110,11 +110,11 @@ struct TLSTests {
             port: server.port, tls: try Self.credentials(certificates.client, ca: certificates.caCertificate)))
         #expect(reason.contains("page server 127.0.0.1:\(server.port)"), "\(reason)")
         #expect(reason.contains("does the peer speak TLS"), "\(reason)")
-    }
+    }}
 
     @Test("the server refuses a plain-text client and client certificates that are untrusted or expired",
           arguments: ["plain", "untrusted", "expired"])
-    func serverRefusesBadClient(_ kind: String) throws {
+    func serverRefusesBadClient(_ kind: String) async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
@@ -154,10 +154,10 @@ struct TLSTests {
         }
         #expect(server.counters.tlsFailures >= 1)
         #expect(server.counters.pagesSent == 0)
-    }
+    }}
 
     @Test("a missing CA file, certificate or key is a clear error at start")
-    func badFiles() throws {
+    func badFiles() async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let missing = certificates.directory + "/missing.pem"
@@ -174,5 +174,5 @@ struct TLSTests {
                 "\(error)".contains(named)
             }
         }
-    }
+    }}
 }

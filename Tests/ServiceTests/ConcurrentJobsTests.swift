@@ -6,8 +6,8 @@ import Testing
 /// Many restores at once through `lazy-pagesd serve` and `lazy-pages add/wait`: CRIU jobs (played by `lazy-pages
 /// restore-sim`) and Firecracker jobs (played by `fc-emulator`) mixed, one failing in the middle.
 @Suite(.serialized) struct ConcurrentJobsTests {
-    @Test(.timeLimit(.minutes(4)), arguments: [2, 10])
-    func concurrentRestoresFinishWhileOneFails(healthy: Int) throws {
+    @Test(.timeLimit(.minutes(20)), arguments: [2, 10])
+    func concurrentRestoresFinishWhileOneFails(healthy: Int) async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let images = try ImageFixture()
         let memory = try MemoryFixture(bytes: 1 << 20)
@@ -58,9 +58,9 @@ import Testing
         }
         let list = try daemon.request(ControlRequest(op: .list))
         #expect(list.jobs?.count == healthy + 1)
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(2))) func cancelStopsAJobAndWaitSaysSo() throws {
+    @Test(.timeLimit(.minutes(20))) func cancelStopsAJobAndWaitSaysSo() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let memory = try MemoryFixture(bytes: 1 << 20)
         let id = try daemon.add(["firecracker", "--socket", memory.socket("vm"), "--mem-file", memory.memoryFile])
@@ -78,5 +78,5 @@ import Testing
         let unknown = try daemon.cli(["wait", "999"])
         #expect(unknown.exitCode == 1)
         #expect(unknown.stderr.contains("no job 999"), "\(unknown.stderr)")
-    }
+    }}
 }

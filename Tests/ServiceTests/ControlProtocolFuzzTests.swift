@@ -330,7 +330,7 @@ import Glibc
         }
     }
 
-    @Test(.timeLimit(.minutes(4))) func fuzzedRequestsAreAnsweredWhileJobsRunAlongside() throws {
+    @Test(.timeLimit(.minutes(20))) func fuzzedRequestsAreAnsweredWhileJobsRunAlongside() async throws { try await oneHeavyTestAtATime {
         let budget = FuzzBudget(seconds: 15, inputs: 20_000)
         var rng = FuzzRandom(seed: budget.seed)
         let daemon = try ServiceDaemon(["--shutdown-timeout", "10"])
@@ -449,7 +449,7 @@ import Glibc
         #expect(tally.inputs >= 200, "too few inputs in the time allowed: \(tally)")
         #expect(tally.crashes == 0 && tally.hangs == 0 && tally.badReplies == 0, "\(tally)\n\(failures.joined(separator: "\n"))")
         #expect(tally.ok > 0 && tally.codes.count >= 6, "the generator should reach most codes: \(tally)")
-    }
+    }}
 
     /// True when a line of `bytes` is a request the daemon would apply to one of the jobs `ids`.
     static func names(_ ids: [String], _ bytes: [UInt8]) -> Bool {

@@ -34,7 +34,7 @@ import Testing
         #expect(result.taskStatuses == [-SIGKILL, -SIGKILL], "\(result.text) \(context)")
     }
 
-    @Test(.timeLimit(.minutes(3))) func cancelOfARunningCRIUJobEndsItsProcessesAndSaysSo() throws {
+    @Test(.timeLimit(.minutes(20))) func cancelOfARunningCRIUJobEndsItsProcessesAndSaysSo() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let work = try makeTemporaryDirectory("lp-serve-work")
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -48,9 +48,9 @@ import Testing
         Self.expectKilledNotZeroFilled(try simulator(), daemon.process.stderr)
         let status = try daemon.request(ControlRequest(op: .status, id: id))
         #expect(status.job?.reason == reply.job?.reason)
-    }
+    }}
 
-    @Test(.timeLimit(.minutes(2))) func cancelOfAJobNotHandedAnythingJustDropsIt() throws {
+    @Test(.timeLimit(.minutes(20))) func cancelOfAJobNotHandedAnythingJustDropsIt() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let work = try makeTemporaryDirectory("lp-serve-work")
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -60,10 +60,10 @@ import Testing
         #expect(cancelled.job?.reason?.hasSuffix("no process had been handed over") == true,
                 "\(String(describing: cancelled.job?.reason))")
         #expect(access(work + "/lazy-pages.socket", F_OK) != 0)
-    }
+    }}
 
     /// A failed job (the restorer hangs up before RSTF): its waiting processes are killed, not zero-filled.
-    @Test(.timeLimit(.minutes(2))) func aFailedCRIUJobEndsItsProcesses() throws {
+    @Test(.timeLimit(.minutes(20))) func aFailedCRIUJobEndsItsProcesses() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let work = try makeTemporaryDirectory("lp-serve-work")
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -79,10 +79,10 @@ import Testing
         let waited = try daemon.request(ControlRequest(op: .wait, id: id, timeoutSeconds: 60))
         #expect(waited.job?.state == .failed)
         #expect(waited.job?.reason?.contains("RSTF") == true, "\(String(describing: waited.job?.reason))")
-    }
+    }}
 
     /// `--shutdown-timeout`: a CRIU job still running is cancelled, its processes killed; a VM is killed.
-    @Test(.timeLimit(.minutes(3))) func theShutdownTimeoutEndsRunningJobsProcesses() throws {
+    @Test(.timeLimit(.minutes(20))) func theShutdownTimeoutEndsRunningJobsProcesses() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon(["--shutdown-timeout", "0.2"])
         let work = try makeTemporaryDirectory("lp-serve-work")
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -100,11 +100,11 @@ import Testing
         let log = daemon.process.stderr
         #expect(log.contains("job at shutdown job=\(id) owner=0 reason=the daemon shut down"), "\(log)")
         #expect(log.contains("still waiting for pages were killed"), "\(log)")
-    }
+    }}
 
     /// SIGKILL of `lazy-pagesd serve` with a CRIU job and a Firecracker job running: every job's guardian ends its
     /// processes (the CRIU tasks, the VM) before the uffds close.
-    @Test(.timeLimit(.minutes(3))) func sigkillOfTheDaemonEndsEveryJobsProcesses() throws {
+    @Test(.timeLimit(.minutes(20))) func sigkillOfTheDaemonEndsEveryJobsProcesses() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let work = try makeTemporaryDirectory("lp-serve-work")
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -128,11 +128,11 @@ import Testing
         }
         #expect(daemon.process.stderr.components(separatedBy: "went away with a restore in flight").count == 3,
                 "\(daemon.process.stderr)")
-    }
+    }}
 
     /// SIGKILL at random moments of fault-serving CRIU restores (fork storms, background fill on and off) beside a
     /// Firecracker VM checking every byte: never a wrong page, never a hang.
-    @Test(.timeLimit(.minutes(4))) func sigkillAtRandomMomentsNeverLeavesAWrongPage() throws {
+    @Test(.timeLimit(.minutes(20))) func sigkillAtRandomMomentsNeverLeavesAWrongPage() async throws { try await oneHeavyTestAtATime {
         let kills = Int(ProcessInfo.processInfo.environment["LP_SERVE_KILLS"] ?? "") ?? 4
         var rng = SystemRandomNumberGenerator()
         var killedMidRestore = 0
@@ -171,10 +171,10 @@ import Testing
             for work in works { try? FileManager.default.removeItem(atPath: work) }
         }
         print("serve: \(kills) daemon kills, \(killedMidRestore) CRIU restores killed mid-restore by their guardians, 0 wrong pages")
-    }
+    }}
 
     /// `list`/`status` count the announced tasks' pages: forked children's copies do not inflate `pagesHome`.
-    @Test(.timeLimit(.minutes(2))) func forkedChildrenDoNotCountAgainstTheParentsPages() throws {
+    @Test(.timeLimit(.minutes(20))) func forkedChildrenDoNotCountAgainstTheParentsPages() async throws { try await oneHeavyTestAtATime {
         let daemon = try ServiceDaemon()
         let work = try makeTemporaryDirectory("lp-serve-work")
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -189,5 +189,5 @@ import Testing
         #expect(job.counters["forks", default: 0] > 0)
         #expect(job.counters["pagesCopiedToForks", default: 0] > 0)
         #expect(job.pagesHome <= job.pagesExpected, "\(job.pagesHome)/\(job.pagesExpected)")
-    }
+    }}
 }

@@ -20,8 +20,8 @@ import TestSupport
             && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare")
     }
 
-    @Test(.enabled(if: runnable, "needs root, /usr/lib/systemd/systemd and unshare(1)"), .timeLimit(.minutes(5)))
-    func hardenedUnitServesRestoresAndEveryEndingIsSafe() throws {
+    @Test(.enabled(if: runnable, "needs root, /usr/lib/systemd/systemd and unshare(1)"), .timeLimit(.minutes(20)))
+    func hardenedUnitServesRestoresAndEveryEndingIsSafe() async throws { try await oneHeavyTestAtATime {
         let bin = URL(fileURLWithPath: try BuiltProducts.path(of: "lazy-pagesd")).deletingLastPathComponent().path
         let output = try Spawn.run(["/usr/bin/env", "LP_BUILD_DIR=\(bin)", try #require(Self.script)],
                                    timeoutMilliseconds: 280_000)
@@ -29,5 +29,5 @@ import TestSupport
         #expect(output.stdout.contains("systemd-serve-safety: "), "\(output.stdout)")
         #expect(output.stdout.contains(", 0 failed"), "\(output.stdout)")
         #expect(!output.stdout.contains("FAILED"), "\(output.stdout)")
-    }
+    }}
 }
