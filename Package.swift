@@ -43,7 +43,7 @@ let package = Package(
         .target(
             name: "LazyPagesEngine",
             dependencies: [
-                "Userfaultfd", "LinuxSupport",
+                "Userfaultfd", "LinuxSupport", "CGuardian",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "LazyPagesCRIU",
             dependencies: [
-                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "CGuardian", "LinuxSupport",
+                "LazyPagesEngine", "CRIUImages", "Userfaultfd", "LinuxSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // Front end: Firecracker's UFFD memory backend (JSON mappings + uffd handshake, snapshot memory file).

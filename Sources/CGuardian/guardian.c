@@ -22,6 +22,10 @@
  *                  until the tasks are dead (closing them would release the uffds in flight). A connection the
  *                  daemon accepted but died before reporting (RESTORER) is found in the shared table by its local
  *                  address, which is the listener's
+ *   PEERS_ARE_TASKS  the process on the other end of a connection is itself the one waiting on the uffd it sent
+ *                  (Firecracker: the VM keeps its own uffd and hangs on a fault nobody answers): from now on a
+ *                  RESTORER pid, and the peer of every connection found, is recorded as a process of the restore
+ *                  (killed) rather than as a restorer (held, its descendants killed)
  *   DONE           the restore ended cleanly: exit 0
  *   ABORT          the restore failed: kill its processes now (the daemon waits for us, holding the uffds)
  * If the daemon exits without DONE and the restore is in flight (a uffd open in the shared table, or bytes queued in
@@ -31,7 +35,9 @@
  * then SIGKILLs them all (stopped first, none can exit and orphan a child before it is found), waits until they
  * are gone, and only then exits, which closes the uffds. The restorers themselves are held (SIGSTOP) meanwhile, so
  * that none starts a task the walk cannot see any more; once the tasks are dead their connections are closed and
- * they are continued (SIGCONT): their next send fails and they fail the restore. Exit 3 after killing, 0 otherwise.
+ * they are continued (SIGCONT): their next send fails and they fail the restore. Exit 3 after killing, 0 otherwise
+ * (also when it knows no process of the restore at all: in lazy-pagesd serve one descriptor table holds the uffds
+ * of every job, so an open uffd alone does not say that this restore has processes to end).
  *
  * It runs in a copy of a multithreaded process without exec: only raw system calls here (no malloc, no stdio, no
  * locks), static storage only.
@@ -47,6 +53,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/syscall.h>
@@ -79,6 +86,15 @@ static pid_t g_self, g_daemon;
 static int g_listener = -1;
 static int g_connections[MAX_RESTORERS];
 static int g_nconnections;
+/* Which open file each descriptor number the daemon told us about was (device, inode), and which connections the
+ * guardian accepted itself. In lazy-pagesd serve the daemon goes on after an ABORT: a number it closed may since
+ * name another job's socket, so a descriptor is used only while it is still the same file, and one of the
+ * daemon's is never closed while the daemon lives (shut down instead: the daemon closes its own). */
+static dev_t g_connection_dev[MAX_RESTORERS], g_listener_dev;
+static ino_t g_connection_ino[MAX_RESTORERS], g_listener_ino;
+static int g_connection_ours[MAX_RESTORERS];
+static int g_aborted;
+static int g_peers_are_tasks;
 
 /* Whether a restorer connection still has bytes queued: its tasks' uffds may be in flight in it. Nothing is
  * received: a descriptor received without room in the table is dropped by the kernel (its task's last copy: zero
@@ -87,6 +103,22 @@ static int queued(int fd) {
     int bytes = 0;
     return ioctl(fd, FIONREAD, &bytes) == 0 && bytes > 0;
 }
+static void identify(int fd, dev_t *dev, ino_t *ino) {
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+        *dev = st.st_dev;
+        *ino = st.st_ino;
+    } else {
+        *dev = 0;
+        *ino = 0;
+    }
+}
+
+static int still_same(int fd, dev_t dev, ino_t ino) {
+    struct stat st;
+    return fd >= 0 && ino != 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
 /* Descriptors kept in reserve in the shared table: if the daemon ran out of descriptors, the guardian still has
  * room to walk /proc once it closes these. */
 enum { RESERVE = 4 };
@@ -248,17 +280,24 @@ static void walk(pid_t root, void (*fn)(pid_t)) {
 }
 
 /* Records connection fd (once) and its peer as a restorer. */
-static void add_connection(int fd) {
+static void add_connection(int fd, int ours) {
     for (int i = 0; i < g_nconnections; i++)
         if (g_connections[i] == fd) return;
     int creds[3] = {0, 0, 0}; /* struct ucred */
     socklen_t len = sizeof creds;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0 && g_nrestorers < MAX_RESTORERS) {
+    int got = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) == 0 && creds[0] > 0;
+    if (got && g_peers_are_tasks) {
+        record(creds[0]);
+    } else if (got && g_nrestorers < MAX_RESTORERS) {
         int known = 0;
         for (int i = 0; i < g_nrestorers; i++) known |= g_restorers[i] == creds[0];
         if (!known) g_restorers[g_nrestorers++] = creds[0];
     }
-    if (g_nconnections < MAX_RESTORERS) g_connections[g_nconnections++] = fd;
+    if (g_nconnections < MAX_RESTORERS) {
+        identify(fd, &g_connection_dev[g_nconnections], &g_connection_ino[g_nconnections]);
+        g_connection_ours[g_nconnections] = ours;
+        g_connections[g_nconnections++] = fd;
+    }
 }
 
 static int same_address(const struct sockaddr_un *a, socklen_t alen, const struct sockaddr_un *b, socklen_t blen) {
@@ -298,14 +337,14 @@ static int take_if_accepted(int fd) {
     socklen_t len = sizeof other;
     if (fd != g_listener && getsockname(fd, (struct sockaddr *)&other, &len) == 0 && same_address(&g_listening,
         g_listening_len, &other, len))
-        add_connection(fd);
+        add_connection(fd, 0);
     return 0;
 }
 
 /* Finds connections the daemon accepted from the listener but had not reported yet (it died between accept() and
  * its RESTORER message). Their queued uffds are in flight too. */
 static void sweep_accepted(void) {
-    if (g_listener < 0) return;
+    if (g_listener < 0 || !still_same(g_listener, g_listener_dev, g_listener_ino)) return;
     g_listening_len = sizeof g_listening;
     if (getsockname(g_listener, (struct sockaddr *)&g_listening, &g_listening_len) != 0 ||
         g_listening.sun_family != AF_UNIX)
@@ -315,13 +354,13 @@ static void sweep_accepted(void) {
 
 /* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
 static void sweep_listener(void) {
-    if (g_listener < 0) return;
+    if (g_listener < 0 || !still_same(g_listener, g_listener_dev, g_listener_ino)) return;
     int flags = fcntl(g_listener, F_GETFL);
     if (flags < 0 || fcntl(g_listener, F_SETFL, flags | O_NONBLOCK) < 0) return; /* not a listener any more */
     for (;;) {
         int fd = accept4(g_listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return;
-        add_connection(fd);
+        add_connection(fd, 1);
     }
 }
 
@@ -396,11 +435,22 @@ static int guardian_main(int pidfd, int messages) {
             ssize_t n = read(messages, &m, sizeof m);
             if (n == (ssize_t)sizeof m) {
                 if (m.kind == LP_GUARDIAN_DONE) return 0;
-                if (m.kind == LP_GUARDIAN_ABORT) break;
-                if (m.kind == LP_GUARDIAN_RESTORER && g_nrestorers < MAX_RESTORERS) g_restorers[g_nrestorers++] = m.pid;
-                if (m.kind == LP_GUARDIAN_RESTORER && m.fd >= 0 && g_nconnections < MAX_RESTORERS)
+                if (m.kind == LP_GUARDIAN_ABORT) {
+                    g_aborted = 1;
+                    break;
+                }
+                if (m.kind == LP_GUARDIAN_PEERS_ARE_TASKS) g_peers_are_tasks = 1;
+                if (m.kind == LP_GUARDIAN_RESTORER && g_peers_are_tasks) record(m.pid);
+                else if (m.kind == LP_GUARDIAN_RESTORER && g_nrestorers < MAX_RESTORERS) g_restorers[g_nrestorers++] = m.pid;
+                if (m.kind == LP_GUARDIAN_RESTORER && m.fd >= 0 && g_nconnections < MAX_RESTORERS) {
+                    identify(m.fd, &g_connection_dev[g_nconnections], &g_connection_ino[g_nconnections]);
+                    g_connection_ours[g_nconnections] = 0;
                     g_connections[g_nconnections++] = m.fd;
-                if (m.kind == LP_GUARDIAN_LISTENER) g_listener = m.pid;
+                }
+                if (m.kind == LP_GUARDIAN_LISTENER) {
+                    g_listener = m.pid;
+                    identify(g_listener, &g_listener_dev, &g_listener_ino);
+                }
                 if (m.kind == LP_GUARDIAN_RESTORER || m.kind == LP_GUARDIAN_SNAPSHOT) snapshot_due = 1;
                 continue; /* messages first: a DONE may be queued right before the daemon's exit */
             }
@@ -410,10 +460,20 @@ static int guardian_main(int pidfd, int messages) {
     /* Either the daemon is gone or it gave up; the shared table still holds its uffds. */
     for (int i = 0; i < RESERVE; i++)
         if (g_reserve[i] >= 0) close(g_reserve[i]);
+    /* No connection after this point: a shut-down listener refuses connect() (ECONNREFUSED), while the ones queued
+     * can still be accepted. Without it, a peer could connect after the sweep into a listener kept open by another
+     * job's guardian (lazy-pagesd serve: one shared table), send its uffd, and be left waiting when it closes. */
+    if (g_listener >= 0 && still_same(g_listener, g_listener_dev, g_listener_ino)) shutdown(g_listener, SHUT_RDWR);
     sweep_accepted();
     sweep_listener();
     int in_flight = uffds_open();
-    for (int i = 0; i < g_nconnections && !in_flight; i++) in_flight = queued(g_connections[i]);
+    for (int i = 0; i < g_nconnections && !in_flight; i++)
+        in_flight = still_same(g_connections[i], g_connection_dev[i], g_connection_ino[i]) && queued(g_connections[i]);
+    /* A peer that is itself the waiting process (a VM) depends on us as long as it is connected and alive. */
+    for (int i = 0; i < g_nknown && g_peers_are_tasks && !in_flight; i++)
+        in_flight = start_time(g_known[i].pid, NULL) == g_known[i].start;
+    /* Nobody of this restore known: nothing to end (another job's uffd may be what is open). */
+    if (g_nrestorers == 0 && g_nknown == 0) in_flight = 0;
     /* Nothing in flight (no uffd open, nothing queued in a connection): every process had its pages, or the
      * restorer never handed one over (it keeps its own copies and fails the restore itself). */
     if (!in_flight) return 0;
@@ -445,8 +505,12 @@ static int guardian_main(int pidfd, int messages) {
         }
     /* Every task is dead: close the restorers' connections (a restorer sending more fails with EPIPE, and fails its
      * restore) and the listener, then let the restorers go on. */
-    for (int i = 0; i < g_nconnections; i++) close(g_connections[i]);
-    if (g_listener >= 0) close(g_listener);
+    for (int i = 0; i < g_nconnections; i++) {
+        if (!still_same(g_connections[i], g_connection_dev[i], g_connection_ino[i])) continue;
+        if (g_aborted && !g_connection_ours[i]) shutdown(g_connections[i], SHUT_RDWR); /* the daemon closes it */
+        else close(g_connections[i]);
+    }
+    if (!g_aborted && still_same(g_listener, g_listener_dev, g_listener_ino)) close(g_listener);
     for (int i = 0; i < g_nheld; i++) kill(g_held[i], SIGCONT);
     char line[1024], *p = line;
     put(&p, "lp-guardian: lazy-pagesd (pid ");

@@ -82,39 +82,8 @@ public final class LazyPagesSession: @unchecked Sendable {
         return engine.run()
     }
 
-    /// Runs the restore on a dedicated thread (never on Swift's cooperative pool) and waits for it.
-    public func runOnDedicatedThread() async -> RestoreOutcome {
-        await withCheckedContinuation { continuation in
-            let thread = Thread { continuation.resume(returning: self.run()) }
-            thread.name = "lazy-pages restore"
-            thread.start()
-        }
-    }
-
     /// The one-line summary `criu lazy-pages` users expect at the end.
     public func summary() -> String {
         RestoreSummary(statistics: statistics).line
-    }
-}
-
-/// The end-of-restore line: processes, pages copied / zero-filled / faulted, seconds, GiB/s.
-public struct RestoreSummary: Sendable {
-    public let statistics: RestoreStatistics
-    public init(statistics: RestoreStatistics) { self.statistics = statistics }
-
-    /// Every page copied (on fault and in background) over the restore's time, in GiB/s.
-    public var gibPerSecond: Double {
-        let seconds = statistics.elapsedSeconds
-        return seconds > 0 ? Double(statistics.pagesCopied * basePageSize) / seconds / Double(1 << 30) : 0
-    }
-
-    public var line: String {
-        let s = statistics
-        let seconds = s.elapsedSeconds
-        let rate = gibPerSecond
-        return "lazy-pages: \(s[.tasksAnnounced]) tasks, \(s[.forks]) forked children, "
-            + "\(s.pagesCopied) pages copied (\(s[.pagesCopiedOnFault]) on fault, \(s[.pagesCopiedInBackground]) in background), "
-            + "\(s[.pagesZeroed]) zero-filled, \(s[.faults]) faults, \(s[.eagainRetries]) EAGAIN retries, "
-            + String(format: "%.3f s, %.2f GiB/s", seconds, rate)
     }
 }

@@ -32,14 +32,18 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     }
 }
 
-/// What a job restores: a front end, a page source, options.
-public struct JobSpec: Codable, Sendable, Equatable {
+/// What a job restores: a CRIU or a Firecracker restore, each with exactly the fields it needs. On the wire one
+/// flat object: `{"frontEnd":"criu","imagesDirectory":"/srv/img","workDirectory":"/srv/work",...}` or
+/// `{"frontEnd":"firecracker","socketPath":"/run/vm.sock","memoryFile":"/srv/mem",...}`; a field of the other
+/// kind of job is refused by name.
+public enum JobSpec: Codable, Sendable, Equatable {
+    /// `criu restore --lazy-pages`.
+    case criu(CRIUJob)
+    /// Firecracker's UFFD memory backend.
+    case firecracker(FirecrackerJob)
+
     public enum FrontEnd: String, Codable, Sendable {
-        /// `criu restore --lazy-pages`: `lazy-pages.socket` in `workDirectory`, pages from `imagesDirectory` (or
-        /// from `pageServer`).
-        case criu
-        /// Firecracker's UFFD memory backend: listen on `socketPath`, pages from the snapshot `memoryFile`.
-        case firecracker
+        case criu, firecracker
     }
 
     /// A CRIU page server (`criu page-server --lazy-pages`, `lazy-pages page-server`).
@@ -52,41 +56,137 @@ public struct JobSpec: Codable, Sendable, Equatable {
         }
     }
 
-    public var frontEnd: FrontEnd
-    public var workDirectory: String?
-    public var imagesDirectory: String?
-    public var pageServer: PageServerAddress?
-    public var socketPath: String?
-    public var memoryFile: String?
-    /// Copy the remaining pages in the background (default true).
-    public var backgroundFill: Bool?
-    /// Pages delivered per fault, the faulting one first (default 1).
-    public var faultAround: Int?
-    /// Pages per background copy (default 64).
-    public var fillChunk: Int?
-    /// A name shown by `list` (free text, at most 128 bytes).
-    public var name: String?
-    /// Let members of the caller's group connect to the job's socket too (mode 0660, the caller's primary gid);
-    /// by default only the caller (and root) may (mode 0600).
-    public var socketGroupAccess: Bool?
+    /// The engine options and name every job may have.
+    public struct Options: Sendable, Equatable {
+        /// Copy the remaining pages in the background (default true).
+        public var backgroundFill: Bool?
+        /// Pages delivered per fault, the faulting one first (default 1).
+        public var faultAround: Int?
+        /// Pages per background copy (default 64).
+        public var fillChunk: Int?
+        /// A name shown by `list` (free text, at most 128 bytes).
+        public var name: String?
+        /// Let members of the caller's group connect to the job's socket too (mode 0660, the caller's primary gid);
+        /// by default only the caller (and root) may (mode 0600).
+        public var socketGroupAccess: Bool?
 
-    public init(
-        frontEnd: FrontEnd, workDirectory: String? = nil, imagesDirectory: String? = nil,
-        pageServer: PageServerAddress? = nil, socketPath: String? = nil, memoryFile: String? = nil,
-        backgroundFill: Bool? = nil, faultAround: Int? = nil, fillChunk: Int? = nil, name: String? = nil,
-        socketGroupAccess: Bool? = nil
-    ) {
-        self.socketGroupAccess = socketGroupAccess
-        self.frontEnd = frontEnd
-        self.workDirectory = workDirectory
-        self.imagesDirectory = imagesDirectory
-        self.pageServer = pageServer
-        self.socketPath = socketPath
-        self.memoryFile = memoryFile
-        self.backgroundFill = backgroundFill
-        self.faultAround = faultAround
-        self.fillChunk = fillChunk
-        self.name = name
+        public init(backgroundFill: Bool? = nil, faultAround: Int? = nil, fillChunk: Int? = nil, name: String? = nil,
+                    socketGroupAccess: Bool? = nil) {
+            self.backgroundFill = backgroundFill
+            self.faultAround = faultAround
+            self.fillChunk = fillChunk
+            self.name = name
+            self.socketGroupAccess = socketGroupAccess
+        }
+    }
+
+    /// `lazy-pages.socket` in `workDirectory` (default: `imagesDirectory`), pages from `imagesDirectory` or from
+    /// `pageServer`.
+    public struct CRIUJob: Sendable, Equatable {
+        public var imagesDirectory: String
+        public var workDirectory: String?
+        public var pageServer: PageServerAddress?
+        public var options: Options
+
+        public init(imagesDirectory: String, workDirectory: String? = nil, pageServer: PageServerAddress? = nil,
+                    options: Options = Options()) {
+            self.imagesDirectory = imagesDirectory
+            self.workDirectory = workDirectory
+            self.pageServer = pageServer
+            self.options = options
+        }
+    }
+
+    /// Listen on `socketPath`, pages from the snapshot `memoryFile`.
+    public struct FirecrackerJob: Sendable, Equatable {
+        public var socketPath: String
+        public var memoryFile: String
+        public var options: Options
+
+        public init(socketPath: String, memoryFile: String, options: Options = Options()) {
+            self.socketPath = socketPath
+            self.memoryFile = memoryFile
+            self.options = options
+        }
+    }
+
+    public var frontEnd: FrontEnd {
+        switch self {
+        case .criu: .criu
+        case .firecracker: .firecracker
+        }
+    }
+
+    public var options: Options {
+        switch self {
+        case .criu(let job): job.options
+        case .firecracker(let job): job.options
+        }
+    }
+
+    public var name: String? { options.name }
+
+    private enum Key: String, CodingKey {
+        case frontEnd, workDirectory, imagesDirectory, pageServer, socketPath, memoryFile
+        case backgroundFill, faultAround, fillChunk, name, socketGroupAccess
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        func refuse(_ message: String) -> DecodingError {
+            .dataCorrupted(.init(codingPath: c.codingPath, debugDescription: message))
+        }
+        func present(_ keys: [Key]) throws -> [Key] { try keys.filter { try c.decodeNil(forKey: $0) == false } }
+        let options = Options(
+            backgroundFill: try c.decodeIfPresent(Bool.self, forKey: .backgroundFill),
+            faultAround: try c.decodeIfPresent(Int.self, forKey: .faultAround),
+            fillChunk: try c.decodeIfPresent(Int.self, forKey: .fillChunk),
+            name: try c.decodeIfPresent(String.self, forKey: .name),
+            socketGroupAccess: try c.decodeIfPresent(Bool.self, forKey: .socketGroupAccess))
+        switch try c.decode(FrontEnd.self, forKey: .frontEnd) {
+        case .criu:
+            let foreign = try present([.socketPath, .memoryFile].filter(c.contains))
+            guard foreign.isEmpty else {
+                throw refuse("\"socketPath\" and \"memoryFile\" belong to firecracker jobs")
+            }
+            guard let images = try c.decodeIfPresent(String.self, forKey: .imagesDirectory) else {
+                throw refuse("a criu job needs \"imagesDirectory\"")
+            }
+            self = .criu(CRIUJob(
+                imagesDirectory: images, workDirectory: try c.decodeIfPresent(String.self, forKey: .workDirectory),
+                pageServer: try c.decodeIfPresent(PageServerAddress.self, forKey: .pageServer), options: options))
+        case .firecracker:
+            let foreign = try present([.workDirectory, .imagesDirectory, .pageServer].filter(c.contains))
+            guard foreign.isEmpty else {
+                throw refuse("\"workDirectory\", \"imagesDirectory\" and \"pageServer\" belong to criu jobs")
+            }
+            guard let socket = try c.decodeIfPresent(String.self, forKey: .socketPath) else {
+                throw refuse("a firecracker job needs \"socketPath\"")
+            }
+            guard let memory = try c.decodeIfPresent(String.self, forKey: .memoryFile) else {
+                throw refuse("a firecracker job needs \"memoryFile\"")
+            }
+            self = .firecracker(FirecrackerJob(socketPath: socket, memoryFile: memory, options: options))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(frontEnd, forKey: .frontEnd)
+        switch self {
+        case .criu(let job):
+            try c.encode(job.imagesDirectory, forKey: .imagesDirectory)
+            try c.encodeIfPresent(job.workDirectory, forKey: .workDirectory)
+            try c.encodeIfPresent(job.pageServer, forKey: .pageServer)
+        case .firecracker(let job):
+            try c.encode(job.socketPath, forKey: .socketPath)
+            try c.encode(job.memoryFile, forKey: .memoryFile)
+        }
+        try c.encodeIfPresent(options.backgroundFill, forKey: .backgroundFill)
+        try c.encodeIfPresent(options.faultAround, forKey: .faultAround)
+        try c.encodeIfPresent(options.fillChunk, forKey: .fillChunk)
+        try c.encodeIfPresent(options.name, forKey: .name)
+        try c.encodeIfPresent(options.socketGroupAccess, forKey: .socketGroupAccess)
     }
 }
 
@@ -112,11 +212,13 @@ public struct JobInfo: Codable, Sendable, Equatable {
     public var owner: UInt32
     public var spec: JobSpec
     public var state: JobState
-    /// Why it failed or was cancelled.
+    /// Why it failed or was cancelled, and whether its processes were ended (a restore that cannot deliver every
+    /// page kills its processes rather than leave them on incomplete memory).
     public var reason: String?
     /// The socket the restorer / Firecracker connects to.
     public var socket: String
-    /// 4 KiB pages delivered (copied or zero-filled) and expected (what the images hold for the announced tasks).
+    /// 4 KiB pages copied into the announced tasks, and expected (what the images hold for them). Pages copied into
+    /// forked children are in `counters` (`pagesCopiedToForks`), not here.
     public var pagesHome: Int
     public var pagesExpected: Int
     public var faults: Int

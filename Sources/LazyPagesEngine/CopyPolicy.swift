@@ -115,7 +115,7 @@ extension RestoreEngine {
         switch step {
         case .delivered(let pages, let woken):
             if purpose.coversPendingPages { process.space.markDelivered(run.address, pages: pages) }
-            if woken { count(pages * process.space.basePagesPerPage, deliveredFor: purpose) }
+            if woken { count(pages * process.space.basePagesPerPage, deliveredFor: purpose, into: process) }
             else { statistics.add(.alreadyPresent) }
         case .refused:
             if case .failed = outcome { statistics.add(.eagainRetries) }  // ENOMEM: retried like a refused copy
@@ -134,7 +134,15 @@ extension RestoreEngine {
         return step
     }
 
-    private func count(_ basePages: Int, deliveredFor purpose: CopyPurpose) {
+    /// Counts what one copy delivered; pages copied into a forked child also under `pagesCopiedToForks` (a job's
+    /// progress counts its announced tasks' pages only).
+    private func count(_ basePages: Int, deliveredFor purpose: CopyPurpose, into process: TrackedProcess) {
+        switch purpose {
+        case .fault, .remote, .fill, .prefetch:
+            if process.parentID != nil { statistics.add(.pagesCopiedToForks, basePages) }
+        case .zeroPage, .poison:
+            break
+        }
         switch purpose {
         case .fault, .remote(urgent: true):
             statistics.add(.pagesCopiedOnFault, basePages)

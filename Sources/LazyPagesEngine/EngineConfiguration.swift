@@ -40,4 +40,38 @@ public struct EngineConfiguration: Sendable {
     public var refusedCopyAttempts: Int = 8
 
     public init() {}
+
+    /// The pages one fault may deliver and one fill copy may take. Every front end checks a configuration it was
+    /// given with `validate()`: one rule, whatever spelling (a command-line option, a control-protocol field) set it.
+    public static let faultAroundRange = 1...512
+    public static let fillChunkRange = 1...4096
+
+    /// Refuses settings outside their ranges, naming the first one found.
+    public func validate() throws(ConfigurationError) {
+        if !Self.faultAroundRange.contains(faultAroundPages) {
+            throw ConfigurationError(setting: .faultAround, value: faultAroundPages, allowed: Self.faultAroundRange)
+        }
+        if !Self.fillChunkRange.contains(fillChunkPages) {
+            throw ConfigurationError(setting: .fillChunk, value: fillChunkPages, allowed: Self.fillChunkRange)
+        }
+    }
+}
+
+/// A setting of `EngineConfiguration` outside its range. Front ends word it with their own spelling of the setting.
+public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Setting: String, Sendable {
+        case faultAround = "fault-around"
+        case fillChunk = "fill-chunk"
+    }
+
+    public let setting: Setting
+    public let value: Int
+    public let allowed: ClosedRange<Int>
+
+    /// `NAME must be 1 ... 512, got 0`, with the caller's name for the setting (`--fault-around`, `"faultAround"`).
+    public func message(naming name: String) -> String {
+        "\(name) must be \(allowed.lowerBound) ... \(allowed.upperBound), got \(value)"
+    }
+
+    public var description: String { message(naming: setting.rawValue) }
 }

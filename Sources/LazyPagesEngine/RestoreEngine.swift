@@ -139,6 +139,14 @@ public final class RestoreEngine: @unchecked Sendable {
         for process in Array(processes.values) { retire(process, .exited, detail: "closed after the restore ended") }
     }
 
+    /// After `run()` returned, when nothing could end the processes still waiting (their guardian is gone): gives up
+    /// every uffd still held without closing it. The descriptors stay open as long as this process lives, so those
+    /// processes stay blocked on their faults rather than read zero pages.
+    public func leaveUffdsOpen() {
+        for process in processes.values { _ = process.uffd.release() }
+        for uffd in untracked { _ = uffd.release() }
+    }
+
     /// Processes tracked right now (announced tasks and forked children, minus the retired).
     public var trackedProcessCount: Int { processes.count }
 

@@ -38,6 +38,9 @@ public final class RestoreStatistics: @unchecked Sendable {
         /// Pages delivered ahead of the fill from a working-set profile (also counted in `pagesCopiedInBackground`),
         /// and profile entries skipped (not pending, or not in any range of the task).
         case pagesPrefetched, prefetchSkipped
+        /// Of the pages copied, those copied into forked children (whose pages `pagesExpected` does not count: a
+        /// job's progress is its announced tasks' pages home out of theirs expected).
+        case pagesCopiedToForks
         /// Pages of announced tasks (the pages `pagesExpected` counts) still pending when their task exited: nobody
         /// needs them any more, so with the pages copied and dropped they make up how far the restore has come.
         case pagesAbandoned

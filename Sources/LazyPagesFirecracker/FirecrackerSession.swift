@@ -29,6 +29,8 @@ public final class FirecrackerSession: @unchecked Sendable {
     public private(set) var mappings: [GuestMemoryMapping] = []
     /// Set when `run()` killed the peer.
     public private(set) var killedPeer = false
+    /// The guardian of this restore, if one is attached: it ends the VM if this daemon dies mid-restore.
+    public private(set) var guardian: GuardianLink?
     private var peerGone = false
     private var handshakeReceived = false
 
@@ -61,6 +63,13 @@ public final class FirecrackerSession: @unchecked Sendable {
 
     public var statistics: RestoreStatistics { engine.statistics }
 
+    /// Lets `guardian` end the VM should this daemon die before the VM exits (call before `run`).
+    public func attach(guardian: GuardianLink) {
+        self.guardian = guardian
+        guardian.peersAreTasks()
+        guardian.listener(descriptor: listener.descriptor)
+    }
+
     /// Runs the restore on the calling thread until it ends; kills a still-running VM if it failed or was cancelled.
     public func run() -> RestoreOutcome {
         defer {
@@ -84,21 +93,14 @@ public final class FirecrackerSession: @unchecked Sendable {
         return outcome
     }
 
-    /// Runs the restore on a dedicated thread (never on Swift's cooperative pool) and waits for it.
-    public func runOnDedicatedThread() async -> RestoreOutcome {
-        await withCheckedContinuation { continuation in
-            let thread = Thread { continuation.resume(returning: self.run()) }
-            thread.name = "firecracker restore"
-            thread.start()
-        }
-    }
-
     // MARK: The handshake
 
     private func acceptFirecracker() {
         do {
             // A peer that is not the job's owner (or root) is refused and logged there; we go on listening.
             guard let fd = try listener.accept() else { return }
+            if let guardian, let pid = peerProcess(of: fd) { guardian.restorer(pid: pid, connection: fd) }
+            guardian?.listener(descriptor: -1)  // closed below: its number may be reused
             // Firecracker connects once; nobody else has anything to say on this socket.
             engine.unwatch(descriptor: listener.descriptor)
             listener.close()

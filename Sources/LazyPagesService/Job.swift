@@ -31,12 +31,18 @@ final class Job: @unchecked Sendable {
 
     /// Starts the restore on its own thread; `finished` runs on that thread once it ended.
     func start(finished: @escaping @Sendable (Job) -> Void) {
+        condition.lock()
+        let session = self.session
+        condition.unlock()
+        guard let session else { return }
         let thread = Thread { [self] in
-            let outcome = session!.run()
+            let report = session.run()
+            let outcome = finalOutcome(of: report)
             condition.lock()
             self.outcome = outcome
-            // Let go of the mapped images, sockets and uffds; the counters stay.
-            session = nil
+            // Let go of the mapped images, sockets and uffds (the processes still waiting on them were ended by the
+            // guardian before `run()` returned); the counters stay.
+            self.session = nil
             condition.broadcast()
             condition.unlock()
             log(outcome)
@@ -44,6 +50,17 @@ final class Job: @unchecked Sendable {
         }
         thread.name = "lazy-pages job \(id)"
         thread.start()
+    }
+
+    /// The outcome the job reports: the restore's, its reason saying whether the job's processes were ended.
+    private func finalOutcome(of report: RestoreReport) -> RestoreOutcome {
+        let ending = report.processesEnded.map { "; \($0)" }
+            ?? (statistics[.tasksAnnounced] == 0 ? "; no process had been handed over" : "")
+        switch report.outcome {
+        case .completed: return .completed
+        case .failed(let reason): return .failed(reason: reason + ending)
+        case .cancelled(let reason): return .cancelled(reason: reason + ending)
+        }
     }
 
     private func log(_ outcome: RestoreOutcome) {
@@ -107,7 +124,7 @@ final class Job: @unchecked Sendable {
         let s = statistics
         return JobInfo(
             id: id, owner: owner.uid, spec: spec, state: state, reason: reason, socket: socketPath,
-            pagesHome: s.pagesCopied, pagesExpected: s[.pagesExpected], faults: s[.faults],
+            pagesHome: s.pagesCopied - s[.pagesCopiedToForks], pagesExpected: s[.pagesExpected], faults: s[.faults],
             eagainRetries: s[.eagainRetries], tasks: s[.tasksAnnounced], elapsedSeconds: s.elapsedSeconds,
             counters: s.snapshot)
     }

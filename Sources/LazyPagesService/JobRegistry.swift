@@ -61,6 +61,8 @@ final class JobRegistry: @unchecked Sendable {
         let session: any JobSession
         do {
             session = try withFilesystemIdentity(of: owner) { try makeSession(id, jobLogger) }
+            // Every job is guarded before anything can connect to it.
+            try session.startGuardian()
         } catch {
             throw Refusal(code: .startFailed, message: "cannot start the job: \(error)")
         }

@@ -6,66 +6,55 @@ import LazyPagesFirecracker
 import Logging
 import PageServer
 
-/// What a job runs: one front end's session over its own engine.
+/// What a job runs: the same restore assembly the standalone daemon runs (`CRIURestore`, `FirecrackerRestore`),
+/// guardian included.
 protocol JobSession: AnyObject, Sendable {
     /// The socket the restorer or the VM connects to.
     var socketPath: String { get }
     var statistics: RestoreStatistics { get }
-    /// Runs the restore on the calling thread (the job's dedicated thread) until it ends.
-    func run() -> RestoreOutcome
+    /// Runs the restore on the calling thread (the job's dedicated thread) until it ends; the processes of a
+    /// restore that did not complete have been ended when it returns.
+    func run() -> RestoreReport
     /// Asks the restore to stop; safe from any thread.
     func cancel(reason: String)
+    /// Starts the restore's guardian (with the daemon's own identity, not the job owner's filesystem identity).
+    func startGuardian() throws
 }
 
-/// A CRIU lazy-pages restore (`criu restore --lazy-pages`).
-final class CRIUJobSession: JobSession, @unchecked Sendable {
-    let session: LazyPagesSession
-    let client: PageServerClient?
+extension CRIURestore: JobSession {}
+extension FirecrackerRestore: JobSession {}
 
-    init(spec: JobSpec, configuration: EngineConfiguration, socketAccess: SocketAccess, logger: Logger) throws {
-        if let server = spec.pageServer {
-            client = PageServerClient(options: PageServerClientOptions(host: server.address, port: server.port),
-                                      logger: logger)
-        } else {
-            client = nil
+extension JobSpec {
+    /// The engine settings of this job (checked with the engine's one rule, `EngineConfiguration.validate()`).
+    func engineConfiguration(uffdLimit: Int) -> EngineConfiguration {
+        var configuration = EngineConfiguration()
+        configuration.maxTrackedProcesses = uffdLimit
+        if let fill = options.backgroundFill { configuration.backgroundFill = fill }
+        if let pages = options.faultAround { configuration.faultAroundPages = pages }
+        if let pages = options.fillChunk { configuration.fillChunkPages = pages }
+        return configuration
+    }
+
+    /// The restore this job runs (its guardian is started by the registry). Every job has a guardian: whatever ends
+    /// the job — or the daemon — no process of it runs on with wrong memory, and no VM hangs.
+    /// `socketAccess` says who may connect to the job's socket (created by the caller's filesystem identity).
+    func makeSession(uffdLimit: Int, socketAccess: SocketAccess, logger: Logger) throws -> any JobSession {
+        let configuration = engineConfiguration(uffdLimit: uffdLimit)
+        switch self {
+        case .criu(let job):
+            var options = CRIURestore.Options(imagesDirectory: job.imagesDirectory)
+            options.workDirectory = job.workDirectory
+            options.engine = configuration
+            options.socketAccess = socketAccess
+            if let server = job.pageServer {
+                options.pages = .pageServer(PageServerClientOptions(host: server.address, port: server.port))
+            }
+            return try CRIURestore(options: options, logger: logger)
+        case .firecracker(let job):
+            var options = FirecrackerRestore.Options(socketPath: job.socketPath, memoryFile: job.memoryFile)
+            options.engine = configuration
+            options.socketAccess = socketAccess
+            return try FirecrackerRestore(options: options, logger: logger)
         }
-        do {
-            session = try LazyPagesSession(
-                imagesDirectory: spec.imagesDirectory!, workDirectory: spec.workDirectory,
-                configuration: configuration, remotePages: client, socketAccess: socketAccess, logger: logger)
-        } catch {
-            _ = client?.close()
-            throw error
-        }
     }
-
-    var socketPath: String { session.listener.path }
-    var statistics: RestoreStatistics { session.statistics }
-
-    func run() -> RestoreOutcome {
-        let outcome = session.run()
-        _ = client?.close()
-        // Like `criu lazy-pages` exiting: a failed or cancelled restore lets go of the uffds it still holds, so no
-        // process stays blocked forever on a fault nobody will answer (criu restore kills its tree on failure).
-        if outcome != .completed { session.engine.closeAll() }
-        return outcome
-    }
-
-    func cancel(reason: String) { session.engine.cancel(reason: reason) }
-}
-
-/// A Firecracker snapshot restore (UFFD memory backend).
-final class FirecrackerJobSession: JobSession, @unchecked Sendable {
-    let session: FirecrackerSession
-
-    init(spec: JobSpec, configuration: EngineConfiguration, socketAccess: SocketAccess, logger: Logger) throws {
-        session = try FirecrackerSession(
-            socketPath: spec.socketPath!, memoryFile: spec.memoryFile!, configuration: configuration,
-            socketAccess: socketAccess, logger: logger)
-    }
-
-    var socketPath: String { session.listener.path }
-    var statistics: RestoreStatistics { session.statistics }
-    func run() -> RestoreOutcome { session.run() }
-    func cancel(reason: String) { session.engine.cancel(reason: reason) }
 }

@@ -56,6 +56,12 @@ struct RequestHandler: Sendable {
         do {
             return try JSONDecoder().decode(ControlRequest.self, from: data)
         } catch {
+            // A job spec the decoder refused (a missing field, a field of the other kind of job) is an invalid job.
+            if case .dataCorrupted(let context)? = error as? DecodingError, context.codingPath.first?.stringValue == "job",
+                context.codingPath.count == 1
+            {
+                throw .init(code: .invalidJob, message: context.debugDescription)
+            }
             throw .init(code: .malformed, message: "the request is not a valid control request: \(Self.describe(error))")
         }
     }
@@ -82,9 +88,10 @@ struct RequestHandler: Sendable {
         case .add:
             guard let spec = request.job else { throw .init(code: .invalidJob, message: "add needs a \"job\"") }
             try JobValidation.check(spec, policy: policy)
-            let access = SocketAccess(groupAccess: spec.socketGroupAccess ?? false, allowRoot: policy.allowRootPeers)
+            let access = SocketAccess(groupAccess: spec.options.socketGroupAccess ?? false,
+                                      allowRoot: policy.allowRootPeers)
             let job = try registry.add(spec: spec, owner: peer) { id, logger in
-                try Self.makeSession(spec, uffdLimit: registry.limits.uffdsPerJob, socketAccess: access, logger: logger)
+                try spec.makeSession(uffdLimit: registry.limits.uffdsPerJob, socketAccess: access, logger: logger)
             }
             logger.info("job added", metadata: [
                 "job": "\(job.id)", "peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)",
@@ -115,8 +122,9 @@ struct RequestHandler: Sendable {
                                 job: job.info)
             }
             logger.info("job cancel requested", metadata: ["job": "\(job.id)", "peer.uid": "\(peer.uid)"])
-            // Cancelling is prompt (one wake-up of the job's loop): report the final state.
-            _ = job.wait(until: Date(timeIntervalSinceNow: 10))
+            // Cancelling is prompt (one wake-up of the job's loop, then the guardian ends the job's processes, if it
+            // has any): report the final state, whose reason says whether processes were ended.
+            _ = job.wait(until: Date(timeIntervalSinceNow: 30))
             return .success(job: job.info)
         }
     }
@@ -127,26 +135,10 @@ struct RequestHandler: Sendable {
         }
         return id
     }
-
-    private static func makeSession(_ spec: JobSpec, uffdLimit: Int, socketAccess: SocketAccess, logger: Logger) throws
-        -> any JobSession
-    {
-        var configuration = EngineConfiguration()
-        configuration.maxTrackedProcesses = uffdLimit
-        if let fill = spec.backgroundFill { configuration.backgroundFill = fill }
-        if let pages = spec.faultAround { configuration.faultAroundPages = pages }
-        if let pages = spec.fillChunk { configuration.fillChunkPages = pages }
-        switch spec.frontEnd {
-        case .criu:
-            return try CRIUJobSession(spec: spec, configuration: configuration, socketAccess: socketAccess, logger: logger)
-        case .firecracker:
-            return try FirecrackerJobSession(
-                spec: spec, configuration: configuration, socketAccess: socketAccess, logger: logger)
-        }
-    }
 }
 
-/// The rules a job spec must follow before anything is opened.
+/// The rules a job spec must follow before anything is opened (the decoder already refused missing fields and
+/// fields of the other kind of job).
 enum JobValidation {
     static func check(_ spec: JobSpec, policy: JobPolicy) throws(JobRegistry.Refusal) {
         func invalid(_ message: String) -> JobRegistry.Refusal { .init(code: .invalidJob, message: message) }
@@ -155,17 +147,11 @@ enum JobValidation {
             guard value.hasPrefix("/") else { throw invalid("\"\(name)\" must be an absolute path, got \"\(value)\"") }
             guard !value.utf8.contains(0), value.utf8.count < 4096 else { throw invalid("\"\(name)\" is not a usable path") }
         }
-        try absolute(spec.workDirectory, "workDirectory")
-        try absolute(spec.imagesDirectory, "imagesDirectory")
-        try absolute(spec.socketPath, "socketPath")
-        try absolute(spec.memoryFile, "memoryFile")
-        switch spec.frontEnd {
-        case .criu:
-            guard spec.imagesDirectory != nil else { throw invalid("a criu job needs \"imagesDirectory\"") }
-            guard spec.socketPath == nil, spec.memoryFile == nil else {
-                throw invalid("\"socketPath\" and \"memoryFile\" belong to firecracker jobs")
-            }
-            if let server = spec.pageServer {
+        switch spec {
+        case .criu(let job):
+            try absolute(job.workDirectory, "workDirectory")
+            try absolute(job.imagesDirectory, "imagesDirectory")
+            if let server = job.pageServer {
                 guard !server.address.isEmpty, server.port != 0 else {
                     throw invalid("\"pageServer\" needs an address and a non-zero port")
                 }
@@ -176,18 +162,16 @@ enum JobValidation {
                         + "nothing was connected")
                 }
             }
-        case .firecracker:
-            guard spec.socketPath != nil else { throw invalid("a firecracker job needs \"socketPath\"") }
-            guard spec.memoryFile != nil else { throw invalid("a firecracker job needs \"memoryFile\"") }
-            guard spec.workDirectory == nil, spec.imagesDirectory == nil, spec.pageServer == nil else {
-                throw invalid("\"workDirectory\", \"imagesDirectory\" and \"pageServer\" belong to criu jobs")
-            }
+        case .firecracker(let job):
+            try absolute(job.socketPath, "socketPath")
+            try absolute(job.memoryFile, "memoryFile")
         }
-        if let pages = spec.faultAround, !(1...512).contains(pages) {
-            throw invalid("\"faultAround\" must be 1 ... 512, got \(pages)")
-        }
-        if let pages = spec.fillChunk, !(1...4096).contains(pages) {
-            throw invalid("\"fillChunk\" must be 1 ... 4096, got \(pages)")
+        // The engine's one rule for its settings, worded with the protocol's field names.
+        do {
+            try spec.engineConfiguration(uffdLimit: 1).validate()
+        } catch {
+            let field = error.setting == .faultAround ? "faultAround" : "fillChunk"
+            throw invalid(error.message(naming: "\"\(field)\""))
         }
         if let name = spec.name, name.utf8.count > 128 { throw invalid("\"name\" is longer than 128 bytes") }
     }

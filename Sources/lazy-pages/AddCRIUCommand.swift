@@ -30,11 +30,9 @@ struct AddCRIUCommand: ParsableCommand {
     }
 
     func run() throws {
-        let spec = JobSpec(
-            frontEnd: .criu, workDirectory: workDirectory.map(absolutePath), imagesDirectory: absolutePath(imagesDirectory),
-            pageServer: try pageServer.map(Self.parse), backgroundFill: job.noBackground ? false : nil,
-            faultAround: job.faultAround, fillChunk: job.fillChunk, name: job.name,
-            socketGroupAccess: job.groupAccess ? true : nil)
+        let spec = JobSpec.criu(.init(
+            imagesDirectory: absolutePath(imagesDirectory), workDirectory: workDirectory.map(absolutePath),
+            pageServer: try pageServer.map(Self.parse), options: job.specOptions))
         let reply = try control.send(ControlRequest(op: .add, job: spec))
         if control.json { control.printJSON(reply) } else { print(reply.job?.id ?? "?") }
     }

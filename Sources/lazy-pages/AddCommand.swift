@@ -1,4 +1,5 @@
 import ArgumentParser
+import LazyPagesControl
 
 /// `lazy-pages add criu|firecracker`: create a job in `lazy-pagesd serve`.
 struct AddCommand: ParsableCommand {
@@ -25,4 +26,9 @@ struct JobOptions: ParsableArguments {
     @Flag(name: .customLong("group-access"),
           help: "Let members of your primary group connect to the job's socket (mode 0660); by default only you and root may (0600).")
     var groupAccess = false
+
+    var specOptions: JobSpec.Options {
+        JobSpec.Options(backgroundFill: noBackground ? false : nil, faultAround: faultAround, fillChunk: fillChunk,
+                        name: name, socketGroupAccess: groupAccess ? true : nil)
+    }
 }

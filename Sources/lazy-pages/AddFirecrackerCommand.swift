@@ -17,10 +17,8 @@ struct AddFirecrackerCommand: ParsableCommand {
     var memoryFile: String
 
     func run() throws {
-        let spec = JobSpec(
-            frontEnd: .firecracker, socketPath: absolutePath(socket), memoryFile: absolutePath(memoryFile),
-            backgroundFill: job.noBackground ? false : nil, faultAround: job.faultAround, fillChunk: job.fillChunk,
-            name: job.name, socketGroupAccess: job.groupAccess ? true : nil)
+        let spec = JobSpec.firecracker(.init(
+            socketPath: absolutePath(socket), memoryFile: absolutePath(memoryFile), options: job.specOptions))
         let reply = try control.send(ControlRequest(op: .add, job: spec))
         if control.json { control.printJSON(reply) } else { print(reply.job?.id ?? "?") }
     }

@@ -3,6 +3,7 @@ import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LazyPagesService
 import Logging
 import PageServer
 import PageServerCommandLine
@@ -66,8 +67,7 @@ struct CRIULazyPages: ParsableCommand {
     var noGuardian = false
 
     func validate() throws {
-        guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
-        guard fillChunk >= 1 else { throw ValidationError("--fill-chunk must be at least 1") }
+        do { try engineConfiguration.validate() } catch { throw ValidationError(error.message(naming: "--\(error.setting.rawValue)")) }
         if pageServer {
             guard address != nil else { throw ValidationError("--page-server needs --address") }
             guard port != nil else { throw ValidationError("--page-server needs --port") }
@@ -85,58 +85,46 @@ struct CRIULazyPages: ParsableCommand {
             logger.warning("--address and --port are ignored without --page-server")
         }
 
-        var configuration = EngineConfiguration()
-        configuration.faultAroundPages = faultAround
-        configuration.fillChunkPages = fillChunk
-        configuration.backgroundFill = !noBackground
-
-        var profile: WorkingSetProfile?
+        var options = CRIURestore.Options(imagesDirectory: criu.imagesDirectory)
+        options.workDirectory = criu.resolvedWorkDirectory
+        options.engine = engineConfiguration
+        options.recordProfile = recordProfile != nil
+        options.guardian = !noGuardian
         if let prefetchProfile {
             do {
-                profile = try loadProfile(prefetchProfile)
+                options.prefetchProfile = try loadProfile(prefetchProfile)
             } catch {
                 reportFatal("cannot read the prefetch profile \(prefetchProfile): \(error)", logger: logger)
                 throw ExitCode.failure
             }
         }
-
-        var client: PageServerClient?
         if pageServer, let address, let port {
-            var options = PageServerClientOptions(host: address, port: port)
-            options.retries = retries
-            options.retryDelay = retryDelay
-            options.stallTimeout = stallTimeout
+            var server = PageServerClientOptions(host: address, port: port)
+            server.retries = retries
+            server.retryDelay = retryDelay
+            server.stallTimeout = stallTimeout
             do {
-                options.tls = try tls.credentials(logger: logger)
+                server.tls = try tls.credentials(logger: logger)
             } catch {
                 logger.critical("cannot start: \(error)")
                 printError("lazy-pagesd: \(error)")
                 throw ExitCode.failure
             }
-            client = PageServerClient(options: options, logger: logger)
+            options.pages = .pageServer(server)
         }
-        let session: LazyPagesSession
+        let restore: CRIURestore
         do {
-            session = try LazyPagesSession(
-                imagesDirectory: criu.imagesDirectory, workDirectory: criu.resolvedWorkDirectory,
-                configuration: configuration, remotePages: client, logger: logger)
+            restore = try CRIURestore(options: options, logger: logger)
         } catch {
             reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
-        if let profile { session.engine.prefetch(profile) }
-        if recordProfile != nil { session.engine.startRecordingProfile() }
         let detached = criu.daemon ? try detach() : nil
-        var guardian: GuardianLink?
-        if !noGuardian {
-            do {
-                let link = try GuardianLink(logger: logger)
-                session.attach(guardian: link)
-                guardian = link
-            } catch {
-                reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
-                throw ExitCode.failure
-            }
+        do {
+            try restore.startGuardian()  // after detaching: the guardian watches the process that serves
+        } catch {
+            reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
+            throw ExitCode.failure
         }
         if let pidFile = criu.pidPath {
             do {
@@ -148,10 +136,8 @@ struct CRIULazyPages: ParsableCommand {
         }
         if let statusFD = criu.statusFD { signalReady(on: statusFD) }
         detached?()
-        let outcome = session.run()
-        client?.close()
-        let summary = session.summary()
-        if let recordProfile, outcome == .completed, let recorded = session.engine.recordedProfile {
+        let report = restore.run()
+        if let recordProfile, let recorded = report.profile {
             do {
                 try recorded.text.write(toFile: recordProfile, atomically: true, encoding: .utf8)
                 logger.info("working-set profile written", metadata: [
@@ -161,19 +147,27 @@ struct CRIULazyPages: ParsableCommand {
                 printError("lazy-pagesd: cannot write the profile \(recordProfile): \(error)")
             }
         }
-        // A clean end lets the guardian go; otherwise it kills the restore's processes still waiting on a uffd.
-        if let guardian, guardian.finish(clean: outcome == .completed) == GuardianLink.killedExitStatus {
+        if report.processesEnded != nil {
             printError("lazy-pagesd: the guardian killed the restore's processes that still waited for pages")
         }
-        switch outcome {
+        switch report.outcome {
         case .completed:
-            logger.info("\(summary)")
-            print(summary)
+            logger.info("\(report.summary)")
+            print(report.summary)
         case .cancelled(let reason), .failed(let reason):
             if !loggingToStandardError { logger.error("restore failed: \(reason)") }
-            printError("lazy-pagesd: restore failed: \(reason)\n\(summary)")
+            printError("lazy-pagesd: restore failed: \(reason)\n\(report.summary)")
             throw ExitCode.failure
         }
+    }
+
+    /// The engine settings the flags ask for (checked by the engine's one rule in `validate()`).
+    var engineConfiguration: EngineConfiguration {
+        var configuration = EngineConfiguration()
+        configuration.faultAroundPages = faultAround
+        configuration.fillChunkPages = fillChunk
+        configuration.backgroundFill = !noBackground
+        return configuration
     }
 }
 

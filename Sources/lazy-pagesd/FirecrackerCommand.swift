@@ -3,6 +3,7 @@ import CRIUCommandLine
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LazyPagesService
 import LazyPagesFirecracker
 import Logging
 import SystemdSupport
@@ -45,25 +46,23 @@ struct FirecrackerCommand: ParsableCommand {
     var statusFD: Int32?
 
     func validate() throws {
-        guard faultAround >= 1 else { throw ValidationError("--fault-around must be at least 1") }
+        do { try engineConfiguration.validate() } catch { throw ValidationError(error.message(naming: "--\(error.setting.rawValue)")) }
     }
 
     func run() throws {
         try bootstrapLogging(level: criuLogLevel(3 + verbose), file: logFile)
         let logger = Logger(label: "lazy-pagesd")
-        var configuration = EngineConfiguration()
-        configuration.backgroundFill = backgroundFill
-        configuration.faultAroundPages = faultAround
-
-        let session: FirecrackerSession
+        var options = FirecrackerRestore.Options(socketPath: socket, memoryFile: memoryFile)
+        options.engine = engineConfiguration
+        options.killVMOnFailure = !noKill
+        let restore: FirecrackerRestore
         do {
-            session = try FirecrackerSession(
-                socketPath: socket, memoryFile: memoryFile, configuration: configuration, logger: logger)
+            restore = try FirecrackerRestore(options: options, logger: logger)
+            try restore.startGuardian()
         } catch {
             reportFatal("\(error)", logger: logger)
             throw ExitCode.failure
         }
-        session.killPeerOnFailure = !noKill
         if let statusFD {
             var ready: UInt8 = 0
             _ = write(statusFD, &ready, 1)
@@ -72,17 +71,25 @@ struct FirecrackerCommand: ParsableCommand {
         // Run as a Type=notify unit (one per VM), systemd learns when Firecracker may be started.
         let notifier = SystemdNotifier()
         notifier.ready(status: "waiting for Firecracker on \(socket)")
-        let outcome = session.run()
-        notifier.stopping(status: "\(outcome)")
-        let summary = RestoreSummary(statistics: session.statistics).line
-        switch outcome {
+        let report = restore.run()
+        notifier.stopping(status: "\(report.outcome)")
+        switch report.outcome {
         case .completed:
-            logger.info("\(summary)")
-            print(summary)
+            logger.info("\(report.summary)")
+            print(report.summary)
         case .cancelled(let reason), .failed(let reason):
             printError("lazy-pagesd: restore failed: \(reason)"
-                + (session.killedPeer ? " (killed the VM, pid \(session.peer?.pid ?? 0))" : "") + "\n\(summary)")
+                + (report.processesEnded != nil ? " (killed the VM, pid \(restore.session.peer?.pid ?? 0))" : "")
+                + "\n\(report.summary)")
             throw ExitCode.failure
         }
+    }
+
+    /// The engine settings the flags ask for (checked by the engine's one rule in `validate()`).
+    var engineConfiguration: EngineConfiguration {
+        var configuration = EngineConfiguration()
+        configuration.backgroundFill = backgroundFill
+        configuration.faultAroundPages = faultAround
+        return configuration
     }
 }

@@ -108,6 +108,10 @@ int main(int argc, char **argv)
 	if (!ready || !result || o.mib == 0 || o.seed == 0)
 		usage();
 
+	/* Only stdio is ours: whatever else the starter leaked to us (a test process's sockets, pipes of other suites
+	 * running beside it) would be dumped with us, and CRIU cannot restore a connected TCP socket or a bound port. */
+	close_range(3, ~0U, 0);
+
 	/* SIGUSR1 is taken with sigwaitinfo by every process and thread: block it before anything is created. */
 	sigset_t set;
 	sigemptyset(&set);

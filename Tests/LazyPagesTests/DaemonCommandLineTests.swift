@@ -31,10 +31,17 @@ import Testing
         })
     }
 
-    /// Waits (bounded) until the daemon's socket exists: the daemon listens before it reads the images.
-    static func waitForSocket(_ work: String) throws {
+    /// Waits (bounded) until the daemon's socket exists: the daemon listens before it reads the images. With
+    /// `afterLogging`, a socket at that name counts only once the daemon's log file holds that line (a stale socket
+    /// is there before the daemon replaces it and says so; its inode number may be reused by the new one).
+    static func waitForSocket(_ work: String, afterLogging line: String? = nil, in log: String? = nil) throws {
         let deadline = Date().addingTimeInterval(30)
         func listening() -> Bool {
+            if let line, let log {
+                guard let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains(line) else {
+                    return false
+                }
+            }
             let type = try? FileManager.default.attributesOfItem(atPath: work + "/lazy-pages.socket")[.type]
             return type as? FileAttributeType == .typeSocket
         }
@@ -44,15 +51,30 @@ import Testing
         }
     }
 
+    /// A socket file at `path` that nothing listens on (bound, then closed without removing the file).
+    static func makeStaleSocket(_ path: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(bound == 0, "cannot make a stale socket at \(path): errno \(errno)")
+    }
+
     @Test(.timeLimit(.minutes(1))) func criuSpellingsServeTheFixtureAndExitZero() throws {
         let (images, work) = try Self.fixtureCopy()
-        // A stale socket file from an earlier run must not stop the daemon.
-        FileManager.default.createFile(atPath: work + "/lazy-pages.socket", contents: Data("stale".utf8))
+        // A stale socket from an earlier run (nothing listens on it) must not stop the daemon. (A file that is not a
+        // socket is refused: UnixListener replaces only stale sockets.)
+        try Self.makeStaleSocket(work + "/lazy-pages.socket")
         let pidFile = work + "/daemon.pid"
         let (process, wait) = try Self.startDaemon([
             "-D", images, "-W", work, "-o", "lazy-pages.log", "-v4", "--pidfile", pidFile,
         ])
-        try Self.waitForSocket(work)
+        try Self.waitForSocket(work, afterLogging: "replaced a stale socket", in: work + "/lazy-pages.log")
         let simulation = try RestoreSimulation(options: SimulationOptions(
             imagesDirectory: images, workDirectory: work, scenario: "verify"))
         try simulation.start()

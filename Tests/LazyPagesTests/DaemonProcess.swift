@@ -86,26 +86,3 @@ final class ChildProcess {
     var stdoutText: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
     var stderrText: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
 }
-
-/// What `lazy-pages restore-sim` printed: one `task V (pid P) exit S: passed|FAILED` line per task, then its lines.
-struct RestoreSimOutput {
-    var taskStatuses: [Int32] = []
-    var wrongPageLines: [String] = []
-    var timedOut = false
-    var text: String
-
-    init(_ text: String) {
-        self.text = text
-        for line in text.split(separator: "\n") {
-            if line.hasPrefix("task "), let range = line.range(of: " exit "),
-                let end = line[range.upperBound...].firstIndex(of: ":"),
-                let status = Int32(line[range.upperBound..<end])
-            {
-                taskStatuses.append(status)
-            }
-            let trimmed = line.drop { $0 == " " }
-            if trimmed.hasPrefix("FAIL") { wrongPageLines.append(String(trimmed)) }
-            if line.contains("simulator: timed out") { timedOut = true }
-        }
-    }
-}

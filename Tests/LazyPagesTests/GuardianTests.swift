@@ -29,10 +29,12 @@ import Glibc
         }
     }
 
-    /// Starts the daemon and the simulator, SIGKILLs the daemon `delayMicroseconds` after the simulator started,
-    /// waits for the simulator.
+    /// Starts the daemon and the simulator, SIGKILLs the daemon `delayMicroseconds` after the simulator started (or,
+    /// with `afterConnect`, after the daemon logged the restorer's connection: the moment then falls inside the
+    /// restore however long a loaded machine takes to start the simulator), waits for the simulator.
     static func killDaemonMidRestore(
-        scenario: String, seed: UInt64, delayMicroseconds: UInt32, daemonArguments: [String] = []
+        scenario: String, seed: UInt64, delayMicroseconds: UInt32, daemonArguments: [String] = [],
+        afterConnect: Bool = false
     ) throws -> Kill {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -45,6 +47,12 @@ import Glibc
             ["restore-sim", "-D", images, "-W", work, "--scenario", scenario, "--seed", "\(seed)", "--timeout", "60",
              "--workload", BuiltTools.path("lp-workload")],
             directory: work, name: "sim")
+        if afterConnect {
+            // Polls the daemon's log for the connection (a safety-net deadline bounds it; the simulator may fail
+            // to start at all, which the caller's checks then see).
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !daemon.stderrText.contains("restorer connected") && ContinuousClock.now < deadline { usleep(500) }
+        }
         usleep(delayMicroseconds)  // the random moment of the crash (not a synchronisation)
         kill(daemon.pid, SIGKILL)
         let daemonStatus = daemon.wait()
@@ -84,10 +92,13 @@ import Glibc
         var killedRestores = 0, midFork = 0, finished = 0
         for index in 0..<kills {
             let (scenario, faultOnly) = cases[index % cases.count]
-            let delay = UInt32(5_000 + rng.next() % 70_000)
+            // Every other kill at a random moment after the restorer connected (inside the restore even when the
+            // machine is loaded), the others at a random moment after the simulator started (also before it).
+            let afterConnect = index % 2 == 0
+            let delay = afterConnect ? UInt32(rng.next() % 40_000) : UInt32(5_000 + rng.next() % 70_000)
             let result = try Self.killDaemonMidRestore(
                 scenario: scenario, seed: UInt64(index + 1), delayMicroseconds: delay,
-                daemonArguments: faultOnly ? ["--no-background"] : [])
+                daemonArguments: faultOnly ? ["--no-background"] : [], afterConnect: afterConnect)
             let context = "\(scenario) delay=\(delay)µs faultOnly=\(faultOnly)\n\(result.simulator.text)\n\(result.daemonStderr)"
             // (A kill that comes after the end finds the daemon already gone with exit 0: nothing to protect.)
             #expect(result.daemonStatus == -SIGKILL || result.daemonStatus == 0, "\(context)")
@@ -168,15 +179,15 @@ import Glibc
              "--workload", BuiltTools.path("lp-workload")],
             directory: work, name: "sim")
         // Wait until the daemon has stopped itself after accept() and the restorer has sent every task and hung up:
-        // the accepted socket (local address: the listener's, under the work directory) has bytes queued and no
-        // peer any more.
+        // the accepted socket (local address: the listener's, the name it was bound under before being linked into
+        // place, `/proc/self/fd/N/.lp-<daemon pid>-K.tmp`) has bytes queued and no peer any more.
         let deadline = ContinuousClock.now + .seconds(30)
         var sent = false
         while !sent && ContinuousClock.now < deadline {
             let sockets = try Spawn.run(["ss", "-x", "-n"]).stdout.split(separator: "\n")
             sent = sockets.contains { line in
                 let fields = line.split(separator: " ")
-                return line.contains(work + "/.lazy-pages.socket") && fields.count >= 8 && fields[1] == "ESTAB"
+                return line.contains("/.lp-\(daemon.pid)-") && fields.count >= 8 && fields[1] == "ESTAB"
                     && (Int(fields[2]) ?? 0) > 0 && fields[6] == "*" && fields[7] == "0"
             }
             if !sent { usleep(10_000) }  // polling the kernel's socket table (a safety-net deadline bounds it)

@@ -21,7 +21,7 @@ import Testing
     ]
     /// C shims that exactly one module may use.
     static let owner: [String: String] = [
-        "CUserfaultfd": "Userfaultfd", "CLinuxSupport": "LinuxSupport", "CGuardian": "LazyPagesCRIU",
+        "CUserfaultfd": "Userfaultfd", "CLinuxSupport": "LinuxSupport", "CGuardian": "LazyPagesEngine",
         "CGnuTLS": "PageServer",
     ]
 

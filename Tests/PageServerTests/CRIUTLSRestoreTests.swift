@@ -88,7 +88,7 @@ struct CRIUTLSRestoreTests {
             criuServer = try CRIUPageServer(images: images, arguments: tls(certificates.server))
             port = criuServer!.port
         case .ourServerToCRIUDaemon:
-            ourServer = try PageServerProcess(["-D", images, "--address", "127.0.0.1", "--port", "0"] + tls(certificates.server))
+            ourServer = try PageServerProcess(["-D", images, "--address", "127.0.0.1", "--port", "0", "-v3"] + tls(certificates.server))
             port = ourServer!.port
         }
         defer { ourServer?.stop() }

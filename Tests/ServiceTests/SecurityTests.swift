@@ -59,7 +59,7 @@ import Testing
         let job = try client.sendLine(Array("{\"version\":1,\"op\":\"add\",\"job\":{\"frontEnd\":\"criu\"}}\n".utf8))
         #expect(job.code == .invalidJob)
         #expect(job.error?.contains("imagesDirectory") == true)
-        let relative = try client.send(ControlRequest(op: .add, job: JobSpec(frontEnd: .criu, imagesDirectory: "images")))
+        let relative = try client.send(ControlRequest(op: .add, job: JobSpec.criu(.init(imagesDirectory: "images"))))
         #expect(relative.code == .invalidJob)
         // The same connection still serves.
         #expect(try client.send(ControlRequest(op: .list)).ok)

@@ -10,6 +10,7 @@ enum {
     LP_GUARDIAN_RESTORER = 1,
     LP_GUARDIAN_SNAPSHOT = 2,
     LP_GUARDIAN_LISTENER = 3,
+    LP_GUARDIAN_PEERS_ARE_TASKS = 4,
     LP_GUARDIAN_DONE = 5,
     LP_GUARDIAN_ABORT = 6,
 };
@@ -20,7 +21,8 @@ enum { LP_GUARDIAN_EXIT_KILLED = 3 };
 
 struct lp_guardian_msg {
     uint32_t kind;
-    int32_t pid; /* RESTORER: the restorer's pid; LISTENER: the listening socket's descriptor */
+    int32_t pid; /* RESTORER: the restorer's pid (with PEERS_ARE_TASKS: the process to end); LISTENER: the
+                    listening socket's descriptor */
     int32_t fd;  /* RESTORER: the accepted connection's descriptor (in the shared table) */
     int32_t reserved;
 };

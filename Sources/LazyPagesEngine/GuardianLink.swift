@@ -1,5 +1,4 @@
 import CGuardian
-import LazyPagesEngine
 import LinuxSupport
 import Logging
 
@@ -25,7 +24,7 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
         var control: Int32 = -1
         let child = lp_guardian_start(&control)
         guard child > 0 else {
-            throw LazyPagesError("cannot start the guardian: \(String(cString: strerror(-child)))")
+            throw GuardianStartError(errno: -child)
         }
         pid = child
         self.control = control
@@ -38,12 +37,16 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     /// `connection` is the accepted socket: uffds still queued in it when the daemon dies count as in flight.
     public func restorer(pid: pid_t, connection: Int32) { send(UInt32(LP_GUARDIAN_RESTORER), pid: pid, fd: connection) }
 
-    /// The lazy-pages listening socket: on the daemon's death, connections waiting there (with uffds in flight)
-    /// are accepted by the guardian and their restorers' processes killed.
     /// `finish`'s result when the guardian killed the restore's processes.
     public static let killedExitStatus = Int32(LP_GUARDIAN_EXIT_KILLED)
 
+    /// The lazy-pages listening socket: on the daemon's death, connections waiting there (with uffds in flight)
+    /// are accepted by the guardian and their restorers' processes killed.
     public func listener(descriptor: Int32) { send(UInt32(LP_GUARDIAN_LISTENER), pid: descriptor) }
+
+    /// The peer of the restore's socket is itself the process waiting on the uffd it sent (Firecracker's VM keeps
+    /// its own uffd): from now on the guardian ends the peer itself, not a restorer's descendants.
+    public func peersAreTasks() { send(UInt32(LP_GUARDIAN_PEERS_ARE_TASKS)) }
 
     public func taskAdded(id: Int, imagePid: Int32, uffd: Int32) { send(UInt32(LP_GUARDIAN_SNAPSHOT)) }
 
@@ -89,4 +92,10 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
 public func peerProcess(of socket: Int32) -> pid_t? {
     guard let peer = PeerCredentials(socket: socket), peer.pid > 0 else { return nil }
     return peer.pid
+}
+
+/// The guardian could not be started (`lp_guardian_start` failed with `errno`).
+public struct GuardianStartError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let errno: Int32
+    public var description: String { "cannot start the guardian: \(String(cString: strerror(errno)))" }
 }

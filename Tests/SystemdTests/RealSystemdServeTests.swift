@@ -1,0 +1,33 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// The project's own units under the real systemd (PID 1 of a pid namespace, see
+/// /work/shared/design/real-systemd.md), through `Scripts/systemd-serve-safety`: a real restore end to end through
+/// the hardened unit, `kill -9` of the service with a CRIU and a Firecracker job running (every task and the VM
+/// killed by the guardians, none on zero pages, none hung; the service restarted), and `systemctl stop` with a job
+/// running (its processes killed at the shutdown timeout).
+@Suite(.serialized) struct RealSystemdServeTests {
+    static let script: String? = {
+        let here = URL(fileURLWithPath: #filePath)
+        let path = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Scripts/systemd-serve-safety").path
+        return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+    }()
+
+    static var runnable: Bool {
+        getuid() == 0 && script != nil && FileManager.default.isExecutableFile(atPath: "/usr/lib/systemd/systemd")
+            && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare")
+    }
+
+    @Test(.enabled(if: runnable, "needs root, /usr/lib/systemd/systemd and unshare(1)"), .timeLimit(.minutes(5)))
+    func hardenedUnitServesRestoresAndEveryEndingIsSafe() throws {
+        let bin = URL(fileURLWithPath: try BuiltProducts.path(of: "lazy-pagesd")).deletingLastPathComponent().path
+        let output = try Spawn.run(["/usr/bin/env", "LP_BUILD_DIR=\(bin)", try #require(Self.script)],
+                                   timeoutMilliseconds: 280_000)
+        #expect(output.exitCode == 0, "\(output.stdout)\n\(output.stderr)")
+        #expect(output.stdout.contains("systemd-serve-safety: "), "\(output.stdout)")
+        #expect(output.stdout.contains(", 0 failed"), "\(output.stdout)")
+        #expect(!output.stdout.contains("FAILED"), "\(output.stdout)")
+    }
+}
