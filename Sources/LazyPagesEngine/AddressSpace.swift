@@ -10,6 +10,9 @@ public struct AddressSpace: Sendable {
     /// The size of every page of this space (4096, or the huge page size of a hugetlbfs-backed process): faults,
     /// copies and zero fills happen in these units, and `pendingPages` counts them.
     public let pageSize: Int
+    /// Whether some extent holds pages at another address than at dump time (mremap), now or earlier. While false,
+    /// dump addresses are runtime addresses and `extents(overlappingDump:_:)` is a binary search, not a scan.
+    public private(set) var hasMovedExtents = false
 
     public init(pageSize: Int = basePageSize) {
         self.pageSize = pageSize
@@ -21,6 +24,7 @@ public struct AddressSpace: Sendable {
         self.pageSize = pageSize
         self.extents = extents.sorted { $0.start < $1.start }
         pendingPages = self.extents.reduce(0) { $0 + $1.pending.setCount }
+        hasMovedExtents = self.extents.contains { $0.dumpAddress != $0.start }
         for extent in self.extents {
             precondition(extent.pageSize == pageSize && extent.start % UInt64(pageSize) == 0, "misaligned extent")
         }
@@ -53,6 +57,16 @@ public struct AddressSpace: Sendable {
             if extents[mid].end <= address { low = mid + 1 } else { high = mid }
         }
         return low
+    }
+
+    /// The indices of the extents that may hold dump addresses in `[dumpStart, dumpEnd)`: exactly those whose
+    /// runtime range overlaps it while no extent ever moved (O(log extents)), else all of them.
+    public func extents(overlappingDump dumpStart: UInt64, _ dumpEnd: UInt64) -> Range<Int> {
+        guard !hasMovedExtents else { return extents.indices }
+        let first = firstExtent(endingAfter: dumpStart)
+        var last = first
+        while last < extents.count && extents[last].start < dumpEnd { last += 1 }
+        return first..<last
     }
 
     /// A run of pending pages: where to copy, from where.
@@ -154,6 +168,7 @@ public struct AddressSpace: Sendable {
             precondition(at == extents.count || extents[at].start >= piece.end, "inserting over a live extent")
             extents.insert(piece, at: at)
             pendingPages += piece.pending.setCount
+            if piece.dumpAddress != piece.start { hasMovedExtents = true }
         }
     }
 

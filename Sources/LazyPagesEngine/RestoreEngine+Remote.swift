@@ -194,7 +194,11 @@ extension RestoreEngine {
     private func nextDeliverable(in process: TrackedProcess, from dumpStart: UInt64, to dumpEnd: UInt64,
                                  maxPages: Int) -> (address: UInt64, dumpAddress: UInt64, pageCount: Int)?
     {
-        for extent in process.space.extents where extent.pending.setCount > 0 {
+        // Many small extents (a VMA each) and one page per answer: a scan of every extent per answer was the
+        // restore's main cost (zdtm maps05, 4106 extents); look up the candidates instead.
+        let space = process.space
+        for e in space.extents(overlappingDump: dumpStart, dumpEnd) where space.extents[e].pending.setCount > 0 {
+            let extent = space.extents[e]
             let extentDumpEnd = extent.dumpAddress + UInt64(extent.pageCount * basePageSize)
             guard extent.dumpAddress < dumpEnd, extentDumpEnd > dumpStart else { continue }
             let from = Int((max(dumpStart, extent.dumpAddress) - extent.dumpAddress) / UInt64(basePageSize))

@@ -191,6 +191,20 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
                 return nil
             }
         }
+        if options.tls != nil {
+            // CRIU's page server answers with its TLS close_notify and then waits for our end: closing with that
+            // record unread would reset the connection, and the server would fail ("Unexpected data: Connection
+            // reset by peer"). Read up to it (as CRIU's own client does, gnutls_bye with SHUT_RDWR).
+            var scratch = [UInt8](repeating: 0, count: 256)
+            drain: while true {
+                let result = scratch.withUnsafeMutableBytes { connection.receive($0.baseAddress!, $0.count) }
+                switch result {
+                case .done: continue
+                case .wouldBlock: if !wait(POLLIN) { break drain }
+                default: break drain
+                }
+            }
+        }
         logger.info("page server session closed", metadata: ["server": "\(options.serverName)", "status": "\(status)"])
         return status
     }

@@ -80,6 +80,19 @@ import Testing
         #expect(tail.pageCount == 2 && tail.dumpAddress == base + 6 * page)
     }
 
+    @Test func extentsOverlappingADumpRange() {
+        // Unmoved: exactly the extents whose (runtime = dump) range overlaps, found without a scan.
+        var s = space([(base, 4), (base + 8 * page, 1), (base + 10 * page, 1), (base + 20 * page, 4)])
+        #expect(!s.hasMovedExtents)
+        #expect(s.extents(overlappingDump: base + 9 * page, base + 11 * page) == 2..<3)
+        #expect(s.extents(overlappingDump: base + 3 * page, base + 21 * page) == 0..<4)
+        #expect(s.extents(overlappingDump: base + 4 * page, base + 8 * page).isEmpty)
+        // Moved: dump and runtime addresses differ, so every extent is a candidate.
+        s.remap(from: base + 8 * page, to: base + 50 * page, length: page)
+        #expect(s.hasMovedExtents)
+        #expect(s.extents(overlappingDump: base + 8 * page, base + 9 * page) == 0..<4)
+    }
+
     @Test func remapSwapThroughAThirdPlace() throws {
         // Three mremap(MREMAP_FIXED) calls swap A and B via a scratch address C.
         let a = base, b = base + 64 * page, c = base + 128 * page
