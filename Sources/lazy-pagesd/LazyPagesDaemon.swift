@@ -25,7 +25,11 @@ struct LazyPagesDaemon: ParsableCommand {
         _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> [String] {
         let own: [String?] = [FirecrackerCommand.configuration.commandName, ServeCommand.configuration.commandName]
-        if let first = arguments.first, own.contains(first) || ["help", "--help", "-h"].contains(first) {
+        // swift-argument-parser's own tool options (help, the man-page plugin's dump, completion scripts) describe
+        // the whole command, not the default subcommand.
+        let parserTools = ["help", "--help", "-h", "--experimental-dump-help"]
+        if let first = arguments.first,
+           own.contains(first) || parserTools.contains(first) || first.hasPrefix("--generate-completion-script") {
             return arguments
         }
         do {
