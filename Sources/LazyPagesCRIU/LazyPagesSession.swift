@@ -5,7 +5,7 @@ import Logging
 
 /// One `criu lazy-pages`-style restore: listen on `lazy-pages.socket` in the work directory, take the restorer's
 /// uffds, serve every page from a CRIU image directory, and end when every process has all its pages.
-public final class LazyPagesSession: @unchecked Sendable {
+public final class LazyPagesSession: @unchecked Sendable, GuardedSession {
     public static let socketName = "lazy-pages.socket"
 
     public let engine: RestoreEngine

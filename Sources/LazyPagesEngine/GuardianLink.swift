@@ -94,6 +94,22 @@ public func peerProcess(of socket: Int32) -> pid_t? {
     return peer.pid
 }
 
+/// A front end's session a guardian watches: it tells the guardian its listener and the peers it accepts.
+public protocol GuardedSession: AnyObject {
+    /// The attached guardian, if any.
+    var guardian: GuardianLink? { get }
+    /// Attaches `guardian` (once, before the session runs).
+    func attach(guardian: GuardianLink)
+}
+
+extension GuardedSession {
+    /// Starts a guardian and attaches it, unless one is attached already.
+    public func startGuardian(logger: Logger) throws {
+        guard guardian == nil else { return }
+        attach(guardian: try GuardianLink(logger: logger))
+    }
+}
+
 /// The guardian could not be started (`lp_guardian_start` failed with `errno`).
 public struct GuardianStartError: Error, CustomStringConvertible, Sendable, Equatable {
     public let errno: Int32

@@ -12,7 +12,7 @@ import Userfaultfd
 /// is cancelled while the VM is still running, the session kills it (`SIGKILL` through a pidfd for the peer learned with `SO_PEERCRED`).
 /// The restore ends when the VM exits: Firecracker keeps its uffd open, so even with every page home the session
 /// goes on answering the faults that follow balloon removals (with zeros).
-public final class FirecrackerSession: @unchecked Sendable {
+public final class FirecrackerSession: @unchecked Sendable, GuardedSession {
     /// The largest handshake message accepted.
     public static let maxMessageBytes = 64 << 10
 

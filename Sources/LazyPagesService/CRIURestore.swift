@@ -43,7 +43,7 @@ public final class CRIURestore: @unchecked Sendable {
 
     public let options: Options
     public let session: LazyPagesSession
-    public private(set) var guardian: GuardianLink?
+    public var guardian: GuardianLink? { session.guardian }
     private let client: PageServerClient?
     private let logger: Logger
 
@@ -76,10 +76,7 @@ public final class CRIURestore: @unchecked Sendable {
 
     /// Starts the guardian (if the options ask for one and it has not started yet).
     public func startGuardian() throws {
-        guard options.guardian, guardian == nil else { return }
-        let link = try GuardianLink(logger: logger)
-        session.attach(guardian: link)
-        guardian = link
+        if options.guardian { try session.startGuardian(logger: logger) }
     }
 
     /// Asks the restore to stop; safe from any thread. Its processes, if it has any, are ended.
@@ -92,8 +89,7 @@ public final class CRIURestore: @unchecked Sendable {
         } catch {
             session.listener.close()
             _ = client?.close()
-            return RestoreReport(outcome: .failed(reason: "cannot start the guardian: \(error)"),
-                                 summary: RestoreSummary(statistics: statistics).line)
+            return .guardianDidNotStart(error, statistics: statistics)
         }
         let outcome = session.run()
         _ = client?.close()

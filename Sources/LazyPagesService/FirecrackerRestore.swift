@@ -28,7 +28,7 @@ public final class FirecrackerRestore: @unchecked Sendable {
 
     public let options: Options
     public let session: FirecrackerSession
-    public private(set) var guardian: GuardianLink?
+    public var guardian: GuardianLink? { session.guardian }
     private let logger: Logger
 
     /// Validates the engine configuration, maps the memory file and listens.
@@ -47,10 +47,7 @@ public final class FirecrackerRestore: @unchecked Sendable {
 
     /// Starts the guardian (when the VM is to be killed on failure and it has not started yet).
     public func startGuardian() throws {
-        guard options.killVMOnFailure, guardian == nil else { return }
-        let link = try GuardianLink(logger: logger)
-        session.attach(guardian: link)
-        guardian = link
+        if options.killVMOnFailure { try session.startGuardian(logger: logger) }
     }
 
     /// Asks the restore to stop; safe from any thread. A VM already connected is killed.
@@ -62,8 +59,7 @@ public final class FirecrackerRestore: @unchecked Sendable {
             try startGuardian()
         } catch {
             session.listener.close()
-            return RestoreReport(outcome: .failed(reason: "cannot start the guardian: \(error)"),
-                                 summary: RestoreSummary(statistics: statistics).line)
+            return .guardianDidNotStart(error, statistics: statistics)
         }
         let outcome = session.run()
         var report = RestoreReport(outcome: outcome, summary: RestoreSummary(statistics: statistics).line)

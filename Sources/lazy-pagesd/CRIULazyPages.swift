@@ -123,7 +123,7 @@ struct CRIULazyPages: ParsableCommand {
         do {
             try restore.startGuardian()  // after detaching: the guardian watches the process that serves
         } catch {
-            reportFatal("cannot start the guardian: \(error) (use --no-guardian to run without)", logger: logger)
+            reportFatal("\(error) (use --no-guardian to run without)", logger: logger)
             throw ExitCode.failure
         }
         if let pidFile = criu.pidPath {
