@@ -16,9 +16,9 @@ import Glibc
 ///   fails rather than replace anything that appeared meanwhile.
 /// - The socket file is created by and belongs to that identity, with mode 0600 (0660 with group access), whatever
 ///   the umask.
-/// - Only a *stale* socket is ever replaced: a file that is not a socket is an error, and so is a socket something
-///   listens on (asked of the kernel's socket table, without connecting). A stale one is removed with the owner's
-///   identity, so only one the owner may remove is.
+/// - Only a *stale* socket is ever replaced; a socket something listens on (asked of the kernel's socket table,
+///   without connecting) never is, and a file that is not a socket is an error except at CRIU's fixed name (see
+///   `init`). A stale one is removed with the owner's identity, so only one the owner may remove is.
 /// - Closing removes the file only if the inode at the name is still the one bound, with the owner's identity.
 /// - Every accepted connection is checked against `access` (`SO_PEERCRED`, `SO_PEERGROUPS`) before anything is read
 ///   from it; a refused peer is logged and closed, and the listener goes on waiting for the real one.
