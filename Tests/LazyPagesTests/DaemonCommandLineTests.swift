@@ -51,25 +51,10 @@ import Testing
         }
     }
 
-    /// A socket file at `path` that nothing listens on (bound, then closed without removing the file).
-    static func makeStaleSocket(_ path: String) throws {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        try #require(fd >= 0)
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        try #require(bound == 0, "cannot make a stale socket at \(path): errno \(errno)")
-    }
-
     @Test(.timeLimit(.minutes(1))) func criuSpellingsServeTheFixtureAndExitZero() throws {
         let (images, work) = try Self.fixtureCopy()
-        // A stale socket from an earlier run (nothing listens on it) must not stop the daemon. (A file that is not a
-        // socket is refused: UnixListener replaces only stale sockets.)
-        try Self.makeStaleSocket(work + "/lazy-pages.socket")
+        // A stale socket from an earlier run (nothing listens on it) must not stop the daemon.
+        try makeStaleUnixSocket(at: work + "/lazy-pages.socket")
         let pidFile = work + "/daemon.pid"
         let (process, wait) = try Self.startDaemon([
             "-D", images, "-W", work, "-o", "lazy-pages.log", "-v4", "--pidfile", pidFile,

@@ -19,13 +19,6 @@ func ensurePipeMaxSize() {
     if current < 4_194_304 { try? "4194304\n".write(toFile: path, atomically: false, encoding: .utf8) }
 }
 
-/// A free TCP port on loopback (bound, read back, released) for peers that cannot report the one they got.
-func freePort() throws -> UInt16 {
-    let fd = try TCPSocket.listen(host: "127.0.0.1", port: 0)
-    defer { close(fd) }
-    return TCPSocket.localPort(fd)
-}
-
 /// `criu page-server --lazy-pages -d` on a copy of a dump: started and listening when `init` returns (CRIU's
 /// parent exits once the daemon is ready). It serves one connection and exits.
 final class CRIUPageServer {
@@ -37,7 +30,7 @@ final class CRIUPageServer {
     init(images: String, arguments: [String]) throws {
         ensurePipeMaxSize()
         directory = try makeTemporaryDirectory()
-        port = try freePort()
+        port = try freeLoopbackPort()
         let out = try Spawn.run([
             criuBinary, "page-server", "--lazy-pages", "-D", images, "-W", directory, "--address", "127.0.0.1",
             "--port", String(port), "-d", "--pidfile", directory + "/pid", "-o", "page-server.log", "-v4",

@@ -20,15 +20,22 @@ struct TLSTests {
                                       verifyName: verifyName), logger: testLogger)
     }
 
+    /// Our page server over `images` with `identity` (default: the test CA's server certificate), started (stop it).
+    static func startServer(_ images: RemoteImages, _ certificates: TestCertificates,
+                            as identity: TestCertificates.Identity? = nil) throws -> PageServer {
+        let server = try PageServer(
+            directory: images.serverDirectory, host: "127.0.0.1", port: 0,
+            tls: credentials(identity ?? certificates.server, ca: certificates.caCertificate), logger: testLogger)
+        server.start()
+        return server
+    }
+
     @Test("a restore over TLS: every byte checked, client certificate verified by the server")
     func restoreOverTLS() async throws { try await oneHeavyTestAtATime {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
-        let server = try PageServer(
-            directory: images.serverDirectory, host: "127.0.0.1", port: 0,
-            tls: Self.credentials(certificates.server, ca: certificates.caCertificate), logger: testLogger)
-        server.start()
+        let server = try Self.startServer(images, certificates)
         defer { server.stop() }
         let clientTLS = try Self.credentials(certificates.client, ca: certificates.caCertificate)
         let result = try remoteRestore(images, port: server.port, scenario: "fork-storm") { $0.tls = clientTLS }
@@ -66,10 +73,7 @@ struct TLSTests {
         let identity = [
             "untrusted": certificates.untrusted, "expired": certificates.expired, "wrong-name": certificates.wrongName,
         ][kind]!
-        let server = try PageServer(
-            directory: images.serverDirectory, host: "127.0.0.1", port: 0,
-            tls: Self.credentials(identity, ca: certificates.caCertificate), logger: testLogger)
-        server.start()
+        let server = try Self.startServer(images, certificates, as: identity)
         defer { server.stop() }
         let failure = Self.clientFailure(
             port: server.port, tls: try Self.credentials(certificates.client, ca: certificates.caCertificate))
@@ -86,10 +90,7 @@ struct TLSTests {
         defer { certificates.remove() }
         let images = try RemoteImages()
         for (identity, accepted) in [(certificates.wrongName, true), (certificates.untrusted, false)] {
-            let server = try PageServer(
-                directory: images.serverDirectory, host: "127.0.0.1", port: 0,
-                tls: Self.credentials(identity, ca: certificates.caCertificate), logger: testLogger)
-            server.start()
+            let server = try Self.startServer(images, certificates, as: identity)
             defer { server.stop() }
             let failure = Self.clientFailure(
                 port: server.port,
@@ -118,10 +119,7 @@ struct TLSTests {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
-        let server = try PageServer(
-            directory: images.serverDirectory, host: "127.0.0.1", port: 0,
-            tls: Self.credentials(certificates.server, ca: certificates.caCertificate), logger: testLogger)
-        server.start()
+        let server = try Self.startServer(images, certificates)
         defer { server.stop() }
         if kind == "plain" {
             // A plain client's first request is not a TLS ClientHello: the server closes without a byte of pages.

@@ -121,16 +121,9 @@ import Testing
 
     /// A socket file at `path` that nothing listens on, owned by `owner`.
     static func makeStaleSocket(_ path: String, owner: TestUsers.User) throws {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, chown(path, owner.uid, owner.gid) == 0 else {
-            throw Emulator.Failure(description: "cannot make a stale socket at \(path): errno \(errno)")
+        try makeStaleUnixSocket(at: path)
+        guard chown(path, owner.uid, owner.gid) == 0 else {
+            throw Emulator.Failure(description: "cannot give the stale socket at \(path) to \(owner.uid): errno \(errno)")
         }
     }
 

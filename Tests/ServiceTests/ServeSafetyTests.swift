@@ -27,6 +27,16 @@ import Testing
         return (id, simulator)
     }
 
+    /// A Firecracker job on `memory` with its VM (fc-emulator) connected and the job running.
+    static func startVMJob(_ daemon: ServiceDaemon, _ memory: MemoryFixture) throws -> Emulator {
+        let socket = memory.socket("vm")
+        let vmJob = try daemon.add(["firecracker", "--socket", socket, "--mem-file", memory.memoryFile])
+        let vm = try Emulator(socket: socket, memoryFile: memory.memoryFile, regions: ["4k:1M"], wait: true)
+        try vm.waitForLine(startingWith: "READY")
+        try daemon.waitUntil(vmJob, is: .running)
+        return vm
+    }
+
     static func expectKilledNotZeroFilled(_ output: Spawn.Output, _ context: String) {
         let result = RestoreSimOutput(output.stdout)
         #expect(result.wrongPageLines.isEmpty, "a process ran on with wrong memory: \(result.text) \(context)")
@@ -88,11 +98,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: work) }
         let memory = try MemoryFixture(bytes: 1 << 20)
         let (id, simulator) = try Self.startIdleCRIUJob(daemon, work)
-        let socket = memory.socket("vm")
-        let vmJob = try daemon.add(["firecracker", "--socket", socket, "--mem-file", memory.memoryFile])
-        let vm = try Emulator(socket: socket, memoryFile: memory.memoryFile, regions: ["4k:1M"], wait: true)
-        try vm.waitForLine(startingWith: "READY")
-        try daemon.waitUntil(vmJob, is: .running)
+        let vm = try Self.startVMJob(daemon, memory)
         kill(daemon.process.pid, SIGTERM)
         #expect(daemon.process.wait() == 0, "\(daemon.process.stderr)")
         Self.expectKilledNotZeroFilled(try simulator(), daemon.process.stderr)
@@ -110,11 +116,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: work) }
         let memory = try MemoryFixture(bytes: 1 << 20)
         let (_, simulator) = try Self.startIdleCRIUJob(daemon, work)
-        let socket = memory.socket("vm")
-        let vmJob = try daemon.add(["firecracker", "--socket", socket, "--mem-file", memory.memoryFile])
-        let vm = try Emulator(socket: socket, memoryFile: memory.memoryFile, regions: ["4k:1M"], wait: true)
-        try vm.waitForLine(startingWith: "READY")
-        try daemon.waitUntil(vmJob, is: .running)
+        let vm = try Self.startVMJob(daemon, memory)
         kill(daemon.process.pid, SIGKILL)
         #expect(daemon.process.wait() == -SIGKILL)
         Self.expectKilledNotZeroFilled(try simulator(), "")

@@ -204,7 +204,7 @@ public final class CRIURun {
 
     /// `criu page-server --lazy-pages` serving `images`; its port. It exits once its client is done.
     public func startCRIUPageServer() throws -> (PeerProcess, UInt16) {
-        let port = try Self.freePort()
+        let port = try freeLoopbackPort()
         let server = try start(
             name: "criu-page-server", executable: criu,
             arguments: ["page-server", "--lazy-pages", "-D", images, "--address", "127.0.0.1", "--port", "\(port)",
@@ -240,23 +240,6 @@ public final class CRIURun {
         return peer
     }
 
-    /// A TCP port nobody listens on right now (bound to 0 and released), for peers that cannot pick their own.
-    static func freePort() throws -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Failure(description: "socket: errno \(errno)") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard ok else { throw Failure(description: "bind: errno \(errno)") }
-        return UInt16(bigEndian: address.sin_port)
-    }
 
     // MARK: the restored workload
 
