@@ -17,8 +17,7 @@ struct PageServerCommand: ParsableCommand {
             (`criu lazy-pages --page-server` or `lazy-pagesd --page-server`), each page as often as asked, read \
             straight from the pages files. Runs until killed (SIGINT/SIGTERM). Takes the options of \
             `criu page-server --lazy-pages` in every spelling CRIU accepts, and CRIU's configuration files; CRIU \
-            options that mean nothing here are accepted and logged at debug level.
-
+            options that mean nothing here are accepted and logged at debug level. \
             Without --address it listens on loopback (\(PageServer.defaultAddress)) only. To serve other machines, \
             give the address and use --tls with client certificates: the server then requires a certificate from \
             every client, signed by a CA of --tls-cacert, and (unless --tls-no-cn-verify) naming the --address \
