@@ -29,6 +29,11 @@ static inline int CLinuxSupport_pidfd_send_signal(int pidfd, int sig, unsigned i
     return (int)syscall(__NR_pidfd_send_signal, pidfd, sig, (void *)0, flags);
 }
 
+/* memfd_create(2): an anonymous shared memory file (glibc declares it only with _GNU_SOURCE). */
+static inline int CLinuxSupport_memfd_create(const char *name, unsigned int flags) {
+    return (int)syscall(__NR_memfd_create, name, flags);
+}
+
 /* setfsuid(2)/setfsgid(2): the calling thread's filesystem identity. */
 /* prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants (e.g. what `criu restore -d` leaves) become our children,
  * so their exit can be reaped at once (prctl is variadic). */

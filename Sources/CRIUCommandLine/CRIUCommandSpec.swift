@@ -28,23 +28,30 @@ public struct CRIUCommandSpec: Sendable {
         "tls-cert": "tls-cert", "tls-key": "tls-key", "tls-no-cn-verify": "tls-no-cn-verify",
     ]
 
-    /// What CRIU itself refuses for a daemon, or what only `criu restore`/`criu dump` can do.
-    public static let daemonRefusals: [String: String] = [
-        "ps-socket": "a page-server connection passed as a descriptor is not supported; use --address and --port",
-        "stream": "image streaming (criu-image-streamer) is not supported; use an image directory",
-        "ms": "--ms is deprecated; see \"Check options\" of criu --help",
-        "inherit-fd": "--inherit-fd is a criu restore option",
-        "exec-cmd": "--exec-cmd is available for the restore command only",
-    ]
+    /// What CRIU itself refuses for a daemon, or what only `criu restore`/`criu dump` can do, for the command
+    /// `action`. (`--ps-socket`, a connected socket CRIU's RPC service passes, is taken by both: instead of
+    /// connecting, and instead of listening.)
+    public static func daemonRefusals(action: String) -> [String: String] {
+        [
+            // CRIU 4.2 refuses it too: image streaming (criu-image-streamer) is for dump, pre-dump and restore only.
+            "stream": "--stream cannot be used with the \(action) command (nor with criu \(action)): image streaming"
+                + " is for dump, pre-dump and restore only",
+            "ms": "--ms is deprecated; see \"Check options\" of criu --help",
+            "inherit-fd": "--inherit-fd is a criu restore option",
+            "exec-cmd": "--exec-cmd is available for the restore command only",
+        ]
+    }
 
     /// `lazy-pagesd` / `lazy-pagesd lazy-pages`, the drop-in for `criu lazy-pages`.
     public static let lazyPages = CRIUCommandSpec(
         action: "lazy-pages",
-        meanings: daemonMeanings.merging(["page-server": "page-server", "no-page-server": "no-page-server"]) { $1 },
-        refused: daemonRefusals)
+        meanings: daemonMeanings.merging(["page-server": "page-server", "no-page-server": "no-page-server",
+                                          "ps-socket": "ps-socket"]) { $1 },
+        refused: daemonRefusals(action: "lazy-pages"))
 
-    /// `lazy-pages page-server`, the drop-in for `criu page-server --lazy-pages` (it serves lazy pages only, so
-    /// `--lazy-pages` is accepted and changes nothing).
+    /// `lazy-pages page-server`, the drop-in for `criu page-server --lazy-pages` (it serves lazy pages only;
+    /// `--lazy-pages` gives CRIU's one-session behaviour).
     public static let pageServer = CRIUCommandSpec(
-        action: "page-server", meanings: daemonMeanings, refused: daemonRefusals)
+        action: "page-server", meanings: daemonMeanings.merging(["lazy-pages": "lazy-pages", "ps-socket": "ps-socket"]) { $1 },
+        refused: daemonRefusals(action: "page-server"))
 }

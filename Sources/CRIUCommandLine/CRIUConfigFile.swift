@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 /// A CRIU configuration file (`criu(8)`, "Configuration files"): one option per line, its long name without the
 /// leading dashes, then optionally one value after a space or tab, which may be in double quotes (`\"` for a quote
@@ -100,7 +101,7 @@ public struct CRIUConfigFile: Sendable, Equatable {
     private static func reason(_ error: Error) -> String {
         let nsError = error as NSError
         if let underlying = nsError.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
-            return String(cString: strerror(Int32(underlying.code)))
+            return SystemCallError.reason(Int32(underlying.code))
         }
         if nsError.domain == NSCocoaErrorDomain && nsError.code == NSFileReadNoSuchFileError {
             return "No such file or directory"

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 /// `-d`: fork into the background the way `daemon(3)` does, keeping the working directory and pointing
 /// stdin/stdout/stderr at /dev/null. The parent exits only once the child calls the returned closure (after it
@@ -11,8 +12,7 @@ public func detach() throws -> () -> Void {
     if pid > 0 {
         close(fds[1])
         var byte: UInt8 = 0
-        var n: Int
-        repeat { n = read(fds[0], &byte, 1) } while n < 0 && errno == EINTR
+        let n = retryingOnInterrupt { read(fds[0], &byte, 1) }
         _exit(n == 1 ? 0 : 1)
     }
     close(fds[0])

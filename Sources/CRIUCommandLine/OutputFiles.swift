@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 /// The log and pid files the daemon writes (`-o`, `--pidfile`). They often sit in a work directory other users can
 /// write to, while the daemon runs as root: a file there is opened with `O_NOFOLLOW` (a symlink planted at the name
@@ -27,7 +28,7 @@ public enum OutputFile {
             if errno == ELOOP {
                 throw Refusal(description: "\(path) is a symbolic link; refusing to follow it (give the real path)")
             }
-            throw Refusal(description: "cannot open \(path): \(String(cString: strerror(errno)))")
+            throw Refusal(description: "cannot open \(path): \(SystemCallError.reason(errno))")
         }
         var status = stat()
         guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_nlink <= 1 else {

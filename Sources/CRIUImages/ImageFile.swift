@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LinuxSupport
 #elseif canImport(Musl)
 import Musl
 #elseif canImport(Darwin)
@@ -126,29 +127,27 @@ extension Array where Element == UInt8 {
 
 // MARK: - POSIX helpers
 
-func errnoText(_ code: Int32) -> String { String(cString: strerror(code)) }
 
 /// Reads a whole (metadata) file. A missing file is reported as "missing file".
 func readWholeFile(_ path: String) throws(ImageError) -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else {
         let code = errno
-        throw ImageError(file: path, problem: code == ENOENT ? "missing file" : "cannot open: \(errnoText(code))")
+        throw ImageError(file: path, problem: code == ENOENT ? "missing file" : "cannot open: \(SystemCallError.reason(code))")
     }
     defer { close(fd) }
     var st = stat()
-    guard fstat(fd, &st) == 0 else { throw ImageError(file: path, problem: "cannot stat: \(errnoText(errno))") }
+    guard fstat(fd, &st) == 0 else { throw ImageError(file: path, problem: "cannot stat: \(SystemCallError.reason(errno))") }
     guard (st.st_mode & S_IFMT) == S_IFREG else { throw ImageError(file: path, problem: "not a regular file") }
     let size = Int(st.st_size)
     var bytes = [UInt8](repeating: 0, count: size)
     var done = 0
     while done < size {
         let n = bytes.withUnsafeMutableBytes { buffer in
-            read(fd, buffer.baseAddress.map { $0 + done }, size - done)
+            retryingOnInterrupt { read(fd, buffer.baseAddress.map { $0 + done }, size - done) }
         }
         if n < 0 {
-            if errno == EINTR { continue }
-            throw ImageError(file: path, problem: "read failed: \(errnoText(errno))")
+            throw ImageError(file: path, problem: "read failed: \(SystemCallError.reason(errno))")
         }
         if n == 0 { break }  // shrank while reading
         done += n
@@ -170,7 +169,7 @@ func fileStatus(_ path: String) throws(ImageError) -> FileStatus {
     guard stat(path, &st) == 0 else {
         let code = errno
         if code == ENOENT || code == ENOTDIR { return .missing }
-        throw ImageError(file: path, problem: "cannot stat: \(errnoText(code))")
+        throw ImageError(file: path, problem: "cannot stat: \(SystemCallError.reason(code))")
     }
     switch st.st_mode & S_IFMT {
     case S_IFREG: return .regular(size: UInt64(st.st_size))

@@ -1,5 +1,4 @@
-/// The page size CRIU images are written in (x86-64, arm64 with 4 KiB pages).
-public let criuPageSize = 4096
+import LinuxSupport
 
 /// `pagemap_entry.flags`: where an entry's pages are and who restores them.
 public struct PagemapFlags: OptionSet, Sendable, Hashable {
@@ -37,7 +36,12 @@ public struct VMA: Sendable, Hashable {
     }
 
     /// Number of pages the mapping spans.
-    public var pageCount: UInt64 { (end &- start) / UInt64(criuPageSize) }
+    public var pageCount: UInt64 { (end &- start) / UInt64(basePageSize) }
+
+    /// CRIU's `VMA_AREA_GUARD` status bit: the entry is no mapping but a range of `madvise(MADV_GUARD_INSTALL)`
+    /// guard pages inside one. CRIU 4.2 appends these entries after the real VMAs of `mm-<pid>.img` (so they are
+    /// out of order and overlap them); they have no pages, and `criu restore` installs the guards again.
+    public static let guardStatus: UInt32 = 1 << 16
 
     /// Whether `address` lies in `[start, end)`.
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
@@ -60,7 +64,7 @@ public struct PagemapEntry: Sendable, Hashable {
     }
 
     /// One past the entry's last byte.
-    public var end: UInt64 { vaddr &+ pageCount &* UInt64(criuPageSize) }
+    public var end: UInt64 { vaddr &+ pageCount &* UInt64(basePageSize) }
 }
 
 /// Where the bytes of a run of pages come from.
@@ -77,7 +81,7 @@ public struct LazyRun: Sendable, Hashable {
     public var address: UInt64
     /// Number of pages in the run (at least 1).
     public var pageCount: Int
-    /// Where the run's bytes are; for `.file`, page `k` of the run is at `offset + k * criuPageSize`.
+    /// Where the run's bytes are; for `.file`, page `k` of the run is at `offset + k * basePageSize`.
     public var data: PageData
 
     public init(address: UInt64, pageCount: Int, data: PageData) {
@@ -87,7 +91,7 @@ public struct LazyRun: Sendable, Hashable {
     }
 
     /// One past the run's last byte.
-    public var end: UInt64 { address &+ UInt64(pageCount) &* UInt64(criuPageSize) }
+    public var end: UInt64 { address &+ UInt64(pageCount) &* UInt64(basePageSize) }
 
     /// Whether `address` lies in the run.
     public func contains(_ address: UInt64) -> Bool { address >= self.address && address < end }

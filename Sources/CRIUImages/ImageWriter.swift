@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LinuxSupport
 #elseif canImport(Musl)
 import Musl
 #elseif canImport(Darwin)
@@ -110,7 +111,7 @@ public enum ImageWriter {
         if entryExists(link) { unlink(link) }
         if let parentDirectory {
             guard symlink(parentDirectory, link) == 0 else {
-                throw ImageError(file: link, problem: "cannot create parent symlink: \(errnoText(errno))")
+                throw ImageError(file: link, problem: "cannot create parent symlink: \(SystemCallError.reason(errno))")
             }
         }
     }
@@ -179,7 +180,7 @@ public enum ImageWriter {
     private static func writePages(path: String, runs: [RunSpec]) throws {
         let fd = try createFile(path)
         defer { close(fd) }
-        let page = criuPageSize
+        let page = basePageSize
         let bufferPages = 256
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: page * bufferPages, alignment: page)
         defer { buffer.deallocate() }
@@ -202,7 +203,7 @@ public enum ImageWriter {
         // Holes at the end: the size comes from the offset reached.
         let end = lseek(fd, 0, SEEK_CUR)
         guard end >= 0, ftruncate(fd, end) == 0 else {
-            throw ImageError(file: path, problem: "cannot set the size: \(errnoText(errno))")
+            throw ImageError(file: path, problem: "cannot set the size: \(SystemCallError.reason(errno))")
         }
     }
 
@@ -214,7 +215,7 @@ public enum ImageWriter {
             && (0 ..< words).allSatisfy { buffer.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
         guard allZero else { return try writeAll(fd: fd, path: path, buffer) }
         guard lseek(fd, off_t(buffer.count), SEEK_CUR) >= 0 else {
-            throw ImageError(file: path, problem: "seek failed: \(errnoText(errno))")
+            throw ImageError(file: path, problem: "seek failed: \(SystemCallError.reason(errno))")
         }
     }
 
@@ -249,14 +250,14 @@ public enum ImageWriter {
         for component in path.split(separator: "/") {
             prefix += component + "/"
             if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
-                throw ImageError(file: prefix, problem: "cannot create directory: \(errnoText(errno))")
+                throw ImageError(file: prefix, problem: "cannot create directory: \(SystemCallError.reason(errno))")
             }
         }
     }
 
     static func createFile(_ path: String) throws(ImageError) -> Int32 {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ImageError(file: path, problem: "cannot create: \(errnoText(errno))") }
+        guard fd >= 0 else { throw ImageError(file: path, problem: "cannot create: \(SystemCallError.reason(errno))") }
         return fd
     }
 
@@ -270,10 +271,9 @@ public enum ImageWriter {
     static func writeAll(fd: Int32, path: String, _ buffer: UnsafeRawBufferPointer) throws(ImageError) {
         var done = 0
         while done < buffer.count {
-            let n = systemWrite(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done)
+            let n = retryingOnInterrupt { systemWrite(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done) }
             if n < 0 {
-                if errno == EINTR { continue }
-                throw ImageError(file: path, problem: "write failed: \(errnoText(errno))")
+                throw ImageError(file: path, problem: "write failed: \(SystemCallError.reason(errno))")
             }
             done += n
         }

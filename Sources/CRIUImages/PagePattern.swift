@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// The deterministic page contents used by the fixture, tests, benchmarks and the demo:
 /// word `w` (little-endian `u64`) of page `p` is `((p + 1) &* 0x9E3779B97F4A7C15 ^ seed) &+ w &* 0x100000001B3`.
 public enum PagePattern {
@@ -27,11 +29,11 @@ public enum PagePattern {
         return true
     }
 
-    /// A ``RunSpec`` fill function writing the pattern with page index `(pageAddress - base) / criuPageSize`,
+    /// A ``RunSpec`` fill function writing the pattern with page index `(pageAddress - base) / basePageSize`,
     /// i.e. page 0 of the pattern at `base` (typically the start of the region).
     public static func filler(seed: UInt64, base: UInt64)
         -> @Sendable (_ pageAddress: UInt64, _ page: UnsafeMutableRawBufferPointer) -> Void
     {
-        { address, page in fill(seed: seed, pageIndex: (address &- base) / UInt64(criuPageSize), into: page) }
+        { address, page in fill(seed: seed, pageIndex: (address &- base) / UInt64(basePageSize), into: page) }
     }
 }

@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// A validated `pagemap-<pid>.img` of one image set, with each present entry's offset in the pages file.
 ///
 /// Validation: magic and framing, a `pagemap_head` first, every entry decodable, page aligned, non-empty,
@@ -27,7 +29,7 @@ struct PagemapFile: Sendable {
         self.pagesID = head.pagesID
         self.pagesPath = "\(directory)/pages-\(head.pagesID).img"
 
-        let page = UInt64(criuPageSize)
+        let page = UInt64(basePageSize)
         var entries: [PagemapEntry] = []
         var offsets: [UInt64] = []
         entries.reserveCapacity(file.messages.count - 1)

@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LinuxSupport
 #elseif canImport(Musl)
 import Musl
 #elseif canImport(Darwin)
@@ -39,7 +40,7 @@ struct ParentChain {
     ) throws(ImageError) {
         let child = levels[level]
         let parent = try parentPagemap(of: level, entryNumber: entryNumber)
-        let page = UInt64(criuPageSize)
+        let page = UInt64(basePageSize)
         var cursor = address
         while cursor < end {
             guard let index = parent.entryIndex(containing: cursor) else {

@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// Where a restore's `LAZY` pages come from.
 public enum LazyPageSource: Sendable, Hashable {
     /// From the image set's pages files (or a page server where they have no data).
@@ -31,7 +33,7 @@ public struct ProcessImage: Sendable {
         let vmas = try Self.readVMAs(path: "\(directory)/mm-\(pid).img")
         let pagemap = try PagemapFile(directory: directory, pid: pid, checkPagesFile: lazyPages == .images)
         var chain = ParentChain(pid: pid, pagemap: pagemap)
-        let page = UInt64(criuPageSize)
+        let page = UInt64(basePageSize)
 
         var lazyRuns: [LazyRun] = []
         var eagerRuns: [LazyRun] = []
@@ -87,14 +89,14 @@ public struct ProcessImage: Sendable {
     }
 
     /// Reads and validates the VMA list of `mm-<pid>.img`: exactly one `mm_entry`, every VMA non-empty,
-    /// page aligned, sorted and non-overlapping.
+    /// page aligned, sorted and non-overlapping. Guard-page entries (`VMA.guardStatus`) are left out.
     static func readVMAs(path: String) throws(ImageError) -> [VMA] {
         let file = try ImageFile(path: path, kind: .mm)
         guard file.messages.count == 1 else {
             throw ImageError(file: path, problem: "expected one mm_entry, found \(file.messages.count) messages")
         }
         let mm = try file.decode(Criu_mm_entry.self, at: 0, as: "mm_entry")
-        let page = UInt64(criuPageSize)
+        let page = UInt64(basePageSize)
         var vmas: [VMA] = []
         vmas.reserveCapacity(mm.vmas.count)
         for (index, raw) in mm.vmas.enumerated() {
@@ -103,6 +105,9 @@ public struct ProcessImage: Sendable {
                 throw ImageError(file: path, problem: "unaligned address: \(what) is not page aligned")
             }
             guard raw.start < raw.end else { throw ImageError(file: path, problem: "\(what) is empty or inverted") }
+            // Guard pages (zdtm maps12), not a mapping: nothing for us to deliver, and refusing them as unsorted
+            // refused the whole restore.
+            if raw.status & VMA.guardStatus != 0 { continue }
             if let previous = vmas.last, raw.start < previous.end {
                 throw ImageError(
                     file: path,

@@ -1,3 +1,4 @@
+import LinuxSupport
 import SwiftProtobuf
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,7 @@ public enum RemoteView {
     public static func write(from source: String, to destination: String) throws {
         try ImageWriter.makeDirectories(destination)
         guard let directory = opendir(source) else {
-            throw ImageError(file: source, problem: "cannot open directory: \(errnoText(errno))")
+            throw ImageError(file: source, problem: "cannot open directory: \(SystemCallError.reason(errno))")
         }
         var names: [String] = []
         while let entry = readdir(directory) {
@@ -43,7 +44,7 @@ public enum RemoteView {
         let outputPath = "\(destination)/pages-\(pagemap.pagesID).img"
         let output = try ImageWriter.createFile(outputPath)
         defer { close(output) }
-        let page = UInt64(criuPageSize)
+        let page = UInt64(basePageSize)
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         for (number, entry) in pagemap.entries.enumerated() {
             guard !entry.flags.contains(.parent) else {
@@ -60,7 +61,7 @@ public enum RemoteView {
                     let n = Int(min(remaining, UInt64(buffer.count)))
                     let got = buffer.withUnsafeMutableBytes { pread(input, $0.baseAddress, n, off_t(offset)) }
                     guard got == n else {
-                        throw ImageError(file: pagemap.pagesPath, problem: "short read at \(offset): \(errnoText(errno))")
+                        throw ImageError(file: pagemap.pagesPath, problem: "short read at \(offset): \(SystemCallError.reason(errno))")
                     }
                     try buffer.withUnsafeBytes { try ImageWriter.writeAll(fd: output, path: outputPath, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                     offset += UInt64(n)

@@ -15,6 +15,17 @@ public enum DescriptorCheck {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// Why `descriptor` cannot be used as an inherited, connected stream socket (`--ps-socket`), or nil when it can.
+    public static func inheritedStreamSocketProblem(_ descriptor: Int32) -> String? {
+        guard descriptor >= 0, fcntl(descriptor, F_GETFD) >= 0 else { return "not an open descriptor of this process" }
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+            return "not a stream socket"
+        }
+        return nil
+    }
+
     /// True when `descriptor` is a userfaultfd.
     public static func isUserfaultfd(_ descriptor: Int32) -> Bool {
         kernelName(of: descriptor) == userfaultfdLink

@@ -4,17 +4,6 @@ import Glibc
 import Musl
 #endif
 
-/// A failed socket operation, naming the call and the errno.
-public struct SocketError: Error, CustomStringConvertible, Sendable, Equatable {
-    public var call: String
-    public var errno: Int32
-    public init(_ call: String, errno: Int32) {
-        self.call = call
-        self.errno = errno
-    }
-    public var description: String { "\(call): \(String(cString: strerror(errno)))" }
-}
-
 /// Sending and receiving file descriptors over a unix socket (`SCM_RIGHTS`), one message at a time.
 public enum DescriptorPassing {
     /// What one `recvmsg` delivered.
@@ -28,7 +17,7 @@ public enum DescriptorPassing {
     }
 
     /// Sends `bytes` (at least one byte: Linux drops ancillary data on an empty message) with `descriptors`.
-    public static func send(socket: Int32, bytes: [UInt8], descriptors: [Int32]) throws(SocketError) {
+    public static func send(socket: Int32, bytes: [UInt8], descriptors: [Int32]) throws(SystemCallError) {
         precondition(!bytes.isEmpty, "SCM_RIGHTS needs at least one data byte")
         var data = bytes
         let fdBytes = descriptors.count * MemoryLayout<Int32>.size
@@ -53,20 +42,17 @@ public enum DescriptorPassing {
                             payload.storeBytes(of: fd, toByteOffset: i * 4, as: Int32.self)
                         }
                     }
-                    while true {
-                        let n = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
-                        if n >= 0 || Glibc.errno != EINTR { return n }
-                    }
+                    return retryingOnInterrupt { sendmsg(socket, &message, Int32(MSG_NOSIGNAL)) }
                 }
             }
         }
-        if sent < 0 { throw SocketError("sendmsg", errno: Glibc.errno) }
-        if sent != bytes.count { throw SocketError("sendmsg (short write)", errno: EIO) }
+        if sent < 0 { throw SystemCallError("sendmsg", errno: Glibc.errno) }
+        if sent != bytes.count { throw SystemCallError("sendmsg (short write)", errno: EIO) }
     }
 
     /// Receives up to `maxBytes` bytes and up to `maxDescriptors` descriptors (received with `MSG_CMSG_CLOEXEC`).
     /// Descriptors beyond `maxDescriptors` are closed by the kernel and reported as `truncated`.
-    public static func receive(socket: Int32, maxBytes: Int, maxDescriptors: Int = 4) throws(SocketError) -> Received {
+    public static func receive(socket: Int32, maxBytes: Int, maxDescriptors: Int = 4) throws(SystemCallError) -> Received {
         var data = [UInt8](repeating: 0, count: max(maxBytes, 1))
         let controlLength = cmsgSpace(maxDescriptors * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlLength)
@@ -81,19 +67,16 @@ public enum DescriptorPassing {
                     message.msg_iovlen = 1
                     message.msg_control = controlBuffer.baseAddress
                     message.msg_controllen = controlLength
-                    while true {
-                        let n = recvmsg(socket, &message, Int32(MSG_CMSG_CLOEXEC))
-                        if n >= 0 {
-                            flags = message.msg_flags
-                            controlUsed = message.msg_controllen
-                            return n
-                        }
-                        if Glibc.errno != EINTR { return n }
+                    let n = retryingOnInterrupt { recvmsg(socket, &message, Int32(MSG_CMSG_CLOEXEC)) }
+                    if n >= 0 {
+                        flags = message.msg_flags
+                        controlUsed = message.msg_controllen
                     }
+                    return n
                 }
             }
         }
-        if received < 0 { throw SocketError("recvmsg", errno: Glibc.errno) }
+        if received < 0 { throw SystemCallError("recvmsg", errno: Glibc.errno) }
         var descriptors: [Int32] = []
         control.withUnsafeBytes { buffer in
             var offset = 0

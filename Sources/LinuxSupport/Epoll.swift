@@ -3,17 +3,6 @@ import CLinuxSupport
 import Glibc
 #endif
 
-/// A failed system call, naming the call.
-public struct SystemCallError: Error, CustomStringConvertible, Sendable {
-    public var call: String
-    public var errno: Int32
-    public init(_ call: String, errno: Int32 = Glibc.errno) {
-        self.call = call
-        self.errno = errno
-    }
-    public var description: String { "\(call): \(String(cString: strerror(errno)))" }
-}
-
 /// An owning epoll instance. Each registered descriptor carries a 64-bit tag chosen by the caller.
 public final class Epoll {
     /// The event masks callers ask for (`EPOLLIN`, `EPOLLOUT`), so that no module but this one needs the C header.

@@ -33,8 +33,7 @@ enum ListeningSockets {
         var buffer = [UInt8](repeating: 0, count: 32768)
         var found = false
         while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
+            let n = buffer.withUnsafeMutableBytes { raw in retryingOnInterrupt { recv(fd, raw.baseAddress, raw.count, 0) } }
             guard n > 0 else { return nil }
             var offset = 0
             while offset + 16 <= n {

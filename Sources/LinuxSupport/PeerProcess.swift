@@ -16,9 +16,9 @@ public final class PeerProcess: @unchecked Sendable {
     public private(set) var descriptor: Int32
 
     /// The credentials of `socket`'s peer at `connect` time, and a pidfd for it.
-    public init(socket: Int32) throws(SocketError) {
+    public init(socket: Int32) throws(SystemCallError) {
         guard let credentials = PeerCredentials(socket: socket) else {
-            throw SocketError("getsockopt(SO_PEERCRED)", errno: errno)
+            throw SystemCallError("getsockopt(SO_PEERCRED)", errno: errno)
         }
         pid = credentials.pid
         uid = credentials.uid
@@ -28,7 +28,7 @@ public final class PeerProcess: @unchecked Sendable {
             return
         }
         let fd = CLinuxSupport_pidfd_open(pid, 0)
-        guard fd >= 0 else { throw SocketError("pidfd_open(\(pid))", errno: errno) }
+        guard fd >= 0 else { throw SystemCallError("pidfd_open(\(pid))", errno: errno) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         descriptor = fd
     }

@@ -40,7 +40,7 @@ public final class UnixListener: @unchecked Sendable {
     /// too — still with the owner's identity, relative to the directory descriptor; without it (a path the caller
     /// chose, such as a Firecracker `socketPath`), anything but a stale socket is an error.
     public init(directory: String, name: String, backlog: Int32 = 16, access: SocketAccess = SocketAccess(),
-                replacingStaleFiles: Bool = false, logger: Logger? = nil) throws(SocketError)
+                replacingStaleFiles: Bool = false, logger: Logger? = nil) throws(SystemCallError)
     {
         path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
         self.name = name
@@ -49,26 +49,26 @@ public final class UnixListener: @unchecked Sendable {
         owner = FilesystemIdentity.current
         descriptor = -1
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
-            throw SocketError("\(path): not a usable socket name", errno: EINVAL)
+            throw SystemCallError("\(path): not a usable socket name", errno: EINVAL)
         }
         directoryFD = open(directory, O_PATH | O_DIRECTORY | O_CLOEXEC)
-        guard directoryFD >= 0 else { throw closing(SocketError("open \(directory)", errno: errno)) }
+        guard directoryFD >= 0 else { throw closing(SystemCallError("open \(directory)", errno: errno)) }
         try removeStaleSocket(replacingStaleFiles: replacingStaleFiles)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw closing(SocketError("socket(AF_UNIX)", errno: errno)) }
+        guard fd >= 0 else { throw closing(SystemCallError("socket(AF_UNIX)", errno: errno)) }
         descriptor = fd
         let temporary = ".lp-\(getpid())-\(UnixListener.nextTemporary.add(1, ordering: .relaxed).newValue).tmp"
         unlinkat(directoryFD, temporary, 0)
         let result = withSocketAddress(procPath(temporary)) { bind(fd, $0, $1) }
-        guard result == 0 else { throw closing(SocketError("bind \(directory)/\(temporary)", errno: result == nil ? ENAMETOOLONG : errno)) }
-        do throws(SocketError) {
+        guard result == 0 else { throw closing(SystemCallError("bind \(directory)/\(temporary)", errno: result == nil ? ENAMETOOLONG : errno)) }
+        do throws(SystemCallError) {
             try setMode(of: temporary)
-            guard listen(fd, backlog) == 0 else { throw SocketError("listen \(path)", errno: errno) }
+            guard listen(fd, backlog) == 0 else { throw SystemCallError("listen \(path)", errno: errno) }
             // linkat never replaces: whatever took the name since the check above stays, and we refuse.
             guard linkat(directoryFD, temporary, directoryFD, name, 0) == 0 else {
                 throw errno == EEXIST
-                    ? SocketError("\(path) appeared while binding; refusing to replace it", errno: EEXIST)
-                    : SocketError("link \(path)", errno: errno)
+                    ? SystemCallError("\(path) appeared while binding; refusing to replace it", errno: EEXIST)
+                    : SystemCallError("link \(path)", errno: errno)
             }
         } catch {
             unlinkat(directoryFD, temporary, 0)
@@ -77,26 +77,66 @@ public final class UnixListener: @unchecked Sendable {
         unlinkat(directoryFD, temporary, 0)
     }
 
+    /// Takes over a listening socket another process bound at `path` and left open (a successor daemon inherits
+    /// its predecessor's listener). Closing later removes the file under the same rule as for one bound here: only
+    /// if the inode at the name is still the socket found there now, with this process's identity.
+    public init(adopting fd: Int32, path: String, access: SocketAccess = SocketAccess(), logger: Logger? = nil)
+        throws(SystemCallError)
+    {
+        self.path = path
+        let slash = path.lastIndex(of: "/")
+        name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        let directory = slash.map { String(path[..<$0]) } ?? "."
+        self.access = access
+        self.logger = logger
+        owner = FilesystemIdentity.current
+        descriptor = fd
+        var listening: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0, listening != 0 else {
+            descriptor = -1
+            throw SystemCallError("descriptor \(fd) for \(path) is not a listening socket", errno: ENOTSOCK)
+        }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        directoryFD = open(directory.isEmpty ? "/" : directory, O_PATH | O_DIRECTORY | O_CLOEXEC)
+        var status = stat()
+        if directoryFD >= 0, fstatat(directoryFD, name, &status, AT_SYMLINK_NOFOLLOW) == 0,
+           status.st_mode & S_IFMT == S_IFSOCK {
+            bound = (status.st_dev, status.st_ino)
+        }
+    }
+
+    /// A listener that was closed already (by a predecessor daemon that took its one connection): `descriptor` is
+    /// -1, closing does nothing.
+    public init(closedAt path: String, access: SocketAccess = SocketAccess()) {
+        self.path = path
+        name = path.split(separator: "/").last.map(String.init) ?? path
+        self.access = access
+        logger = nil
+        owner = FilesystemIdentity.current
+        descriptor = -1
+    }
+
     private func procPath(_ entry: String) -> String { "/proc/self/fd/\(directoryFD)/\(entry)" }
 
     /// A socket file at the name that nothing listens on may go (if the owner may remove it); anything else stays.
-    private func removeStaleSocket(replacingStaleFiles: Bool) throws(SocketError) {
+    private func removeStaleSocket(replacingStaleFiles: Bool) throws(SystemCallError) {
         var existing = stat()
         guard fstatat(directoryFD, name, &existing, AT_SYMLINK_NOFOLLOW) == 0 else {
-            guard errno == ENOENT else { throw closing(SocketError("stat \(path)", errno: errno)) }
+            guard errno == ENOENT else { throw closing(SystemCallError("stat \(path)", errno: errno)) }
             return
         }
         guard existing.st_mode & S_IFMT == S_IFSOCK || (replacingStaleFiles && existing.st_mode & S_IFMT != S_IFDIR) else {
-            throw closing(SocketError("\(path) exists and is not a socket; refusing to replace it", errno: EEXIST))
+            throw closing(SystemCallError("\(path) exists and is not a socket; refusing to replace it", errno: EEXIST))
         }
         guard existing.st_mode & S_IFMT != S_IFSOCK || !ListeningSockets.isListening(device: existing.st_dev, inode: existing.st_ino, connectPath: procPath(name))
         else {
-            throw closing(SocketError(
+            throw closing(SystemCallError(
                 "\(path) is a live socket (a process listens on it); refusing to replace it", errno: EADDRINUSE))
         }
         guard unlinkat(directoryFD, name, 0) == 0 || errno == ENOENT else {
             let reason = errno
-            throw closing(SocketError(
+            throw closing(SystemCallError(
                 "\(path) is a stale socket of uid \(existing.st_uid) that \(owner) may not remove; refusing to replace it",
                 errno: reason))
         }
@@ -104,23 +144,23 @@ public final class UnixListener: @unchecked Sendable {
     }
 
     /// Gives the freshly bound socket file its mode (whatever the umask made of it) and remembers its inode.
-    private func setMode(of temporary: String) throws(SocketError) {
+    private func setMode(of temporary: String) throws(SystemCallError) {
         let file = openat(directoryFD, temporary, O_PATH | O_NOFOLLOW | O_CLOEXEC)
-        guard file >= 0 else { throw SocketError("open \(temporary)", errno: errno) }
+        guard file >= 0 else { throw SystemCallError("open \(temporary)", errno: errno) }
         defer { Glibc.close(file) }
         var status = stat()
-        guard fstat(file, &status) == 0 else { throw SocketError("stat \(temporary)", errno: errno) }
+        guard fstat(file, &status) == 0 else { throw SystemCallError("stat \(temporary)", errno: errno) }
         guard status.st_mode & S_IFMT == S_IFSOCK, status.st_uid == owner.uid else {
-            throw SocketError("\(path): the bound socket was replaced before it listened", errno: EEXIST)
+            throw SystemCallError("\(path): the bound socket was replaced before it listened", errno: EEXIST)
         }
         // An O_PATH descriptor has no fchmod; its /proc/self/fd link reaches exactly that inode.
         guard chmod("/proc/self/fd/\(file)", access.mode) == 0 else {
-            throw SocketError("chmod \(path)", errno: errno)
+            throw SystemCallError("chmod \(path)", errno: errno)
         }
         bound = (status.st_dev, status.st_ino)
     }
 
-    private func closing(_ error: SocketError) -> SocketError {
+    private func closing(_ error: SystemCallError) -> SystemCallError {
         if descriptor >= 0 { Glibc.close(descriptor) }
         descriptor = -1
         if directoryFD >= 0 { Glibc.close(directoryFD) }
@@ -161,13 +201,11 @@ public final class UnixListener: @unchecked Sendable {
 
     /// Accepts one connection (close-on-exec, non-blocking) from a peer `access` permits. A refused peer is logged and
     /// closed before anything is read from it, and nil returned: the listener goes on listening.
-    public func accept() throws(SocketError) -> Int32? {
-        var fd: Int32
-        while true {
-            fd = Glibc.accept(descriptor, nil, nil)
-            if fd >= 0 { break }
+    public func accept() throws(SystemCallError) -> Int32? {
+        let fd = retryingOnInterrupt { Glibc.accept(descriptor, nil, nil) }
+        if fd < 0 {
             if errno == EAGAIN || errno == ECONNABORTED { return nil }
-            if errno != EINTR { throw SocketError("accept", errno: errno) }
+            throw SystemCallError("accept", errno: errno)
         }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         guard let peer = PeerCredentials(socket: fd) else {

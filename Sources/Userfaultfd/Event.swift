@@ -63,6 +63,18 @@ extension Event {
         }
     }
 
+    /// The messages in the leading slots of `capacity` at `messages` whose event code is not zero (as a read after
+    /// `EventBatch.clear` leaves its memory): what that read returned, found again without its count.
+    public static func decodeLeading(_ messages: UnsafeRawPointer, capacity: Int) -> [Result<Event, UnknownEvent>] {
+        var result: [Result<Event, UnknownEvent>] = []
+        for i in 0..<capacity {
+            let message = messages + i * messageSize
+            guard message.load(as: UInt8.self) != 0 else { break }
+            result.append(Result { () throws(UnknownEvent) -> Event in try Event(message: message) })
+        }
+        return result
+    }
+
     /// True for the events that make the kernel refuse copies until they are read (everything but faults).
     public var isNonCooperative: Bool {
         if case .pageFault = self { return false }
@@ -73,6 +85,7 @@ extension Event {
 /// A reusable buffer for reading messages in batches, so the fault path does not allocate.
 public struct EventBatch: ~Copyable {
     @usableFromInline let storage: UnsafeMutableRawPointer
+    private let owned: Bool
     public let capacity: Int
     public private(set) var count: Int = 0
 
@@ -80,15 +93,34 @@ public struct EventBatch: ~Copyable {
         precondition(capacity > 0)
         self.capacity = capacity
         storage = .allocate(byteCount: capacity * Event.messageSize, alignment: 8)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * Event.messageSize)
+        owned = true
     }
 
-    deinit { storage.deallocate() }
+    /// A batch that reads into memory it does not own (`capacity` messages at `storage`, 8-byte aligned, zeroed;
+    /// e.g. a shared file that outlives this process: what the kernel handed over survives it).
+    public init(readingInto storage: UnsafeMutableRawPointer, capacity: Int) {
+        precondition(capacity > 0 && Int(bitPattern: storage) % 8 == 0)
+        self.storage = storage
+        self.capacity = capacity
+        owned = false
+    }
+
+    deinit { if owned { storage.deallocate() } }
 
     /// Reads as many queued messages as fit. Returns the count; 0 when nothing is queued (`EAGAIN`).
     public mutating func read(from uffd: borrowing Userfaultfd) throws(UserfaultfdError) -> Int {
         count = try uffd.readMessages(into: UnsafeMutableRawBufferPointer(
             start: storage, count: capacity * Event.messageSize))
         return count
+    }
+
+    /// Zeroes the event code of the slots the last read filled. Called before a read, it makes the messages that
+    /// read returns exactly the leading slots with a non-zero code (`Event.decodeLeading`), whether or not the
+    /// reader lived to see the count (a read into shared memory that outlives it).
+    public mutating func clear() {
+        for i in 0..<count { storage.storeBytes(of: 0, toByteOffset: i * Event.messageSize, as: UInt8.self) }
+        count = 0
     }
 
     /// The `index`th message of the last read, decoded.

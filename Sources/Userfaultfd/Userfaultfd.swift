@@ -1,4 +1,5 @@
 import CUserfaultfd
+import LinuxSupport
 import SystemPackage
 
 #if canImport(Glibc)
@@ -234,13 +235,10 @@ public final class Userfaultfd: @unchecked Sendable {
 
     /// Reads whole `uffd_msg`s into `buffer`. Returns how many; 0 when none is queued (`EAGAIN`).
     public func readMessages(into buffer: UnsafeMutableRawBufferPointer) throws(UserfaultfdError) -> Int {
-        while true {
-            let n = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
-            if n >= 0 { return n / Event.messageSize }
-            let e = Errno(rawValue: errno)
-            if e == .interrupted { continue }
-            if e == .resourceTemporarilyUnavailable { return 0 }
-            throw .systemCall("read(uffd)", e)
+        switch valueOrErrno(retryOnInterrupt: true, { Glibc.read(descriptor, buffer.baseAddress, buffer.count) }) {
+        case .success(let n): return n / Event.messageSize
+        case .failure(.resourceTemporarilyUnavailable): return 0
+        case .failure(let e): throw .systemCall("read(uffd)", e)
         }
     }
 
@@ -253,17 +251,5 @@ public final class Userfaultfd: @unchecked Sendable {
 
     private func check(_ call: @autoclosure () -> String, _ body: () -> Int32) throws(UserfaultfdError) {
         if case .failure(let e) = valueOrErrno(retryOnInterrupt: true, body) { throw .systemCall(call(), e) }
-    }
-}
-
-/// Runs `body` until it does not fail with `EINTR`; maps -1 to the errno it left.
-@inline(__always)
-func valueOrErrno(retryOnInterrupt: Bool, _ body: () -> Int32) -> Result<Int32, Errno> {
-    while true {
-        let value = body()
-        if value != -1 { return .success(value) }
-        let e = Errno(rawValue: errno)
-        if retryOnInterrupt && e == .interrupted { continue }
-        return .failure(e)
     }
 }
