@@ -56,6 +56,7 @@
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,6 +96,13 @@ static ino_t g_connection_ino[MAX_RESTORERS], g_listener_ino;
 static int g_connection_ours[MAX_RESTORERS];
 static int g_aborted;
 static int g_peers_are_tasks;
+/* The restore's journal (-1: none) and whether a successor may be started from it (LP_GUARDIAN_JOURNAL). */
+static int g_journal = -1;
+static int g_handover;
+/* The listener's access rule (LP_GUARDIAN_ACCESS); without one every peer counts (the daemon checked none). */
+static int g_access_set, g_access_flags;
+static uid_t g_owner_uid;
+static gid_t g_owner_gid;
 
 /* Whether a restorer connection still has bytes queued: its tasks' uffds may be in flight in it. Nothing is
  * received: a descriptor received without room in the table is dropped by the kernel (its task's last copy: zero
@@ -352,6 +360,28 @@ static void sweep_accepted(void) {
     each_descriptor(take_if_accepted);
 }
 
+static void say(const char *text);
+
+/* The daemon's SocketAccess rule (LinuxSupport/SocketAccess.swift) for a connection the guardian accepted: the
+ * owner, root (unless turned off), or with group access a member of the owner's group (primary or supplementary,
+ * SO_PEERGROUPS). A peer whose credentials cannot be read is refused. */
+static gid_t g_peer_groups[4096];
+static int peer_allowed(int fd) {
+    if (!g_access_set) return 1;
+    int creds[3] = {0, -1, -1}; /* struct ucred: pid, uid, gid */
+    socklen_t len = sizeof creds;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, creds, &len) != 0) return 0;
+    if ((uid_t)creds[1] == g_owner_uid) return 1;
+    if ((g_access_flags & LP_GUARDIAN_ACCESS_ROOT) && creds[1] == 0) return 1;
+    if (!(g_access_flags & LP_GUARDIAN_ACCESS_GROUP)) return 0;
+    if ((gid_t)creds[2] == g_owner_gid) return 1;
+    socklen_t glen = sizeof g_peer_groups;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g_peer_groups, &glen) != 0) return 0;
+    for (socklen_t i = 0; i < glen / sizeof(gid_t); i++)
+        if (g_peer_groups[i] == g_owner_gid) return 1;
+    return 0;
+}
+
 /* Accepts every connection waiting on the listener and records its peer as a restorer (kept open). */
 static void sweep_listener(void) {
     if (g_listener < 0 || !still_same(g_listener, g_listener_dev, g_listener_ino)) return;
@@ -360,6 +390,13 @@ static void sweep_listener(void) {
     for (;;) {
         int fd = accept4(g_listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return;
+        if (!peer_allowed(fd)) {
+            /* Not the restore's: the daemon would have refused it too (its uffd, if any, is its sender's own). */
+            say("lp-guardian: refused a connection on the lazy-pages socket from a peer the socket's access rule "
+                "does not allow\n");
+            close(fd);
+            continue;
+        }
         add_connection(fd, 1);
     }
 }
@@ -409,6 +446,188 @@ static long long monotonic_ms(void) {
     return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
+/* ---- the journal and the hand-over (RestoreJournal.swift; layout in CGuardian.h) ---- */
+
+static int pread_all(int fd, void *buf, size_t len, off_t at) {
+    return pread(fd, buf, len, at) == (ssize_t)len;
+}
+static void pwrite_all(int fd, const void *buf, size_t len, off_t at) {
+    while (len) {
+        ssize_t n = pwrite(fd, buf, len, at);
+        if (n <= 0) return;
+        buf = (const char *)buf + n;
+        len -= (size_t)n;
+        at += n;
+    }
+}
+
+/* A successor's guardian: loads the processes and restorers its predecessor recorded. */
+static void journal_load(void) {
+    uint32_t known = 0, restorers = 0, peers = 0;
+    if (!pread_all(g_journal, &known, 4, LP_JOURNAL_KNOWN_COUNT_OFFSET) ||
+        !pread_all(g_journal, &restorers, 4, LP_JOURNAL_RESTORER_COUNT_OFFSET) ||
+        !pread_all(g_journal, &peers, 4, LP_JOURNAL_PEERS_ARE_TASKS_OFFSET))
+        return;
+    if (peers) g_peers_are_tasks = 1;
+    static struct lp_journal_known chunk[256];
+    for (uint32_t done = 0; done < known && done < LP_JOURNAL_MAX_KNOWN;) {
+        uint32_t n = known - done < 256 ? known - done : 256;
+        if (!pread_all(g_journal, chunk, n * sizeof chunk[0], LP_JOURNAL_KNOWN_OFFSET + done * sizeof chunk[0])) return;
+        for (uint32_t i = 0; i < n; i++) {
+            pid_t pid = chunk[i].pid;
+            if (pid <= 1 || pid == g_self || g_nknown == MAX_PIDS) continue;
+            if (start_time(pid, NULL) == chunk[i].start && set_add(g_known_set, pid) == 1)
+                g_known[g_nknown++] = (struct known){pid, chunk[i].start};
+        }
+        done += n;
+    }
+    int32_t pids[LP_JOURNAL_MAX_RESTORERS];
+    if (restorers > LP_JOURNAL_MAX_RESTORERS) restorers = LP_JOURNAL_MAX_RESTORERS;
+    if (!pread_all(g_journal, pids, restorers * 4, LP_JOURNAL_RESTORERS_OFFSET)) return;
+    for (uint32_t i = 0; i < restorers && g_nrestorers < MAX_RESTORERS; i++)
+        if (pids[i] > 1 && !gone(pids[i])) g_restorers[g_nrestorers++] = pids[i];
+}
+
+/* The daemon died: records the processes this guardian knows (still alive) and the time, for a successor. */
+static void journal_record(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t died = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+    pwrite_all(g_journal, &died, 8, LP_JOURNAL_DIED_AT_OFFSET);
+    static struct lp_journal_known chunk[256];
+    uint32_t written = 0, n = 0;
+    for (int i = 0; i <= g_nknown; i++) {
+        if (i < g_nknown && written + n < LP_JOURNAL_MAX_KNOWN && start_time(g_known[i].pid, NULL) == g_known[i].start)
+            chunk[n++] = (struct lp_journal_known){g_known[i].pid, 0, g_known[i].start};
+        if (n == 256 || (i == g_nknown && n)) {
+            pwrite_all(g_journal, chunk, n * sizeof chunk[0], LP_JOURNAL_KNOWN_OFFSET + written * sizeof chunk[0]);
+            written += n;
+            n = 0;
+        }
+    }
+    pwrite_all(g_journal, &written, 4, LP_JOURNAL_KNOWN_COUNT_OFFSET);
+    uint32_t restorers = (uint32_t)g_nrestorers, peers = (uint32_t)g_peers_are_tasks;
+    pwrite_all(g_journal, g_restorers, restorers * 4, LP_JOURNAL_RESTORERS_OFFSET);
+    pwrite_all(g_journal, &restorers, 4, LP_JOURNAL_RESTORER_COUNT_OFFSET);
+    pwrite_all(g_journal, &peers, 4, LP_JOURNAL_PEERS_ARE_TASKS_OFFSET);
+}
+
+/* Why the journal does not allow a hand-over (NULL: it does). The successor checks everything again. */
+static const char *journal_refusal(void) {
+    uint64_t magic = 0, reading = 0;
+    uint32_t flags = 0, handovers = 0, most = 0;
+    if (!pread_all(g_journal, &magic, 8, LP_JOURNAL_MAGIC_OFFSET) || magic != LP_JOURNAL_MAGIC) return "not-a-journal";
+    if (!pread_all(g_journal, &flags, 4, LP_JOURNAL_FLAGS_OFFSET)) return "not-a-journal";
+    if (flags & LP_JOURNAL_FLAG_NO_HANDOVER) return "handover-disabled";
+    if (flags & LP_JOURNAL_FLAG_FAILED) return "failed";
+    if (flags & LP_JOURNAL_FLAG_OVERFLOWED) return "overflowed";
+    if (!pread_all(g_journal, &reading, 8, LP_JOURNAL_READING_OFFSET) || reading) return "reading-events";
+    if (!pread_all(g_journal, &handovers, 4, LP_JOURNAL_HANDOVERS_OFFSET) ||
+        !pread_all(g_journal, &most, 4, LP_JOURNAL_MAX_HANDOVERS_OFFSET) || handovers >= most)
+        return "attempts-exhausted";
+    return NULL;
+}
+
+static void inheritable(int fd) {
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+}
+static int inheritable_if_uffd(int fd) {
+    if (is_uffd(fd)) inheritable(fd);
+    return 0;
+}
+
+/* The dead daemon's TCP connections (its page-server client): shut down, so that the page server sees the client
+ * gone now rather than when this guardian ends. A `lazy-pages page-server` serving one session listens again for a
+ * successor only once the old connection ended; the successor reconnects from the journal's command line. Listening
+ * sockets are left alone. */
+static int shut_down_if_tcp_connection(int fd) {
+    int domain = 0, listening = 0;
+    socklen_t length = sizeof domain;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) || (domain != AF_INET && domain != AF_INET6))
+        return 0;
+    length = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) || listening) return 0;
+    shutdown(fd, SHUT_RDWR);
+    return 0;
+}
+
+extern char **environ;
+
+/* Starts a successor daemon (this binary, `lazy-pagesd adopt --journal FD --ready FD`) that inherits the uffds,
+ * the journal, the listener and the restorer connections, and waits until it says it answers for the restore
+ * (its guardian writes 'A' on the ready pipe). Returns 1 then; 0 when it refused (or every attempt failed): the
+ * caller ends the processes. A successor reads no uffd before it says so: until then this guardian's table still
+ * holds every descriptor the restore has. */
+static int hand_over(void) {
+    for (;;) {
+        const char *why = journal_refusal();
+        if (why) {
+            char line[160], *p = line;
+            put(&p, "lp-guardian: no hand-over: ");
+            put(&p, why);
+            put(&p, "\n");
+            *p = 0;
+            say(line);
+            return 0;
+        }
+        uint32_t handovers = 0;
+        pread_all(g_journal, &handovers, 4, LP_JOURNAL_HANDOVERS_OFFSET);
+        handovers++;
+        pwrite_all(g_journal, &handovers, 4, LP_JOURNAL_HANDOVERS_OFFSET);
+        each_descriptor(inheritable_if_uffd);
+        inheritable(g_journal);
+        if (g_listener >= 0 && still_same(g_listener, g_listener_dev, g_listener_ino)) inheritable(g_listener);
+        for (int i = 0; i < g_nconnections; i++)
+            if (still_same(g_connections[i], g_connection_dev[i], g_connection_ino[i])) inheritable(g_connections[i]);
+        int ready[2];
+        if (pipe2(ready, O_CLOEXEC)) return 0;
+        inheritable(ready[1]);
+        static char journal_arg[24], ready_arg[24];
+        char *p = journal_arg;
+        put_num(&p, g_journal);
+        *p = 0;
+        p = ready_arg;
+        put_num(&p, ready[1]);
+        *p = 0;
+        static char *argv[] = {"lazy-pagesd", "adopt", "--journal", journal_arg, "--ready", ready_arg, NULL};
+        /* A raw clone, not fork(): glibc's fork handlers take locks a copy of a multithreaded process may hold. */
+        long child = syscall(SYS_clone, (unsigned long)SIGCHLD, NULL, NULL, NULL, 0UL);
+        if (child == 0) {
+            syscall(SYS_execve, "/proc/self/exe", argv, environ);
+            syscall(SYS_exit_group, 127);
+        }
+        close(ready[1]);
+        if (child < 0) {
+            close(ready[0]);
+            return 0;
+        }
+        /* Generous: a successor on a loaded machine reads and checks every image again before it answers. */
+        struct pollfd wait_ready = {.fd = ready[0], .events = POLLIN};
+        char answer = 0;
+        int got = 0;
+        long long deadline = monotonic_ms() + 120000;
+        for (;;) {
+            long long left = deadline - monotonic_ms();
+            if (left <= 0) break;
+            int r = poll(&wait_ready, 1, (int)left);
+            if (r < 0 && errno == EINTR) continue;
+            if (r > 0) got = read(ready[0], &answer, 1) == 1;
+            break;
+        }
+        close(ready[0]);
+        if (got && answer == 'A') return 1;
+        int status = 0;
+        if (!got) kill((pid_t)child, SIGKILL); /* timed out: it must not go on beside the fallback */
+        while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
+        if ((status & 0x7f) == 0 && ((status >> 8) & 0xff) == LP_SUCCESSOR_EXIT_REFUSED) {
+            say("lp-guardian: no hand-over: the successor refused the restore\n");
+            return 0;
+        }
+        say("lp-guardian: the successor daemon failed to start; trying again\n");
+    }
+}
+
 static int guardian_main(int pidfd, int messages) {
     int snapshot_due = 0;
     long long next_walk = 0; /* walks are paced: after one of d ms, the next starts d ms later at the earliest */
@@ -447,6 +666,26 @@ static int guardian_main(int pidfd, int messages) {
                     g_connection_ours[g_nconnections] = 0;
                     g_connections[g_nconnections++] = m.fd;
                 }
+                if (m.kind == LP_GUARDIAN_JOURNAL && m.fd >= 0) {
+                    g_journal = m.fd;
+                    g_handover = m.pid == 1;
+                    journal_load();
+                    snapshot_due = 1;
+                }
+                if (m.kind == LP_GUARDIAN_ADOPTED && m.fd >= 0) {
+                    /* The successor's guardian knows the restore: the waiting predecessor may let go. */
+                    char yes = 'A';
+                    ssize_t w;
+                    do w = write(m.fd, &yes, 1);
+                    while (w < 0 && errno == EINTR);
+                    close(m.fd);
+                }
+                if (m.kind == LP_GUARDIAN_ACCESS) {
+                    g_access_set = 1;
+                    g_owner_uid = (uid_t)m.pid;
+                    g_owner_gid = (gid_t)m.fd;
+                    g_access_flags = m.reserved;
+                }
                 if (m.kind == LP_GUARDIAN_LISTENER) {
                     g_listener = m.pid;
                     identify(g_listener, &g_listener_dev, &g_listener_ino);
@@ -460,6 +699,17 @@ static int guardian_main(int pidfd, int messages) {
     /* Either the daemon is gone or it gave up; the shared table still holds its uffds. */
     for (int i = 0; i < RESERVE; i++)
         if (g_reserve[i] >= 0) close(g_reserve[i]);
+    if (!g_aborted && g_journal >= 0) {
+        /* The daemon died: record what this guardian knows for a successor (and its guardian), then try to hand
+         * the restore over instead of ending it. */
+        for (int i = 0; i < g_nrestorers; i++) walk(g_restorers[i], record);
+        journal_record();
+        int pending = uffds_open() || (g_listener >= 0 && still_same(g_listener, g_listener_dev, g_listener_ino));
+        for (int i = 0; i < g_nconnections && !pending; i++)
+            pending = still_same(g_connections[i], g_connection_dev[i], g_connection_ino[i]);
+        each_descriptor(shut_down_if_tcp_connection);
+        if (g_handover && pending && hand_over()) return 0;
+    }
     /* No connection after this point: a shut-down listener refuses connect() (ECONNREFUSED), while the ones queued
      * can still be accepted. Without it, a peer could connect after the sweep into a listener kept open by another
      * job's guardian (lazy-pagesd serve: one shared table), send its uffd, and be left waiting when it closes. */

@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// One process's picture of what it still needs from the image: a sorted list of non-overlapping extents, each with
 /// a bitmap of pending pages. Cost is O(log extents) per lookup and O(extents) per layout change (mremap, madvise,
 /// munmap); nothing is per page except one bit.
@@ -50,13 +52,7 @@ public struct AddressSpace: Sendable {
     /// The index of the first extent that ends after `address`, i.e. where a scan from `address` starts.
     @inline(__always)
     func firstExtent(endingAfter address: UInt64) -> Int {
-        var low = 0
-        var high = extents.count
-        while low < high {
-            let mid = (low + high) >> 1
-            if extents[mid].end <= address { low = mid + 1 } else { high = mid }
-        }
-        return low
+        extents.partitionPoint { $0.end > address }
     }
 
     /// The indices of the extents that may hold dump addresses in `[dumpStart, dumpEnd)`: exactly those whose

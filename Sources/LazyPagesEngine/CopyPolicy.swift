@@ -115,8 +115,12 @@ extension RestoreEngine {
         switch step {
         case .delivered(let pages, let woken):
             if purpose.coversPendingPages { process.space.markDelivered(run.address, pages: pages) }
-            if woken { count(pages * process.space.basePagesPerPage, deliveredFor: purpose, into: process) }
-            else { statistics.add(.alreadyPresent) }
+            if woken {
+                count(pages * process.space.basePagesPerPage, deliveredFor: purpose, into: process)
+                if pages > 0 && handoverDiedAt != 0 { firstPageAfterHandover() }
+            } else {
+                statistics.add(.alreadyPresent)
+            }
         case .refused:
             if case .failed = outcome { statistics.add(.eagainRetries) }  // ENOMEM: retried like a refused copy
             process.copiesRefused()

@@ -4,10 +4,33 @@ public struct EngineConfiguration: Sendable {
     /// page delays the faulting thread (about 0.7 µs each here, see BENCHMARKS.md), and the background fill brings
     /// the rest anyway, so the default is the faulting page alone.
     public var faultAroundPages: Int = 1
-    /// Pages the background fill copies per call before it looks for faults again.
+    /// Pages the background fill copies per call before it looks for faults again, after a fault.
     public var fillChunkPages: Int = 64
+    /// The most pages one background copy may grow to: each chunk copied with no fault served since the previous
+    /// one doubles the next, up to this; a fault resets it to `fillChunkPages` (so a fault waits behind at most
+    /// one small copy while the process is working, and an idle process is filled in few large copies, as CRIU
+    /// grows its copies to 4 MiB). Equal to `fillChunkPages`: fixed chunks.
+    public var fillChunkMaxPages: Int = 1024
+    /// For this long (µs) after serving a fault, the loop polls its descriptors instead of sleeping when it has
+    /// nothing else to do: the next fault of a working process is then seen without a wake-up (a cross-CPU
+    /// interrupt). Costs up to one CPU while faults keep coming; an idle restore sleeps. 0: always sleep.
+    public var spinAfterFaultMicroseconds: Int = 100
+    /// Background requests for remote pages one fill step sends at most, handed to the source together (one write
+    /// of the socket instead of one per request, and one loop turn): as many as the source has room for, up to
+    /// this. 1: one request per step (the default: more did not measure better under load, issue 14 in
+    /// BENCHMARKS.md; `--remote-requests-per-step 64` is the lever to try on a quiet machine).
+    public var remoteRequestsPerStep: Int = 1
     /// Whether to copy the remaining pages in the background once every task is announced.
     public var backgroundFill: Bool = true
+    /// Whether the background fill may start before every task is announced (before CRIU's `RSTF`), on each process
+    /// as soon as its uffd arrives, while `criu restore` finishes the rest (CRIU waits for `RSTF`). A range the
+    /// restorer has not registered yet refuses the copy (ENOENT): that process's fill then waits for `RSTF` with
+    /// nothing dropped. The kernel never lets a copy overwrite a present page, so what the restorer wrote stays.
+    /// Local pages only: with a remote source the fill starts at `RSTF`.
+    public var fillBeforeAllTasksAnnounced: Bool = true
+    /// Whether the page source maps its files into the daemon's page tables on a thread of its own as soon as it
+    /// opens them (`MADV_POPULATE_READ`, CRIU's local images), so the loop's copies take no page faults on them.
+    public var populateSource: Bool = false
     /// How long (ms) to wait before retrying a copy the kernel refused when no event was readable yet.
     public var refusedCopyRetryMilliseconds: Int32 = 1
     /// Whether a process with every page home is retired (its uffd closed) once every task is announced. Right
@@ -45,6 +68,9 @@ public struct EngineConfiguration: Sendable {
     /// given with `validate()`: one rule, whatever spelling (a command-line option, a control-protocol field) set it.
     public static let faultAroundRange = 1...512
     public static let fillChunkRange = 1...4096
+    /// How long the loop may poll after a fault (µs): at most a tenth of a second of one CPU per fault.
+    public static let spinAfterFaultRange = 0...100_000
+    public static let remoteRequestsPerStepRange = 1...1024
 
     /// Refuses settings outside their ranges, naming the first one found.
     public func validate() throws(ConfigurationError) {
@@ -54,6 +80,17 @@ public struct EngineConfiguration: Sendable {
         if !Self.fillChunkRange.contains(fillChunkPages) {
             throw ConfigurationError(setting: .fillChunk, value: fillChunkPages, allowed: Self.fillChunkRange)
         }
+        if !Self.fillChunkRange.contains(fillChunkMaxPages) {
+            throw ConfigurationError(setting: .fillChunkMax, value: fillChunkMaxPages, allowed: Self.fillChunkRange)
+        }
+        if !Self.spinAfterFaultRange.contains(spinAfterFaultMicroseconds) {
+            throw ConfigurationError(
+                setting: .spinAfterFault, value: spinAfterFaultMicroseconds, allowed: Self.spinAfterFaultRange)
+        }
+        if !Self.remoteRequestsPerStepRange.contains(remoteRequestsPerStep) {
+            throw ConfigurationError(
+                setting: .remoteRequestsPerStep, value: remoteRequestsPerStep, allowed: Self.remoteRequestsPerStepRange)
+        }
     }
 }
 
@@ -62,6 +99,9 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
     public enum Setting: String, Sendable {
         case faultAround = "fault-around"
         case fillChunk = "fill-chunk"
+        case fillChunkMax = "fill-chunk-max"
+        case spinAfterFault = "spin-after-fault"
+        case remoteRequestsPerStep = "remote-requests-per-step"
     }
 
     public let setting: Setting

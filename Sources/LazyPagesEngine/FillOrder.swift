@@ -20,8 +20,11 @@ struct FillOrder {
 
     /// `process` took the fault numbered `clock` (now its `lastFault`). `liveCount` bounds the lists' size.
     mutating func faulted(_ process: TrackedProcess, clock: UInt64, liveCount: Int) {
-        if let last = faulters.last, last.process === process {
-            faulters[faulters.count - 1].clock = clock
+        // Indexed, not `faulters.last`: unspecialized (a debug build), `last` reads through a coroutine whose frame
+        // is a heap allocation, one per fault (lp-fault-allocations, FaultAllocationTests).
+        let lastIndex = faulters.count - 1
+        if lastIndex >= 0 && faulters[lastIndex].process === process {
+            faulters[lastIndex].clock = clock
         } else {
             faulters.append((process, clock))
         }

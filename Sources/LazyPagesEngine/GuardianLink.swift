@@ -40,6 +40,10 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     /// `finish`'s result when the guardian killed the restore's processes.
     public static let killedExitStatus = Int32(LP_GUARDIAN_EXIT_KILLED)
 
+    /// The exit status of a successor daemon that refused the restore it was handed (the waiting guardian then ends
+    /// the processes at once instead of trying another successor).
+    public static let successorRefusedExitStatus = Int32(LP_SUCCESSOR_EXIT_REFUSED)
+
     /// The lazy-pages listening socket: on the daemon's death, connections waiting there (with uffds in flight)
     /// are accepted by the guardian and their restorers' processes killed.
     public func listener(descriptor: Int32) { send(UInt32(LP_GUARDIAN_LISTENER), pid: descriptor) }
@@ -47,6 +51,37 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     /// The peer of the restore's socket is itself the process waiting on the uffd it sent (Firecracker's VM keeps
     /// its own uffd): from now on the guardian ends the peer itself, not a restorer's descendants.
     public func peersAreTasks() { send(UInt32(LP_GUARDIAN_PEERS_ARE_TASKS)) }
+
+    /// The restore's journal (`RestoreJournal`): the guardian records the processes it knows in it when the daemon
+    /// dies, and — with `handover` — starts a successor daemon that continues the restore from it instead of ending
+    /// the processes (`lazy-pagesd adopt`, bounded by the journal's `maxHandovers`; the successor refuses, and the
+    /// processes are ended as without hand-over, when the journal cannot vouch for the layout). A successor's own
+    /// guardian is told the journal the same way: it loads the processes its predecessor knew from it.
+    public func journal(_ journal: RestoreJournal, handover: Bool) {
+        send(UInt32(LP_GUARDIAN_JOURNAL), pid: handover ? 1 : 0, fd: journal.descriptor)
+    }
+
+    /// The listener's access rule: connections the guardian accepts itself on the daemon's death (to learn their
+    /// restorers) are checked as the daemon checks its own (`SocketAccess`); a refused peer's is closed.
+    public func access(_ rule: SocketAccess, owner: FilesystemIdentity) {
+        var flags: Int32 = 0
+        if rule.allowRoot { flags |= Int32(LP_GUARDIAN_ACCESS_ROOT) }
+        if rule.groupAccess { flags |= Int32(LP_GUARDIAN_ACCESS_GROUP) }
+        send(UInt32(LP_GUARDIAN_ACCESS), pid: pid_t(bitPattern: owner.uid), fd: Int32(bitPattern: owner.gid),
+             reserved: flags)
+    }
+
+    /// For a successor daemon: this guardian now answers for the restore. It closes `readyPipe` (the write end
+    /// the predecessor's guardian waits on, inherited by the successor), which lets that guardian go.
+    public func adopted(readyPipe: Int32) { send(UInt32(LP_GUARDIAN_ADOPTED), fd: readyPipe) }
+
+    /// What `adopted(readyPipe:)` has the guardian do, for a successor that runs without a guardian of its own
+    /// (`--no-guardian`): writes 'A' on the predecessor guardian's ready pipe and closes it.
+    public static func tellReady(_ readyPipe: Int32) {
+        var yes = UInt8(ascii: "A")
+        while write(readyPipe, &yes, 1) < 0 && errno == EINTR {}
+        close(readyPipe)
+    }
 
     public func taskAdded(id: Int, imagePid: Int32, uffd: Int32) { send(UInt32(LP_GUARDIAN_SNAPSHOT)) }
 
@@ -61,24 +96,21 @@ public final class GuardianLink: RestoreObserver, @unchecked Sendable {
     @discardableResult
     public func finish(clean: Bool) -> Int32 {
         send(UInt32(clean ? LP_GUARDIAN_DONE : LP_GUARDIAN_ABORT))
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno != EINTR { return -1 }
-        }
+        guard let status = WaitStatus.wait(for: pid) else { return -1 }
         if control >= 0 {
             close(control)
             control = -1
         }
-        let signal = status & 0x7F
-        return signal == 0 ? (status >> 8) & 0xFF : -signal
+        return status.code
     }
 
-    private func send(_ kind: UInt32, pid: pid_t = 0, fd: Int32 = -1) {
+    private func send(_ kind: UInt32, pid: pid_t = 0, fd: Int32 = -1, reserved: Int32 = 0) {
         guard control >= 0, !broken else { return }
         var message = lp_guardian_msg()
         message.kind = kind
         message.pid = pid
         message.fd = fd
+        message.reserved = reserved
         let n = withUnsafeBytes(of: &message) { write(control, $0.baseAddress, $0.count) }
         if n != MemoryLayout<lp_guardian_msg>.size {
             broken = true
@@ -113,5 +145,5 @@ extension GuardedSession {
 /// The guardian could not be started (`lp_guardian_start` failed with `errno`).
 public struct GuardianStartError: Error, CustomStringConvertible, Sendable, Equatable {
     public let errno: Int32
-    public var description: String { "cannot start the guardian: \(String(cString: strerror(errno)))" }
+    public var description: String { "cannot start the guardian: \(SystemCallError.reason(errno))" }
 }

@@ -1,7 +1,4 @@
-/// The base page size a lazy restore moves pages in (and the unit of every page counter in `RestoreStatistics`).
-/// An address space may use a larger page size (hugetlbfs: 2 MiB): every `pageSize` member (`AddressSpace`,
-/// `LazyExtent`, `AddressSpace.Run`) is the size of *that* space's pages, a multiple of this.
-public let basePageSize = 4096
+import LinuxSupport
 
 /// A run of pages a process still expects from the image: where it lives now (runtime address), where it lived at
 /// dump time (the address a page server knows it by), where its bytes are, and which of its pages are still to

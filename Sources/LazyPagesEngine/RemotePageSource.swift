@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// A request for pages that only a remote source (a page server) has: `pageCount` pages starting at the dump-time
 /// address `dumpAddress` of the image task `imagePid` (what `PS_IOV_GET` asks for).
 public struct RemotePageRequest: Sendable, Hashable, CustomStringConvertible {
@@ -32,7 +34,16 @@ public protocol RemotePageSource: AnyObject {
     func start(engine: RestoreEngine) throws
     /// Fetch these pages. Urgent requests go out before queued background ones.
     func request(_ request: RemotePageRequest)
+    /// Fetch these background pages, in this order: the requests of one fill step, which a source may write
+    /// together. (Default: `request(_:)` for each.)
+    func request(batch: [RemotePageRequest])
     /// How many background pages the source takes right now (0: the engine holds its background fill until some
     /// request completes). Bounds the background bytes in flight, so a fault never waits behind much of them.
     var backgroundPagesAvailable: Int { get }
+}
+
+extension RemotePageSource {
+    public func request(batch: [RemotePageRequest]) {
+        for request in batch { self.request(request) }
+    }
 }

@@ -1,3 +1,4 @@
+import LinuxSupport
 import SystemPackage
 import Userfaultfd
 
@@ -34,6 +35,8 @@ extension RestoreEngine {
     private func serveFault(_ process: TrackedProcess, at address: UInt64) {
         statistics.add(.faults)
         faultClock &+= 1
+        fillChunkNow = configuration.fillChunkPages
+        if configuration.spinAfterFaultMicroseconds > 0 { lastFaultAt = monotonicNanoseconds() }
         process.lastFault = faultClock
         fillOrder.faulted(process, clock: faultClock, liveCount: processes.count)
         let size = UInt64(process.space.pageSize)

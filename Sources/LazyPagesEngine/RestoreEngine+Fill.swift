@@ -7,7 +7,7 @@ extension RestoreEngine {
     /// those with pages to fill: the fill follows the faults, and short-lived children that never fault are served
     /// last.
     private func nextToFill() -> TrackedProcess? {
-        fillOrder.next { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.space.isComplete }
+        fillOrder.next { !$0.awaitingEvents && !$0.fillWaitsForRemote && !$0.fillHeld && !$0.space.isComplete }
     }
 
     /// Copies one chunk for the process `nextToFill` names.
@@ -24,14 +24,35 @@ extension RestoreEngine {
         }
     }
 
+    /// Pages of the next background chunk: doubled from `fillChunkPages` towards `fillChunkMaxPages` for every chunk
+    /// copied without a fault served in between; reset by a fault (`serveFault`).
+    func nextChunkPages() -> Int {
+        let base = configuration.fillChunkPages
+        let top = max(base, configuration.fillChunkMaxPages)
+        if fillChunkNow < base || faultClock != fillChunkClock {
+            fillChunkNow = base
+        } else {
+            fillChunkNow = min(top, fillChunkNow * 2)
+        }
+        fillChunkClock = faultClock
+        return fillChunkNow
+    }
+
     /// Copies the next pending run from the process's fill cursor, at most one chunk.
     private func fill(_ process: TrackedProcess, maxPages: Int? = nil) {
-        var chunk = maxPages ?? max(1, configuration.fillChunkPages / process.space.basePagesPerPage)
+        var chunk = maxPages ?? max(1, nextChunkPages() / process.space.basePagesPerPage)
         attempts: for _ in 0..<configuration.maxCopyAttempts {
             if process.retired { return }
             guard let run = process.space.nextPendingRun(from: process.fillCursor, maxPages: chunk) else { break }
             if run.data == nil, remote != nil { return fillFromRemote(process, run: run) }
-            switch settle(copy(run, into: process), of: run, into: process, for: .fill) {
+            let outcome = copy(run, into: process)
+            if case .rangeGone = outcome, !allAnnounced {
+                // An early fill (before RSTF): the restorer may not have registered this range yet. Nothing is
+                // dropped; this process's fill waits for RSTF (its faults are served meanwhile).
+                process.fillHeld = true
+                break attempts
+            }
+            switch settle(outcome, of: run, into: process, for: .fill) {
             case .delivered(let pages, _):
                 process.fillCursor = run.address + UInt64(pages * run.pageSize)
                 break attempts

@@ -1,3 +1,4 @@
+import LinuxSupport
 import SystemPackage
 import Userfaultfd
 
@@ -111,40 +112,63 @@ extension RestoreEngine {
     }
 
     /// The background fill reached `run`, which has no local data: ask for the next pending pages not in flight,
-    /// as many as the source takes; or note that there is nothing to ask for until something arrives.
+    /// as many as the source takes (up to `remoteRequestsPerStep` requests of at most a fill chunk each, handed to
+    /// the source together); or note that there is nothing to ask for until something arrives.
     func fillFromRemote(_ process: TrackedProcess, run first: AddressSpace.Run) {
         guard let remote else { return }
-        let room = min(remote.source.backgroundPagesAvailable, configuration.fillChunkPages)
+        var room = remote.source.backgroundPagesAvailable
         guard room > 0 else {
             process.fillWaitsForRemote = true
             return
         }
+        var batch: [RemotePageRequest] = []
+        // Each request is tracked as in flight when it is made (the next one must not overlap it); all are sent
+        // when this step ends, whichever way.
+        defer { remote.send(batch: batch) }
         var run = first
-        // Skip runs in flight; each in-flight request is skipped at most once before we give up for now.
-        let attempts = (remote.inFlight[process.imagePid]?.count ?? 0) + 1
-        for _ in 0..<attempts {
+        // Skip runs in flight, moving the cursor past each one: the next call goes on from there instead of walking
+        // the same requests again. After a few, wait for an answer (one is due: the skipped requests are in
+        // flight). Walking every request in flight on every call was quadratic where hundreds are in flight and
+        // all of them lie ahead of the cursor (after it wraps around at the end of the space): zdtm maps06.
+        let attempts = min((remote.inFlight[process.imagePid]?.count ?? 0) + 1, Self.remoteFillSkips)
+        var skips = 0
+        while skips < attempts {
             if run.data != nil {
                 process.fillCursor = run.address  // a local run: the normal fill copies it next time
                 return
             }
             let count = remote.pagesBeforeInFlight(
-                of: process.imagePid, from: run.dumpAddress, pageCount: min(run.pageCount, room))
+                of: process.imagePid, from: run.dumpAddress,
+                pageCount: min(run.pageCount, room, configuration.fillChunkPages))
             if count > 0 {
                 statistics.add(.remoteRequests)
-                remote.send(RemotePageRequest(imagePid: process.imagePid, dumpAddress: run.dumpAddress,
-                                              pageCount: count, urgent: false))
+                let request = RemotePageRequest(imagePid: process.imagePid, dumpAddress: run.dumpAddress,
+                                                pageCount: count, urgent: false)
+                remote.track(request)
+                batch.append(request)
+                room -= count
                 process.fillCursor = run.address + UInt64(count * basePageSize)
-                return
+                guard room > 0, batch.count < configuration.remoteRequestsPerStep,
+                      let next = process.space.nextPendingRun(from: process.fillCursor,
+                                                              maxPages: configuration.fillChunkPages)
+                else { return }
+                run = next
+                continue
             }
             guard let busy = remote.request(of: process.imagePid, covering: run.dumpAddress) else { break }
+            skips += 1
             let skip = min(run.pageCount, Int((busy.dumpEnd - run.dumpAddress) / UInt64(basePageSize)))
             let from = run.address + UInt64(skip * basePageSize)
+            process.fillCursor = from
             guard let next = process.space.nextPendingRun(from: from, maxPages: configuration.fillChunkPages)
             else { break }
             run = next
         }
         process.fillWaitsForRemote = true
     }
+
+    /// How many requests in flight one background fill step skips at most before it waits for an answer.
+    static let remoteFillSkips = 8
 
     // MARK: Delivery
 

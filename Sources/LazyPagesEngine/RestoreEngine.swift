@@ -4,6 +4,10 @@ import Synchronization
 import SystemPackage
 import Userfaultfd
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The monitor of one restore: one event loop, on one thread, over every uffd of the restored process tree, the
 /// front end's descriptors, and a wake-up eventfd.
 ///
@@ -16,6 +20,15 @@ public final class RestoreEngine: @unchecked Sendable {
     public let configuration: EngineConfiguration
     /// Told about every uffd the engine adopts and every process it retires (on the loop thread). Set before `run`.
     public var observer: (any RestoreObserver)?
+    /// The record a successor daemon continues this restore from (`RestoreJournal`): every task, fork, layout
+    /// change and retirement is recorded, and events are read into its read area (so a daemon killed between a read
+    /// and its record leaves what it read to its successor). Set before the first `addTask` (or by `adopt`).
+    public var journal: RestoreJournal? {
+        didSet {
+            guard let journal else { return }
+            batch = EventBatch(readingInto: journal.uffdMessages, capacity: RestoreJournal.uffdMessagesCapacity)
+        }
+    }
     let logger: Logger
 
     private let epoll: Epoll
@@ -26,11 +39,25 @@ public final class RestoreEngine: @unchecked Sendable {
     private(set) var processes: [Int: TrackedProcess] = [:]
     /// Counts served faults; each process remembers the count at its last fault, so the fill can follow the faults.
     var faultClock: UInt64 = 0
+    /// Pages of the next background copy (between `fillChunkPages` and `fillChunkMaxPages`), and the fault clock
+    /// when it was last grown: it grows while no fault is served and resets on a fault.
+    var fillChunkNow = 0
+    var fillChunkClock: UInt64 = 0
+    /// When (monotonic ns) the latest fault was served: the loop polls instead of sleeping for a while after it.
+    var lastFaultAt: UInt64 = 0
     /// Which process the background fill serves next (kept incrementally: no scan of every process per chunk).
     var fillOrder = FillOrder()
     /// How many processes wait for an event before a refused copy can be retried.
     private let awaitingTally = AwaitingTally()
-    private var nextID = 1
+    var nextID = 1
+    /// For an adopted restore: when (CLOCK_MONOTONIC ns) the predecessor's guardian saw its daemon die; cleared
+    /// once the first page is served after the hand-over (logged with the pause the processes saw).
+    var handoverDiedAt: UInt64 = 0
+    /// When (CLOCK_MONOTONIC ns) `probeLiveness` last ran (without a background fill it runs every
+    /// `livenessProbeMilliseconds`).
+    private var lastLivenessProbeAt: UInt64 = 0
+    /// Engine ids given to forked children when their events were recorded, before the events are applied.
+    private var reservedChildIDs: [Int] = []
     private var watchers: [Int32: () -> Void] = [:]
     private(set) var allAnnounced = false
     /// Children tracked while a batch was being read: checked for completion once the batch is done (a child
@@ -47,6 +74,15 @@ public final class RestoreEngine: @unchecked Sendable {
     var remote: RemoteFetches?
     /// Working-set profiles: the recorder and the pages to deliver first (`RestoreEngine+Prefetch.swift`).
     let workingSet = WorkingSetPrefetch()
+
+    /// Fault injection for the hand-over tests (`LP_FAULT_STOP_BEFORE_RECORDING_EVENT=N`): the daemon stops with
+    /// SIGSTOP between reading its Nth event (1: the first) and recording it; the test then kills it, and the
+    /// successor must find the event in the journal's read area.
+    private static let stopBeforeRecordingEvent: Int = {
+        guard let value = getenv("LP_FAULT_STOP_BEFORE_RECORDING_EVENT") else { return 0 }
+        return max(1, Int(String(cString: value)) ?? 1)
+    }()
+    private var eventsRecorded = 0
 
     private static let wakeUpTag: UInt64 = 0
     private static let watcherTagBit: UInt64 = 1 << 40
@@ -68,6 +104,7 @@ public final class RestoreEngine: @unchecked Sendable {
         statistics.add(.tasksAnnounced)
         statistics.add(.pagesExpected, space.pendingPages * space.basePagesPerPage)
         let process = try track(imagePid: imagePid, parentID: nil, uffd: uffd, space: space)
+        journal?.record(.task(process: process.id, imagePid: imagePid, uffd: uffd.descriptor))
         observer?.taskAdded(id: process.id, imagePid: imagePid, uffd: uffd.descriptor)
         if remote?.failure != nil { return abandon(process) }
         queuePrefetch(for: process)
@@ -81,16 +118,19 @@ public final class RestoreEngine: @unchecked Sendable {
     public func addZombie(pid: Int32) {
         statistics.markStarted()
         statistics.add(.tasksAnnounced)
+        journal?.record(.zombie(pid: pid))
         logger.info("zombie announced", metadata: ["pid": "\(pid)"])
     }
 
     /// Every task is announced (CRIU's `RSTF`): the background fill may start, and the restore ends when every
     /// tracked process is complete.
     public func allTasksAnnounced() {
+        if !allAnnounced { journal?.record(.allAnnounced) }
         allAnnounced = true
         if let failure = remote?.failure { return fail(failure) }
         logger.info("all tasks announced", metadata: ["processes": "\(processes.count)"])
         resumeHeldPrefetches()
+        for process in processes.values { process.fillHeld = false }
         for process in Array(processes.values) { retireIfComplete(process) }
     }
 
@@ -103,6 +143,7 @@ public final class RestoreEngine: @unchecked Sendable {
     /// Ends the restore with an error (e.g. the restorer hung up before `RSTF`).
     public func fail(_ reason: String) {
         if outcome == nil {
+            journal?.markFailed()
             outcome = .failed(reason: reason)
             logger.error("restore failed", metadata: ["reason": "\(reason)"])
         }
@@ -160,20 +201,34 @@ public final class RestoreEngine: @unchecked Sendable {
                 break
             }
             let prefetchWaiting = hasPrefetchWork
-            let fillWaiting = prefetchWaiting || (allAnnounced && configuration.backgroundFill && hasFillWork)
+            // Early (before RSTF) only from local data: a remote answer arriving for a range not registered yet
+            // would be dropped, where the early local fill can hold the process (`fill`).
+            let early = configuration.fillBeforeAllTasksAnnounced && remote == nil
+            let filling = configuration.backgroundFill && (allAnnounced || early)
+            let fillWaiting = prefetchWaiting || (filling && hasFillWork)
             let probing = allAnnounced && !configuration.backgroundFill && !processes.isEmpty
             let awaiting = awaitingTally.count > 0
             let timeout: Int32 =
                 fillWaiting ? 0
                 : awaiting ? configuration.refusedCopyRetryMilliseconds
                 : probing ? configuration.livenessProbeMilliseconds : -1
-            let ready = epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
+            let ready = waitForWork(timeout: timeout)
             if ready == 0 {
                 if awaiting {
                     retryDeferredFaults(olderThan: fillWaiting ? configuration.busyRetryMicroseconds * 1000 : 0)
                 }
                 if prefetchWaiting { prefetchOneChunk() } else if fillWaiting { fillOneChunk() }
-                if probing && !awaiting { probeLiveness() }
+            }
+            // By the clock, not only when the wait timed out: a descriptor that is readable more often than the
+            // probe's period (a page-server client's 250 ms timer) would otherwise starve it, and a process that
+            // exited with pages pending would never be noticed.
+            if probing && !awaiting {
+                let now = monotonicNanoseconds()
+                if lastLivenessProbeAt == 0 { lastLivenessProbeAt = now }  // the first period starts now
+                if ready == 0 || now &- lastLivenessProbeAt >= UInt64(configuration.livenessProbeMilliseconds) * 1_000_000 {
+                    lastLivenessProbeAt = now
+                    probeLiveness()
+                }
             }
         }
         let result = outcome ?? .completed
@@ -182,11 +237,29 @@ public final class RestoreEngine: @unchecked Sendable {
         return result
     }
 
+    /// `epoll_wait` for `timeout` ms — but for up to `spinAfterFaultMicroseconds` after the latest fault, polling
+    /// without sleeping first: a process that just faulted is likely to fault again soon, and a sleeping loop is
+    /// woken by a cross-CPU interrupt (tens of µs here) where a polling one sees the fault at once. Idle, it sleeps.
+    private func waitForWork(timeout: Int32) -> Int {
+        let spin = UInt64(configuration.spinAfterFaultMicroseconds) * 1000
+        if timeout != 0 && spin > 0 && lastFaultAt > 0 {
+            let until = lastFaultAt &+ spin
+            while monotonicNanoseconds() < until {
+                let ready = epoll.wait(timeout: 0) { tag, _ in dispatch(tag) }
+                if ready > 0 { return ready }
+            }
+        }
+        return epoll.wait(timeout: timeout) { tag, _ in dispatch(tag) }
+    }
+
     private func dispatch(_ tag: UInt64) {
         if tag == Self.wakeUpTag {
             wakeUp.reset()
             for work in inbox.withLock({ items in defer { items.removeAll() }; return items }) { work(self) }
-            if let reason = cancelReason.get(), outcome == nil { outcome = .cancelled(reason: reason) }
+            if let reason = cancelReason.get(), outcome == nil {
+                journal?.markFailed()
+                outcome = .cancelled(reason: reason)
+            }
         } else if tag & Self.watcherTagBit != 0 {
             let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: tag))
             watchers[fd]?()
@@ -198,7 +271,7 @@ public final class RestoreEngine: @unchecked Sendable {
     // MARK: Processes
 
     @discardableResult
-    private func track(imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace) throws
+    func track(imagePid: Int32, parentID: Int?, uffd: Userfaultfd, space: AddressSpace, id: Int? = nil) throws
         -> TrackedProcess
     {
         guard processes.count < configuration.maxTrackedProcesses else {
@@ -206,9 +279,9 @@ public final class RestoreEngine: @unchecked Sendable {
                 "this restore already tracks \(processes.count) processes, the most one restore may "
                     + "(maxTrackedProcesses); refusing the uffd of pid \(imagePid)")
         }
-        let process = TrackedProcess(id: nextID, imagePid: imagePid, parentID: parentID, uffd: uffd, space: space,
-                                     awaitingTally: awaitingTally)
-        nextID += 1
+        let process = TrackedProcess(id: id ?? nextID, imagePid: imagePid, parentID: parentID, uffd: uffd,
+                                     space: space, awaitingTally: awaitingTally)
+        if id == nil { nextID += 1 }
         fillOrder.tracked(process)
         try epoll.add(uffd.descriptor, tag: UInt64(process.id))
         processes[process.id] = process
@@ -225,6 +298,7 @@ public final class RestoreEngine: @unchecked Sendable {
         process.retired = true
         process.awaitingEvents = false
         observer?.processRetired(id: process.id)
+        journal?.record(.retired(process: process.id))
         epoll.remove(process.uffd.descriptor)
         if holdingUffd { untracked.append(process.uffd) } else { process.uffd.close() }
         processes[process.id] = nil
@@ -274,6 +348,17 @@ public final class RestoreEngine: @unchecked Sendable {
         var applied = 0
         while !process.retired {
             let count: Int
+            // With a journal the batch is its read area: from here until what this read returns is recorded (right
+            // after the read, before anything is applied), a daemon killed leaves the messages the kernel handed it
+            // there, and the successor records what this one did not (`RestoreJournal.completeInterruptedRead`).
+            // The slots are zeroed before the read is noted, so they never hold an older read's messages then.
+            var marked = false
+            if let journal {
+                batch.clear()
+                journal.beginUffdRead(process: process.id)
+                marked = true
+            }
+            defer { if marked { journal?.endUffdRead() } }
             do {
                 count = try batch.read(from: process.uffd)
             } catch .systemCall(_, let errno) where errno == .tooManyOpenFiles || errno == .tooManyOpenFilesInSystem {
@@ -286,6 +371,11 @@ public final class RestoreEngine: @unchecked Sendable {
             } catch {
                 retire(process, .exited, detail: "\(error)")
                 break
+            }
+            if let journal {
+                record(count, eventsOf: process, in: journal)
+                journal.endUffdRead()
+                marked = false
             }
             for i in 0..<count {
                 switch batch[i] {
@@ -308,6 +398,26 @@ public final class RestoreEngine: @unchecked Sendable {
         return applied
     }
 
+    /// Records the events among the first `count` messages of the batch, in order. A fork's child gets its engine id
+    /// here (`reservedChildIDs`, taken by `apply` in the same order).
+    private func record(_ count: Int, eventsOf process: TrackedProcess, in journal: RestoreJournal) {
+        for i in 0..<count {
+            guard case .success(let event) = batch[i] else { continue }
+            if case .pageFault = event { continue }
+            eventsRecorded += 1
+            if eventsRecorded == Self.stopBeforeRecordingEvent { raise(SIGSTOP) }
+            var child = 0
+            if case .fork = event {
+                child = nextID
+                nextID += 1
+                reservedChildIDs.append(child)
+            }
+            if let entry = RestoreJournal.Entry(recording: event, of: process.id, child: child) {
+                journal.record(entry)
+            }
+        }
+    }
+
     private func apply(_ event: Event, to process: TrackedProcess) {
         switch event {
         case .fork(let childDescriptor):
@@ -316,8 +426,9 @@ public final class RestoreEngine: @unchecked Sendable {
             // read landed in both, and the kernel refused every copy since the fork began.
             let uffd = Userfaultfd(adopting: childDescriptor)
             do {
+                let reserved = reservedChildIDs.isEmpty ? nil : reservedChildIDs.removeFirst()
                 let child = try track(imagePid: process.imagePid, parentID: process.id, uffd: uffd,
-                                      space: process.space)
+                                      space: process.space, id: reserved)
                 child.fillCursor = process.fillCursor
                 observer?.processForked(parent: process.id, child: child.id, uffd: uffd.descriptor)
                 newborns.append(child)

@@ -41,6 +41,8 @@ final class TrackedProcess {
     var prefetchCursor = 0
     /// True while its prefetch waits for `RSTF` (a copy found a range not registered yet).
     var prefetchHeld = false
+    /// True while its background fill waits for `RSTF` (an early fill found a range not registered yet).
+    var fillHeld = false
     /// Set once the process has been retired (completed, exited, or failed).
     var retired = false
 

@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// The order in which a restore faulted its pages, by image pid and dump-time page address: recorded by one restore
 /// (`RestoreEngine.startRecordingProfile`), delivered first by a later restore of the same image
 /// (`RestoreEngine.prefetch`).
