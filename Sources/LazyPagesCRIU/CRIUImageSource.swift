@@ -1,4 +1,5 @@
 import CRIUImages
+import Foundation
 import LazyPagesEngine
 import LinuxSupport
 
@@ -52,7 +53,7 @@ public final class CRIUImageSource: @unchecked Sendable {
                 switch run.data {
                 case .file(let path, let offset):
                     let file = try mapped(path)
-                    let end = offset + UInt64(run.pageCount * criuPageSize)
+                    let end = offset + UInt64(run.pageCount * basePageSize)
                     guard end <= UInt64(file.size) else {
                         throw ImageError(file: path, problem: "page data at offset \(offset) runs past the end of the file (\(file.size) bytes)")
                     }
@@ -78,6 +79,19 @@ public final class CRIUImageSource: @unchecked Sendable {
         let file = try MappedFile(path: path)
         files[path] = file
         return file
+    }
+
+    /// Populates the page tables of every pages file on a thread of its own (`MappedFile.populate`), while
+    /// `criu restore` runs and the fill starts: the loop's copies then take no page faults on the source, and pages
+    /// not in the page cache are read ahead. The thread holds the mappings until it is done.
+    public func populateInBackground() {
+        let mappings = Array(files.values)
+        guard !mappings.isEmpty else { return }
+        let thread = Thread {
+            for file in mappings { file.populate() }
+        }
+        thread.name = "populate"
+        thread.start()
     }
 
     /// Image pids of the tasks in `pstree.img`.

@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesEngine
+import LinuxSupport
 
 /// The end-of-restore line: processes, pages copied / zero-filled / faulted, seconds, GiB/s.
 public struct RestoreSummary: Sendable {

@@ -42,18 +42,79 @@ public final class FirecrackerSession: @unchecked Sendable, GuardedSession {
         socketAccess: SocketAccess = SocketAccess(), logger: Logger
     ) throws {
         self.logger = logger
-        // The VM keeps its own uffd open: serve it (balloon removals, late faults) until it exits.
-        var configuration = configuration
-        configuration.retireCompletedProcesses = false
         memory = try MappedFile(path: memoryFile)
         let url = URL(fileURLWithPath: socketPath)
         // The path is the caller's choice: never replace anything there but a stale socket.
         listener = try UnixListener(directory: url.deletingLastPathComponent().path, name: url.lastPathComponent,
                                     backlog: 1, access: socketAccess, logger: logger)
-        engine = try RestoreEngine(configuration: configuration, logger: logger)
+        engine = try RestoreEngine(configuration: Self.engineConfiguration(configuration), logger: logger)
         try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptFirecracker() }
         logger.info("listening for Firecracker", metadata: [
             "socket": "\(listener.path)", "memory-file": "\(memoryFile)", "bytes": "\(memory.size)",
+        ])
+    }
+
+    /// The engine settings of a Firecracker restore, from the caller's: the VM keeps its own uffd open, so it is
+    /// served (balloon removals, late faults) until it exits, never retired when its pages are home.
+    public static func engineConfiguration(_ configuration: EngineConfiguration) -> EngineConfiguration {
+        var configuration = configuration
+        configuration.retireCompletedProcesses = false
+        return configuration
+    }
+
+    /// Continues a restore whose daemon died (`lazy-pagesd adopt`): `adoption` is the engine `RestoreEngine.adopt`
+    /// rebuilt from the journal (the guest regions replayed with every balloon removal), `memory` the memory file
+    /// mapped again from the same path (refused unless it is the same file). The listener or the VM's connection the
+    /// journal names is taken over (`socketPath` is where the listener was bound). Call `engine.resume(after:)` once
+    /// the guardian is attached, then `run()`. Throws `RestoreJournal.AdoptionRefusal` when the journal cannot vouch.
+    public init(adopting adoption: Adoption, memory: MappedFile, socketPath: String,
+                socketAccess: SocketAccess = SocketAccess(), logger: Logger) throws
+    {
+        self.logger = logger
+        self.memory = memory
+        engine = adoption.engine
+        let state = try FirecrackerJournalState(adoption.frontEnd)
+        mappings = try state.validated(against: memory)
+        var takenPeer: PeerProcess?
+        if let (fd, pid) = state.connection {
+            guard fcntl(fd, F_GETFD) >= 0 else {
+                throw RestoreJournal.AdoptionRefusal.source("the VM's connection (descriptor \(fd)) is not open")
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            let vm = try PeerProcess(socket: fd)
+            guard vm.pid == pid else {
+                throw RestoreJournal.AdoptionRefusal.source("the VM's connection is from pid \(vm.pid), not \(pid)")
+            }
+            connection = fd
+            takenPeer = vm
+            handshakeReceived = !mappings.isEmpty
+        }
+        if let fd = state.listener, takenPeer == nil {
+            listener = try UnixListener(adopting: fd, path: socketPath, access: socketAccess, logger: logger)
+        } else if let fd = state.listener {
+            // The VM had connected and the listener was about to be closed: whether the guardian still passed it on
+            // does not matter (if it did, it is closed below, its socket file removed).
+            listener = (try? UnixListener(adopting: fd, path: socketPath, access: socketAccess, logger: logger))
+                ?? UnixListener(closedAt: socketPath, access: socketAccess)
+        } else {
+            listener = UnixListener(closedAt: socketPath, access: socketAccess)
+        }
+        peer = takenPeer
+        if let peer {
+            // Firecracker connects once: a listener still open here was about to be closed.
+            listener.close()
+            if !handshakeReceived {
+                try engine.watch(descriptor: connection) { [unowned self] in self.receiveHandshake() }
+            }
+            try engine.watch(descriptor: peer.descriptor) { [unowned self] in self.peerExited() }
+        } else if listener.descriptor >= 0 {
+            try engine.watch(descriptor: listener.descriptor) { [unowned self] in self.acceptFirecracker() }
+        } else {
+            throw RestoreJournal.AdoptionRefusal.source("the journal names neither the listener nor the VM's connection")
+        }
+        logger.info("Firecracker restore taken over", metadata: [
+            "listener": "\(state.listener.map(String.init) ?? "closed")",
+            "vm": "\(peer.map { String($0.pid) } ?? "not connected")", "regions": "\(mappings.count)",
         ])
     }
 
@@ -63,11 +124,30 @@ public final class FirecrackerSession: @unchecked Sendable, GuardedSession {
 
     public var statistics: RestoreStatistics { engine.statistics }
 
-    /// Lets `guardian` end the VM should this daemon die before the VM exits (call before `run`).
+    /// Whether the guardian may hand this restore over to a successor when the daemon dies (set before
+    /// `attach(guardian:)`; needs a journal).
+    public var handover = false
+
+    /// Records this restore in `journal` from now on (call before `run`, before the VM connects): the engine's
+    /// entries, and the listener, the VM's connection, the memory file and the guest regions for a successor.
+    public func attach(journal: RestoreJournal) {
+        engine.journal = journal
+        if listener.descriptor >= 0 {
+            journal.record(.frontEnd(kind: FirecrackerJournalEntry.listener.rawValue, a: Int64(listener.descriptor), b: 0))
+        }
+        journal.record(.frontEnd(kind: FirecrackerJournalEntry.memoryFile.rawValue, a: Int64(memory.size),
+                                 b: Int64(bitPattern: memory.inode)))
+    }
+
+    /// Lets `guardian` end the VM should this daemon die before the VM exits — or, with a journal and `handover`,
+    /// start a successor that continues the restore (call before `run`).
     public func attach(guardian: GuardianLink) {
         self.guardian = guardian
         guardian.peersAreTasks()
-        guardian.listener(descriptor: listener.descriptor)
+        guardian.access(listener.access, owner: listener.owner)
+        if let journal = engine.journal { guardian.journal(journal, handover: handover) }
+        if listener.descriptor >= 0 { guardian.listener(descriptor: listener.descriptor) }
+        if connection >= 0, let peer { guardian.restorer(pid: peer.pid, connection: connection) }
     }
 
     /// Runs the restore on the calling thread until it ends; kills a still-running VM if it failed or was cancelled.
@@ -96,11 +176,24 @@ public final class FirecrackerSession: @unchecked Sendable, GuardedSession {
     // MARK: The handshake
 
     private func acceptFirecracker() {
+        // Until the connection is recorded: a daemon killed in between leaves a connection nobody knows.
+        var marked = engine.journal != nil
+        engine.journal?.beginReading()
+        defer { if marked { engine.journal?.endReading() } }
         do {
             // A peer that is not the job's owner (or root) is refused and logged there; we go on listening.
             guard let fd = try listener.accept() else { return }
-            if let guardian, let pid = peerProcess(of: fd) { guardian.restorer(pid: pid, connection: fd) }
+            let vm = peerProcess(of: fd)
+            engine.journal?.record(.frontEnd(kind: FirecrackerJournalEntry.connection.rawValue, a: Int64(fd),
+                                             b: Int64(vm ?? 0)))
+            if marked {
+                engine.journal?.endReading()
+                marked = false
+            }
+            if let guardian, let vm { guardian.restorer(pid: vm, connection: fd) }
             guardian?.listener(descriptor: -1)  // closed below: its number may be reused
+            engine.journal?.record(.frontEnd(kind: FirecrackerJournalEntry.listenerClosed.rawValue,
+                                             a: Int64(listener.descriptor), b: 0))
             // Firecracker connects once; nobody else has anything to say on this socket.
             engine.unwatch(descriptor: listener.descriptor)
             listener.close()
@@ -116,6 +209,10 @@ public final class FirecrackerSession: @unchecked Sendable, GuardedSession {
     }
 
     private func receiveHandshake() {
+        // From the read until the regions and the uffd are recorded (or the restore is marked failed): a daemon killed
+        // in between took a handshake nobody can read again, and its successor must refuse (the VM is killed).
+        engine.journal?.beginReading()
+        defer { engine.journal?.endReading() }
         do {
             try takeHandshake()
         } catch {
@@ -163,12 +260,10 @@ public final class FirecrackerSession: @unchecked Sendable, GuardedSession {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         self.mappings = mappings
         let pageSize = Int(mappings[0].pageSize)
-        let extents = mappings.map { m in
-            LazyExtent(start: m.baseHostVirtAddr, dumpAddress: m.offset, data: memory.base! + Int(m.offset),
-                       pageCount: Int(m.size) / pageSize, pageSize: pageSize)
-        }
+        if let journal = engine.journal { GuestMemoryMapping.journalEntries(mappings).forEach(journal.record) }
         do {
-            try engine.addTask(imagePid: peer?.pid ?? 0, uffd: uffd, space: AddressSpace(extents: extents, pageSize: pageSize))
+            try engine.addTask(imagePid: peer?.pid ?? 0, uffd: uffd,
+                               space: GuestMemoryMapping.addressSpace(mappings, memory: memory))
         } catch {
             throw HandshakeError(.socket, "cannot watch the uffd: \(error)")
         }

@@ -1,4 +1,5 @@
 import CRIUImages
+import LinuxSupport
 
 /// Image sets for scenario tests, the stress loop and `lazy-pages write-images`: CRIU images of made-up process
 /// trees whose page data follows `PagePattern` (seed `1000 + pid`, page 0 at the layout's base address), so any
@@ -18,7 +19,7 @@ public enum ImageLayout: String, CaseIterable, Sendable {
     case lazyZeros = "lazy-zeros"
 
     public static let base: UInt64 = 0x5b00_0000_0000
-    static let page = UInt64(criuPageSize)
+    static let page = UInt64(basePageSize)
 
     /// Writes `tasks` processes of `bytesPerTask` each (rounded to whole pages, at least 64 pages); the last
     /// `zombies` of them as CRIU dumps zombies (dead in `core-<pid>.img`, no memory images).

@@ -28,7 +28,7 @@ final class LazyPagesConnection {
             raw[path.utf8.count] = 0
         }
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SimulationError("socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw SimulationError("socket: \(SystemCallError.reason(errno))") }
         let rc = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
@@ -37,7 +37,7 @@ final class LazyPagesConnection {
         guard rc == 0 else {
             let e = errno
             _ = Glibc.close(fd)
-            throw SimulationError("connect to lazy-pages.socket failed: \(path): \(String(cString: strerror(e)))")
+            throw SimulationError("connect to lazy-pages.socket failed: \(path): \(SystemCallError.reason(e))")
         }
         socket = fd
     }
@@ -74,15 +74,14 @@ final class LazyPagesConnection {
         let n = withUnsafeBytes(of: &value) { raw in
             var sent = 0
             while sent < 4 {
-                let r = send(socket, raw.baseAddress! + sent, 4 - sent, Int32(MSG_NOSIGNAL))
-                if r < 0 && errno == EINTR { continue }
+                let r = retryingOnInterrupt { send(socket, raw.baseAddress! + sent, 4 - sent, Int32(MSG_NOSIGNAL)) }
                 if r <= 0 { return r }
                 sent += r
             }
             return sent
         }
         guard n == 4 else {
-            throw SimulationError("sending \(what) to lazy-pages.socket: \(String(cString: strerror(errno)))")
+            throw SimulationError("sending \(what) to lazy-pages.socket: \(SystemCallError.reason(errno))")
         }
     }
 }

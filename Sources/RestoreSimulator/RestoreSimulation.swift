@@ -29,7 +29,7 @@ public final class RestoreSimulation: @unchecked Sendable {
             throw SimulationError("cannot find lp-workload next to \(Self.executablePath() ?? "this executable")")
         }
         guard access(path, X_OK) == 0 else {
-            throw SimulationError("lp-workload is not executable: \(path): \(String(cString: strerror(errno)))"
+            throw SimulationError("lp-workload is not executable: \(path): \(SystemCallError.reason(errno))"
                 + " (build it with `swift build --product lp-workload`, or set LP_WORKLOAD to its path)")
         }
         workloadPath = path
@@ -51,7 +51,7 @@ public final class RestoreSimulation: @unchecked Sendable {
         do {
             var template = Array("\(options.scratchParent)/lp-restore-sim.XXXXXX".utf8CString)
             guard let made = mkdtemp(&template) else {
-                throw SimulationError("mkdtemp: \(String(cString: strerror(errno)))")
+                throw SimulationError("mkdtemp: \(SystemCallError.reason(errno))")
             }
             let directory = String(cString: made)
             planDirectory = directory
@@ -173,7 +173,7 @@ public final class RestoreSimulation: @unchecked Sendable {
         guard !fds.isEmpty else { return }
         let ready = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
         if ready < 0 && errno != EINTR {
-            throw SimulationError("poll: \(String(cString: strerror(errno)))")
+            throw SimulationError("poll: \(SystemCallError.reason(errno))")
         }
         guard ready > 0 else { return }
         for (i, entry) in fds.enumerated() where entry.revents != 0 {
@@ -205,14 +205,13 @@ public final class RestoreSimulation: @unchecked Sendable {
 
     private static func write(_ text: String, to path: String) throws(SimulationError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SimulationError("cannot write \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw SimulationError("cannot write \(path): \(SystemCallError.reason(errno))") }
         defer { close(fd) }
         let bytes = Array(text.utf8)
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw SimulationError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            let n = bytes.withUnsafeBytes { raw in retryingOnInterrupt { Glibc.write(fd, raw.baseAddress! + done, raw.count - done) } }
+            guard n > 0 else { throw SimulationError("cannot write \(path): \(SystemCallError.reason(errno))") }
             done += n
         }
     }

@@ -1,4 +1,5 @@
 import CRIUImages
+import LinuxSupport
 
 /// Image sets made up for demos, tests and benchmarks: realistic layouts of any size.
 public enum SyntheticImages {
@@ -11,7 +12,7 @@ public enum SyntheticImages {
     /// The pages of memory each of `tasks` tasks gets from `writeMixed` for `totalBytes` in all: an equal share,
     /// rounded down to whole pages, and at least `minimumPagesPerTask`.
     public static func mixedPagesPerTask(tasks: Int, totalBytes: UInt64) -> Int {
-        max(minimumPagesPerTask, Int(totalBytes / UInt64(criuPageSize)) / tasks)
+        max(minimumPagesPerTask, Int(totalBytes / UInt64(basePageSize)) / tasks)
     }
 
     /// `tasks` tasks (pids 1000, 1001, ...; the first is the others' parent) sharing `totalBytes` of memory
@@ -20,7 +21,7 @@ public enum SyntheticImages {
     /// task has its own bytes.
     public static func writeMixed(directory: String, tasks: Int, totalBytes: UInt64) throws {
         precondition(tasks >= 1)
-        let page = UInt64(criuPageSize)
+        let page = UInt64(basePageSize)
         let pagesPerTask = mixedPagesPerTask(tasks: tasks, totalBytes: totalBytes)
         let specs: [ProcessSpec] = (0..<tasks).map { index in
             let pid = UInt32(1000 + index)

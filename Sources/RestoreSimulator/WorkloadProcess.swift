@@ -24,7 +24,7 @@ final class WorkloadProcess {
         self.virtualPid = virtualPid
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            throw SimulationError("socketpair: \(String(cString: strerror(errno)))")
+            throw SimulationError("socketpair: \(SystemCallError.reason(errno))")
         }
         // stdout/stderr travel over socketpairs rather than pipes: they are created close-on-exec atomically, so a
         // workload started concurrently from another thread cannot inherit them and hold them open.
@@ -34,7 +34,7 @@ final class WorkloadProcess {
         guard socketpair(AF_UNIX, streamCloexec, 0, &out) == 0, socketpair(AF_UNIX, streamCloexec, 0, &err) == 0 else {
             let e = errno
             for fd in pair + out + err where fd >= 0 { close(fd) }
-            throw SimulationError("socketpair: \(String(cString: strerror(e)))")
+            throw SimulationError("socketpair: \(SystemCallError.reason(e))")
         }
         shutdown(out[0], Int32(SHUT_WR))
         shutdown(err[0], Int32(SHUT_WR))
@@ -59,28 +59,17 @@ final class WorkloadProcess {
         posix_spawn_file_actions_adddup2(&actions, childErr, 2)
         posix_spawn_file_actions_adddup2(&actions, childControl, 3)
 
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let attributes = SpawnAttributes(processGroup: 0)
 
         let argv = ([path] + arguments).map { strdup($0) }
         defer { argv.forEach { free($0) } }
         var child: pid_t = 0
         let rc = (argv + [nil]).withUnsafeBufferPointer { argvBuffer in
-            posix_spawn(&child, path, &actions, &attributes, argvBuffer.baseAddress!, environ)
+            posix_spawn(&child, path, &actions, &attributes.value, argvBuffer.baseAddress!, environ)
         }
         guard rc == 0 else {
             for fd in [pair[0], out[0], err[0]] { close(fd) }
-            throw SimulationError("cannot start \(path): \(String(cString: strerror(rc)))")
+            throw SimulationError("cannot start \(path): \(SystemCallError.reason(rc))")
         }
         pid = child
         control = pair[0]
@@ -144,17 +133,8 @@ final class WorkloadProcess {
     @discardableResult
     func reap() -> Int32 {
         if reaped { return status }
-        var raw: Int32 = 0
-        while waitpid(pid, &raw, 0) < 0 {
-            if errno != EINTR {
-                reaped = true
-                status = Int32.min
-                return status
-            }
-        }
         reaped = true
-        let signal = raw & 0x7F
-        status = signal == 0 ? (raw >> 8) & 0xFF : -signal
+        status = WaitStatus.wait(for: pid)?.code ?? Int32.min
         return status
     }
 }

@@ -3,7 +3,7 @@
  * guest and checks every byte it reads against the snapshot memory file.
  *
  * Usage: fc-emulator --socket PATH --mem-file FILE --region 4k:BYTES|2m:BYTES [--region ...]
- *                    [--handshake MODE] [--balloon R:OFFSET:LENGTH ...] [--threads N] [--wait]
+ *                    [--handshake MODE] [--balloon R:OFFSET:LENGTH ...] [--threads N] [--wait] [--progress N]
  *
  * Firecracker's side: create a uffd (non-blocking, close-on-exec) with UFFD_FEATURE_EVENT_REMOVE (plus
  * MISSING_HUGETLBFS for 2 MiB regions), mmap every guest region (private anonymous; 2m regions MAP_HUGETLB with
@@ -23,6 +23,9 @@
  * madvise(MADV_DONTNEED) the range (a balloon inflation: the handler gets UFFD_EVENT_REMOVE). Then N threads read
  * every page of every region, in an interleaved order, and compare it with the file (ballooned ranges: zeros).
  * Finally the ballooned ranges are written and read back (the guest reuses the memory).
+ *
+ * --progress N: while the threads read, print "PROGRESS pieces=K" each time K, the 4 KiB pieces checked so far by
+ * all threads together, reaches a multiple of N (a test waits for it to act in the middle of the guest's reads).
  *
  * Output (stdout, one write per line): "OK regions=R bytes=B zero_bytes=Z threads=N" and exit 0; "FAIL region=R
  * addr=0x.. byte=I expected=0x.. got=0x.." per bad page (first 16) and a "FAIL ... failures=F" summary, exit 1;
@@ -76,6 +79,8 @@ static int g_nballoons;
 static const uint8_t *g_file;
 static size_t g_file_size;
 static int g_threads = 1;
+static size_t g_progress;
+static size_t g_checked;
 static int g_failures;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -119,6 +124,10 @@ static void check_piece(int r, size_t off) {
     const uint8_t *got = g->addr + off;
     volatile uint8_t first = got[0]; /* fault the guest page in before reading the file, as a guest would */
     (void)first;
+    if (g_progress) {
+        size_t checked = __atomic_add_fetch(&g_checked, 1, __ATOMIC_RELAXED);
+        if (checked % g_progress == 0) say("PROGRESS pieces=%zu", checked);
+    }
     if (memcmp(got, want, 4096) == 0) return;
     for (int i = 0; i < 4096; i++) {
         if (got[i] != want[i]) {
@@ -167,6 +176,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--handshake") && v) mode = argv[++i];
         else if (!strcmp(a, "--threads") && v) g_threads = atoi(argv[++i]);
         else if (!strcmp(a, "--wait")) wait_stdin = 1;
+        else if (!strcmp(a, "--progress") && v) g_progress = (size_t)strtoull(argv[++i], NULL, 0);
         else if (!strcmp(a, "--region") && v && g_nregions < MAX_REGIONS) {
             i++;
             struct region *g = &g_regions[g_nregions++];
