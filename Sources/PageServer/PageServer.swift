@@ -24,6 +24,10 @@ import Glibc
 /// `PageServerLimits` bound what a client may hold (connections, idle time, time per request). Running out of
 /// descriptors (`EMFILE`) never stops the loop: the connection that found none is refused, and accepting goes on
 /// once descriptors are free.
+///
+/// With `singleSession` it behaves as `criu page-server --lazy-pages` does: the first client accepted is the only
+/// one (the listener is closed at once, so later clients are refused by the kernel), and the loop ends when that
+/// connection ends; `waitForSession()` then says how it ended (clean, or the reason it failed).
 public final class PageServer: @unchecked Sendable {
     /// Where the server listens when no address is given: loopback only. Serving other machines is an explicit
     /// `--address`, and then TLS with client certificates is what keeps strangers out.
@@ -36,13 +40,19 @@ public final class PageServer: @unchecked Sendable {
     public let port: UInt16
     /// The address listened on ("127.0.0.1" when none was given).
     public let address: String
-    private let listener: Int32
+    private var listener: Int32
     private let tls: TLSCredentials?
     /// The name a client's certificate must carry: the address given, as CRIU checks it (none when the address
     /// was defaulted, or with `--tls-no-cn-verify`).
     private let clientName: String?
     private let counterState = Mutex(Counters())
-    private let loopDone = DispatchSemaphore(value: 0)
+    /// Entered by `start()`, left when the loop ends (waited for by `stop()` and `waitForSession()`, any number of times).
+    private let loopRunning = DispatchGroup()
+    /// One session only (`criu page-server --lazy-pages`'s behaviour), see the type's comment.
+    public let singleSession: Bool
+    /// The connected socket served instead of listening (`--ps-socket`), if any.
+    public let inheritedConnection: Int32?
+    private let outcomeState = Mutex<SessionOutcome?>(nil)
     private let epoll: Epoll
     private let wakeUp: WakeUpEvent
 
@@ -65,23 +75,48 @@ public final class PageServer: @unchecked Sendable {
         public var open = 0
     }
 
+    /// How a single session ended (`singleSession`).
+    public enum SessionOutcome: Sendable, Equatable {
+        /// The client ended it at a request boundary: it closed the connection (after `PS_IOV_CLOSE`, or without
+        /// one, as CRIU's server also takes it), or it sent `PS_IOV_FORCE_CLOSE`.
+        case closed
+        /// The session broke; the reason, as logged.
+        case failed(String)
+        /// `stop()` ended the server first.
+        case stopped
+    }
+
+    /// `inheritedConnection` (`--ps-socket`, as `criu page-server --ps-socket`): serve this one connected socket as
+    /// a single session instead of listening (`host` and `port` unused; nothing listens, nobody can come back).
     public init(directory: String, host: String?, port: UInt16, tls: TLSCredentials? = nil,
-                limits: PageServerLimits = PageServerLimits(), logger: Logger) throws {
+                limits: PageServerLimits = PageServerLimits(), singleSession: Bool = false,
+                inheritedConnection: Int32? = nil, logger: Logger) throws {
         images = try ServedImages(directory: directory)
         self.logger = logger
+        self.singleSession = singleSession || inheritedConnection != nil
+        self.inheritedConnection = inheritedConnection
+        var limits = limits
+        if inheritedConnection != nil { limits.sessionReturnTimeout = 0 }
         self.limits = limits
         self.tls = tls
         let given = host.flatMap { $0.isEmpty ? nil : $0 }
         address = given ?? Self.defaultAddress
         clientName = tls?.options.verifyName == true ? given : nil
-        listener = try TCPSocket.listen(host: address, port: port, backlog: 128)
-        _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
-        self.port = TCPSocket.localPort(listener)
+        if let inheritedConnection {
+            listener = -1
+            self.port = 0
+            _ = fcntl(inheritedConnection, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(inheritedConnection, F_SETFL, fcntl(inheritedConnection, F_GETFL) | O_NONBLOCK)
+        } else {
+            listener = try TCPSocket.listen(host: address, port: port, backlog: 128)
+            _ = fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK)
+            self.port = TCPSocket.localPort(listener)
+        }
         do {
             epoll = try Epoll(capacity: 64)
             wakeUp = try WakeUpEvent()
         } catch {
-            close(listener)
+            if listener >= 0 { close(listener) }
             throw PageServerError(.configuration, "cannot set up the page server's event loop: \(error)")
         }
         reserve = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -89,7 +124,7 @@ public final class PageServer: @unchecked Sendable {
             "address": "\(address)", "port": "\(self.port)", "images": "\(directory)", "tls": "\(tls != nil)",
             "tasks": "\(images.runs.keys.sorted())", "pages": "\(images.pageCount)",
             "max-connections": "\(limits.maxConnections)", "idle-timeout": "\(limits.idleTimeout)",
-            "request-timeout": "\(limits.requestTimeout)",
+            "request-timeout": "\(limits.requestTimeout)", "sessions": "\(singleSession ? "one" : "many")",
         ])
     }
 
@@ -101,6 +136,7 @@ public final class PageServer: @unchecked Sendable {
 
     /// Starts the event loop on a dedicated thread.
     public func start() {
+        loopRunning.enter()
         let thread = Thread { [self] in run() }
         thread.name = "page-server"
         thread.start()
@@ -109,7 +145,19 @@ public final class PageServer: @unchecked Sendable {
     /// Stops accepting, closes every connection and waits for the loop to end.
     public func stop() {
         wakeUp.signal()
-        loopDone.wait()
+        loopRunning.wait()
+    }
+
+    /// `singleSession`: waits for the loop to end (the session's connection ended, or `stop()`), and says how.
+    /// Without `singleSession` the loop ends only with `stop()`.
+    public func waitForSession() -> SessionOutcome {
+        loopRunning.wait()
+        return outcomeState.withLock { $0 } ?? .stopped
+    }
+
+    /// The session's end, the first one reported.
+    private func endSession(_ outcome: SessionOutcome) {
+        outcomeState.withLock { if $0 == nil { $0 = outcome } }
     }
 
     // MARK: The loop (its thread only from here on)
@@ -118,6 +166,11 @@ public final class PageServer: @unchecked Sendable {
     private static let wakeUpTag: UInt64 = 1
     private var connections: [UInt64: ServedConnection] = [:]
     private var nextTag: UInt64 = 2
+    /// `singleSession`: the one client was accepted (the listener is closed); the loop ends with its connection.
+    private var sessionTaken = false
+    /// `singleSession`: the client went away without closing the session; listening again until then for its
+    /// successor, and how the session ends if none comes.
+    private var awaitingReturn: (until: ContinuousClock.Instant, outcome: SessionOutcome)?
     /// A descriptor held in reserve: on `EMFILE` it is closed to take the waiting connection and refuse it.
     private var reserve: Int32 = -1
     private var acceptPausedUntil: ContinuousClock.Instant?
@@ -126,13 +179,16 @@ public final class PageServer: @unchecked Sendable {
     private var sink = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
 
     private func run() {
-        defer { loopDone.signal() }
-        guard add(listener, tag: Self.listenerTag, events: Epoll.readable),
+        defer { loopRunning.leave() }
+        guard listener < 0 || add(listener, tag: Self.listenerTag, events: Epoll.readable),
               add(wakeUp.descriptor, tag: Self.wakeUpTag, events: Epoll.readable)
         else {
-            logger.critical("cannot watch the listener", metadata: ["error": "\(errnoText())"])
+            let reason = SystemCallError.reason()
+            logger.critical("cannot watch the listener", metadata: ["error": "\(reason)"])
+            endSession(.failed("cannot watch the listener: \(reason)"))
             return
         }
+        if let inheritedConnection { admit(inheritedConnection) }
         while true {
             var stopping = false
             epoll.wait(timeout: 100) { tag, _ in
@@ -142,21 +198,33 @@ public final class PageServer: @unchecked Sendable {
                 default: if let client = connections[tag] { ready(client, tag: tag) }
                 }
             }
-            if stopping { break }
+            if stopping {
+                endSession(.stopped)
+                break
+            }
             let now = ContinuousClock.now
             if now - lastSweep >= .milliseconds(100) {
                 lastSweep = now
                 sweep(now)
             }
-            if let until = acceptPausedUntil, now >= until {
+            if let until = acceptPausedUntil, now >= until, !sessionTaken {
                 acceptPausedUntil = nil
                 if !add(listener, tag: Self.listenerTag, events: Epoll.readable) {
                     acceptPausedUntil = now + .milliseconds(100)
                 }
             }
+            if let waiting = awaitingReturn, now >= waiting.until {
+                logger.info("no client came back to the session: it is over")
+                awaitingReturn = nil
+                sessionTaken = true
+                epoll.remove(listener)
+                close(listener)
+                endSession(waiting.outcome)
+            }
+            if sessionTaken && connections.isEmpty { break }  // the one session is over
         }
         for tag in Array(connections.keys) { drop(tag) }
-        close(listener)
+        if !sessionTaken && listener >= 0 { close(listener) }
         sink.deallocate()
     }
 
@@ -175,6 +243,61 @@ public final class PageServer: @unchecked Sendable {
         epoll.remove(client.connection.descriptor)
         client.connection.close()
         counterState.withLock { $0.open = connections.count }
+        guard sessionTaken else { return }
+        let outcome = sessionEnd(client.failure)
+        if client.wentAway, !client.closedSession, limits.sessionReturnTimeout > 0, listenAgain() {
+            awaitingReturn = (ContinuousClock.now + .milliseconds(Int64(limits.sessionReturnTimeout * 1000)), outcome)
+            sessionTaken = false
+            logger.notice("the client went away without closing the session: listening again for its successor (a restarted lazy-pagesd)", metadata: [
+                "seconds": "\(limits.sessionReturnTimeout)", "port": "\(port)",
+            ])
+        } else {
+            endSession(outcome)
+        }
+    }
+
+    /// Binds the session's port again (the listener was closed when the session was taken).
+    private func listenAgain() -> Bool {
+        do {
+            let fd = try TCPSocket.listen(host: address, port: port, backlog: 128)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            guard add(fd, tag: Self.listenerTag, events: Epoll.readable) else {
+                close(fd)
+                return false
+            }
+            listener = fd
+            return true
+        } catch {
+            logger.error("cannot listen again for the session's client", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    private func sessionEnd(_ failure: String?) -> SessionOutcome {
+        if let failure {
+            logger.error("session over: \(failure)")
+            return .failed(failure)
+        }
+        logger.info("session over")
+        return .closed
+    }
+
+    /// `singleSession`: the first connection taken is the session; nobody else may connect any more (as CRIU's
+    /// page server closes its listener after its one `accept`). `failure`: it could not even be admitted.
+    private func takeSession(failure: String? = nil) {
+        guard singleSession, !sessionTaken else { return }
+        sessionTaken = true
+        if awaitingReturn != nil {
+            awaitingReturn = nil
+            logger.notice("a client came back to the session: it goes on")
+        }
+        if listener >= 0 {  // an inherited connection: nothing listens
+            epoll.remove(listener)
+            close(listener)
+            acceptPausedUntil = nil
+            logger.info("serving this one client only (single session): no further connections are accepted")
+        }
+        if let failure { endSession(sessionEnd(failure)) }
     }
 
     /// A log line at most once a second per `key` (a flood of refusals must not become a flood of log lines).
@@ -199,7 +322,7 @@ public final class PageServer: @unchecked Sendable {
                     if acceptPausedUntil != nil { return }
                     continue
                 default:
-                    let error = errnoText()
+                    let error = SystemCallError.reason()
                     rarely("accept") { logger.error("accept failed; retrying in 100 ms", metadata: ["error": "\(error)"]) }
                     pauseAccepting()
                     return
@@ -208,6 +331,7 @@ public final class PageServer: @unchecked Sendable {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             admit(fd)
+            if sessionTaken { return }
         }
     }
 
@@ -218,7 +342,7 @@ public final class PageServer: @unchecked Sendable {
         let openCount = connections.count
         rarely("emfile") {
             logger.error("out of file descriptors; refusing new connections until some close", metadata: [
-                "error": "\(errnoText(code))", "open-connections": "\(openCount)",
+                "error": "\(SystemCallError.reason(code))", "open-connections": "\(openCount)",
             ])
         }
         guard reserve >= 0 else { return pauseAccepting() }
@@ -257,7 +381,7 @@ public final class PageServer: @unchecked Sendable {
             } catch {
                 logger.error("cannot start TLS for a client", metadata: ["client": "\(connection.peer)", "error": "\(error)"])
                 connection.close()
-                return
+                return takeSession(failure: "cannot start TLS for the client \(connection.peer): \(error)")
             }
         }
         let client = ServedConnection(connection: connection, logger: logger, phase: tls == nil ? .request : .handshake,
@@ -265,11 +389,13 @@ public final class PageServer: @unchecked Sendable {
         let tag = nextTag
         nextTag += 1
         guard add(fd, tag: tag, events: client.interest) else {
-            logger.error("cannot watch a client", metadata: ["client": "\(connection.peer)", "error": "\(errnoText())"])
+            let reason = SystemCallError.reason()
+            logger.error("cannot watch a client", metadata: ["client": "\(connection.peer)", "error": "\(reason)"])
             connection.close()
-            return
+            return takeSession(failure: "cannot watch the client \(connection.peer): \(reason)")
         }
         connections[tag] = client
+        takeSession()
         counterState.withLock {
             $0.connections += 1
             $0.open = connections.count
@@ -296,11 +422,13 @@ public final class PageServer: @unchecked Sendable {
         case .failed(let reason):
             counterState.withLock { $0.tlsFailures += 1 }
             client.log.warning("TLS refused", metadata: ["reason": "\(reason)"])
+            client.failure = "TLS handshake with \(client.connection.peer) failed: \(reason)"
             drop(tag)
         case .done:
             if let reason = client.connection.verifyPeer(hostname: clientName) {
                 counterState.withLock { $0.tlsFailures += 1 }
                 client.log.warning("TLS refused: the client's certificate is not accepted", metadata: ["reason": "\(reason)"])
+                client.failure = "the certificate of \(client.connection.peer) is not accepted: \(reason)"
                 return drop(tag)
             }
             client.log.info("TLS handshake done; client certificate verified")
@@ -320,14 +448,19 @@ public final class PageServer: @unchecked Sendable {
             case .wouldBlock:
                 return setInterest(client, tag: tag, Epoll.readable)
             case .closed:
+                client.wentAway = true
                 if client.headerBytes == 0 {
                     client.log.info("client disconnected")
                 } else {
                     client.log.warning("connection ended in the middle of a header", metadata: ["bytes": "\(client.headerBytes)"])
+                    client.failure = "\(client.connection.peer) closed the connection in the middle of a request header"
+                        + " (\(client.headerBytes) of \(PageServerMessage.size) bytes)"
                 }
                 return drop(tag)
             case .failed(let reason), .refused(let reason):
+                client.wentAway = true
                 client.log.warning("connection failed", metadata: ["error": "\(reason)"])
+                client.failure = "the connection with \(client.connection.peer) failed: \(reason)"
                 return drop(tag)
             case .done(let n):
                 if client.headerBytes == 0 { client.requestStarted = ContinuousClock.now }
@@ -346,10 +479,12 @@ public final class PageServer: @unchecked Sendable {
         case PageServerCommand.close, PageServerCommand.forceClose:
             client.small = [0, 0, 0, 0]
             client.closeAfterReply = message.command == PageServerCommand.forceClose
+            client.closedSession = true
             client.log.info("client closed the session", metadata: ["command": "\(PageServerCommand.name(message.command))"])
         default:
             counterState.withLock { $0.badCommands += 1 }
             client.log.error("unexpected command; closing this connection", metadata: ["message": "\(message)"])
+            client.failure = "\(client.connection.peer) sent an unexpected command (\(message))"
             return beginClosing(client, tag: tag)
         }
         client.phase = .reply
@@ -372,12 +507,13 @@ public final class PageServer: @unchecked Sendable {
                                metadata: ["request": "\(request)"])
             client.closeAfterReply = true
             client.fileLeft = 0
+            client.failure = "\(client.connection.peer) asked for pages the images do not hold (\(request))"
             return
         }
         client.log.trace("sending pages", metadata: ["request": "\(request)", "pages": "\(count)"])
         client.file = found.descriptor
         client.fileOffset = off_t(found.offset)
-        client.fileLeft = Int(count) * criuPageSize
+        client.fileLeft = Int(count) * basePageSize
     }
 
     /// Sends what is left of the reply; true when it is done and the next request may be read.
@@ -385,6 +521,8 @@ public final class PageServer: @unchecked Sendable {
         let connection = client.connection
         func broken(_ reason: String) -> Bool {
             client.log.warning("sending the reply failed", metadata: ["error": "\(reason)"])
+            client.wentAway = true
+            client.failure = "sending a reply to \(client.connection.peer) failed: \(reason)"
             drop(tag)
             return false
         }
@@ -445,9 +583,8 @@ public final class PageServer: @unchecked Sendable {
 
     private func drain(_ client: ServedConnection, tag: UInt64) {
         while true {
-            let n = recv(client.connection.descriptor, sink, 1 << 16, Int32(MSG_DONTWAIT))
+            let n = retryingOnInterrupt { recv(client.connection.descriptor, sink, 1 << 16, Int32(MSG_DONTWAIT)) }
             if n > 0 { continue }
-            if n < 0 && errno == EINTR { continue }
             if n < 0 && errno == EAGAIN { return }
             return drop(tag)
         }
@@ -459,6 +596,7 @@ public final class PageServer: @unchecked Sendable {
             if client.phase != .closing {
                 counterState.withLock { $0.timedOut += 1 }
                 client.log.warning("closing the connection: \(what)")
+                client.failure = "closed the connection with \(client.connection.peer): \(what)"
             }
             drop(tag)
         }

@@ -23,13 +23,19 @@ public struct PageServerClientOptions: Sendable {
     /// TLS credentials (`--tls`): every connection is TLS, the server's certificate verified against the CA and,
     /// unless `--tls-no-cn-verify`, its name against `host` (as CRIU does). Nil: plain TCP.
     public var tls: TLSCredentials?
+    /// A connected socket to use instead of connecting (`--ps-socket`, as CRIU's): the only connection; when it
+    /// fails the restore fails (it cannot be opened again).
+    public var inheritedSocket: Int32?
 
     public init(host: String, port: UInt16) {
         self.host = host
         self.port = port
     }
 
-    public var serverName: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var serverName: String {
+        if let inheritedSocket { return "on the inherited socket \(inheritedSocket)" }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
 }
 
 /// The engine's remote page source over CRIU's page-server protocol: one TCP connection, several `PS_IOV_GET` in
@@ -50,6 +56,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     }
 
     private var connection: TCPConnection?
+    /// The inherited socket (`options.inheritedSocket`) was taken: it is never taken twice.
+    private var usedInheritedSocket = false
     private var timer: PeriodicTimer?
     /// Unanswered requests in send order; the first `sentCount` were written (the next one `partialBytes` of it).
     private var queue: [Outstanding] = []
@@ -119,6 +127,22 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     }
 
     public func request(_ request: RemotePageRequest) {
+        enqueue(request)
+        flush()
+    }
+
+    /// The background requests of one fill step: queued together and written together (one `send` on a plain
+    /// socket; with TLS a record each, see `requestsPerSend`).
+    public func request(batch: [RemotePageRequest]) {
+        for request in batch {
+            precondition(!request.urgent, "a batch holds background requests")
+            enqueue(request)
+        }
+        if !batch.isEmpty { flush() }
+    }
+
+    /// Queues `request` to be written: an urgent one before every background request not yet (partly) written.
+    private func enqueue(_ request: RemotePageRequest) {
         let entry = Outstanding(
             request: request,
             message: .get(pid: request.imagePid, address: request.dumpAddress, pageCount: request.pageCount))
@@ -131,8 +155,7 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             queue.append(entry)
             backgroundPages += request.pageCount
         }
-        if queue.count - queueHead == 1 { lastProgress = monotonicNanoseconds() }
-        flush()
+        if queue.count - queueHead == 1 { lastProgress = monotonicNanoseconds() }  // the queue was idle
     }
 
     public var backgroundPagesAvailable: Int { max(0, options.backgroundPagesInFlight - backgroundPages) }
@@ -156,8 +179,16 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             _ = poll(&entry, 1, Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
             return true
         }
-        let bytes = PageServerMessage(cmd: PageServerCommand.close).bytes
+        // A request written in part is finished first (PS_IOV_CLOSE after half a request would be read as its
+        // rest); requests not written at all are dropped.
+        var bytes = PageServerMessage(cmd: PageServerCommand.close).bytes
         var sent = 0
+        if partialBytes > 0 {
+            bytes = queue[queueHead + sentCount].message.bytes + bytes
+            sent = partialBytes
+            sentCount += 1
+            partialBytes = 0
+        }
         var failure: String?
         while failure == nil && (sent < bytes.count || connection.hasPendingOutput) {
             let result = sent < bytes.count
@@ -172,6 +203,30 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         }
         if let failure {
             logger.warning("cannot send PS_IOV_CLOSE", metadata: ["server": "\(options.serverName)", "error": "\(failure)"])
+            return nil
+        }
+        // The answers to requests written before come first (in order): read past them. Closing with them unread
+        // would reset the connection, and the server would end the session as failed instead of closed (the
+        // restore can end with requests in flight: processes that exited).
+        while sentCount > 0 && failure == nil {
+            switch receiveAnswer(connection) {
+            case .partial: continue
+            case .wouldBlock: if !wait(POLLIN) { failure = "no answer within \(timeoutSeconds) s" }
+            case .answered:
+                queueHead += 1
+                sentCount -= 1
+                headerBytes = 0
+                dataBytes = 0
+                replyPages = 0
+            case .closed: failure = "connection closed"
+            case .failed(let reason), .refused(let reason): failure = reason
+            case .brokeProtocol(let error): failure = "\(error)"
+            }
+        }
+        if let failure {
+            logger.warning("the page server did not answer PS_IOV_CLOSE", metadata: [
+                "server": "\(options.serverName)", "error": "\(failure)",
+            ])
             return nil
         }
         var status: Int32 = -1
@@ -194,7 +249,11 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         if options.tls != nil {
             // CRIU's page server answers with its TLS close_notify and then waits for our end: closing with that
             // record unread would reset the connection, and the server would fail ("Unexpected data: Connection
-            // reset by peer"). Read up to it (as CRIU's own client does, gnutls_bye with SHUT_RDWR).
+            // reset by peer"). Ours sends its close_notify only once it has read ours. So, as CRIU's own client
+            // does (gnutls_bye with SHUT_RDWR): our close_notify and FIN first, then read up to the server's end.
+            // (Waiting for the server's close_notify before sending ours held every TLS restore from our page
+            // server until the timeout: 5 s.)
+            connection.finishSending()
             var scratch = [UInt8](repeating: 0, count: 256)
             drain: while true {
                 let result = scratch.withUnsafeMutableBytes { connection.receive($0.baseAddress!, $0.count) }
@@ -213,7 +272,18 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
 
     private func connect() throws {
         let timeout = min(max(options.stallTimeout, 0.1), 5)
-        let fd = try TCPSocket.connect(host: options.host, port: options.port, timeoutSeconds: timeout)
+        let fd: Int32
+        if let inherited = options.inheritedSocket {
+            guard !usedInheritedSocket else {
+                throw PageServerError(.configuration, "the page-server connection was inherited (--ps-socket \(inherited)) and is gone: it cannot be opened again")
+            }
+            usedInheritedSocket = true
+            _ = fcntl(inherited, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(inherited, F_SETFL, fcntl(inherited, F_GETFL) | O_NONBLOCK)
+            fd = inherited
+        } else {
+            fd = try TCPSocket.connect(host: options.host, port: options.port, timeoutSeconds: timeout)
+        }
         let connection = TCPConnection(descriptor: fd, peer: "page server \(options.serverName)")
         if let tls = options.tls {
             try connection.startTLS(server: false, credentials: tls)
@@ -253,6 +323,9 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
     }
 
     private func scheduleReconnect() {
+        if let inherited = options.inheritedSocket {
+            return giveUp("the page-server connection inherited with --ps-socket \(inherited) failed (\(lastError)): it cannot be opened again")
+        }
         failures += 1
         guard failures <= options.retries else {
             return giveUp("page server \(options.serverName): gave up after \(options.retries) retries (last error: \(lastError))")
@@ -303,7 +376,8 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
 
     // MARK: Sending
 
-    /// Writes every queued request that fits into the socket buffer (with TLS: each request one record).
+    /// Writes every queued request that fits into the socket buffer, up to `requestsPerSend` of them per `send`
+    /// (with TLS: per record).
     private func flush() {
         guard let connection else { return }
         if connection.hasPendingOutput {
@@ -314,23 +388,35 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             case .failed(let reason), .refused(let reason): return connectionLost("sending a request failed: \(reason)")
             }
         }
-        var scratch = [UInt8](repeating: 0, count: PageServerMessage.size)
+        let size = PageServerMessage.size
         while queueHead + sentCount < queue.count {
-            queue[queueHead + sentCount].message.encodeBytes(into: &scratch)
-            let result = scratch.withUnsafeBytes { connection.send($0.baseAddress! + partialBytes, $0.count - partialBytes) }
+            // The unsent requests from the next one (partly written: `partialBytes` of it are out), encoded in a row.
+            let first = queueHead + sentCount
+            let count = min(queue.count - first, requestsPerSend)
+            if sendBuffer.count < count * size { sendBuffer = [UInt8](repeating: 0, count: count * size) }
+            sendBuffer.withUnsafeMutableBytes { bytes in
+                for k in 0..<count {
+                    queue[first + k].message.encode(into: UnsafeMutableRawBufferPointer(rebasing: bytes[(k * size)..<((k + 1) * size)]))
+                }
+            }
+            let total = count * size
+            let result = sendBuffer.withUnsafeBytes { connection.send($0.baseAddress! + partialBytes, total - partialBytes) }
             switch result {
             case .done(let n):
-                partialBytes += n
-                if partialBytes == PageServerMessage.size {
-                    partialBytes = 0
-                    sentCount += 1
-                }
+                let written = partialBytes + n
+                sentCount += written / size
+                partialBytes = written % size
             case .wouldBlock: return  // the timer tries again
             case .closed: return connectionLost("the server closed the connection")
             case .failed(let reason), .refused(let reason): return connectionLost("sending a request failed: \(reason)")
             }
         }
     }
+
+    /// Requests written together at most: 512 (16 KiB) on a plain socket; with TLS one per record, which measured
+    /// faster than many in one record (issue 14, BENCHMARKS.md).
+    private var requestsPerSend: Int { options.tls == nil ? 512 : 1 }
+    private var sendBuffer: [UInt8] = []
 
     // MARK: Receiving
 
@@ -339,44 +425,65 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
             guard queueHead < queue.count, sentCount > 0 else {
                 return drainUnexpected(connection)
             }
-            let outstanding = queue[queueHead]
-            let result: TCPConnection.IO
-            if headerBytes < PageServerMessage.size {
-                result = header.withUnsafeMutableBytes {
-                    connection.receive($0.baseAddress! + headerBytes, $0.count - headerBytes)
-                }
-            } else {
-                result = connection.receive(buffer + dataBytes, replyPages * basePageSize - dataBytes)
-            }
-            let n: Int
-            switch result {
-            case .done(let count): n = count
+            switch receiveAnswer(connection) {
+            case .partial: continue
             case .wouldBlock: return
+            case .answered(let outstanding, let pages): complete(outstanding, pages: pages)
             case .closed: return connectionLost("the server closed the connection")
             case .refused(let reason): return giveUp("page server \(options.serverName) refused us: \(reason)")
             case .failed(let reason): return connectionLost("receiving failed: \(reason)")
-            }
-            if headerBytes < PageServerMessage.size {
-                headerBytes += n
-                guard headerBytes == PageServerMessage.size else { continue }
-                let reply = PageServerMessage(decoding: header)
-                do {
-                    replyPages = try validateReply(reply, to: outstanding.message)
-                } catch {
-                    return giveUp("page server \(options.serverName) broke the protocol: \(error)")
-                }
-                if replyPages * basePageSize > bufferSize {
-                    buffer.deallocate()
-                    bufferSize = replyPages * basePageSize
-                    buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
-                }
-                dataBytes = 0
-            } else {
-                dataBytes += n
-                guard dataBytes == replyPages * basePageSize else { continue }
-                complete(outstanding, pages: replyPages)
+            case .brokeProtocol(let error):
+                return giveUp("page server \(options.serverName) broke the protocol: \(error)")
             }
         }
+    }
+
+    private enum AnswerStep {
+        case partial, wouldBlock, closed
+        case answered(Outstanding, pages: Int)
+        case refused(String), failed(String), brokeProtocol(any Error)
+    }
+
+    /// Receives the next piece of the answer to the oldest request written (`queue[queueHead]`, which must exist):
+    /// its header, then its pages into `buffer`. `.answered` when the answer is whole (the caller completes it).
+    private func receiveAnswer(_ connection: TCPConnection) -> AnswerStep {
+        let outstanding = queue[queueHead]
+        let result: TCPConnection.IO
+        if headerBytes < PageServerMessage.size {
+            result = header.withUnsafeMutableBytes {
+                connection.receive($0.baseAddress! + headerBytes, $0.count - headerBytes)
+            }
+        } else {
+            result = connection.receive(buffer + dataBytes, replyPages * basePageSize - dataBytes)
+        }
+        let n: Int
+        switch result {
+        case .done(let count): n = count
+        case .wouldBlock: return .wouldBlock
+        case .closed: return .closed
+        case .refused(let reason): return .refused(reason)
+        case .failed(let reason): return .failed(reason)
+        }
+        if headerBytes < PageServerMessage.size {
+            headerBytes += n
+            guard headerBytes == PageServerMessage.size else { return .partial }
+            let reply = PageServerMessage(decoding: header)
+            do {
+                replyPages = try validateReply(reply, to: outstanding.message)
+            } catch {
+                return .brokeProtocol(error)
+            }
+            if replyPages * basePageSize > bufferSize {
+                buffer.deallocate()
+                bufferSize = replyPages * basePageSize
+                buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: basePageSize)
+            }
+            dataBytes = 0
+            return .partial
+        }
+        dataBytes += n
+        guard dataBytes == replyPages * basePageSize else { return .partial }
+        return .answered(outstanding, pages: replyPages)
     }
 
     private func complete(_ outstanding: Outstanding, pages: Int) {
@@ -406,11 +513,5 @@ public final class PageServerClient: RemotePageSource, @unchecked Sendable {
         case .failed(let reason): connectionLost("receiving failed: \(reason)")
         case .done: giveUp("page server \(options.serverName) broke the protocol: it sent data nobody asked for")
         }
-    }
-}
-
-extension PageServerMessage {
-    func encodeBytes(into bytes: inout [UInt8]) {
-        bytes.withUnsafeMutableBytes { encode(into: $0) }
     }
 }

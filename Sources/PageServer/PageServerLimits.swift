@@ -10,6 +10,10 @@ public struct PageServerLimits: Sendable, Equatable {
     public var idleTimeout: Double = 600
     public var requestTimeout: Double = 60
     public var maxReplyPages: UInt64 = 1024
+    /// A single session whose client went away without `PS_IOV_CLOSE` (its lazy-pagesd killed mid-restore): seconds
+    /// the server listens again for the client's successor to continue the session; 0: the session ends at once,
+    /// as CRIU's page server ends it.
+    public var sessionReturnTimeout: Double = 30
 
     public init(maxConnections: Int = 256, idleTimeout: Double = 600, requestTimeout: Double = 60) {
         self.maxConnections = maxConnections

@@ -36,6 +36,14 @@ final class ServedConnection {
     var fileOffset: off_t = 0
     var fileLeft = 0
     var closeAfterReply = false
+    /// The client sent `PS_IOV_CLOSE` or `PS_IOV_FORCE_CLOSE`: it ended the session on purpose.
+    var closedSession = false
+    /// The client went away (the connection ended or broke on its side) without closing the session: in a single
+    /// session, a restarted lazy-pagesd may come back to it (`PageServerLimits.sessionReturnTimeout`).
+    var wentAway = false
+    /// Why this connection is ended by us, or broke (nil: the client ended it at a request boundary); the outcome of
+    /// a single session.
+    var failure: String?
 
     /// When the phase's clock started: the accept (handshake), the end of the last reply (idle), the first byte of
     /// the current request (request and reply), the shutdown (closing).

@@ -1,4 +1,5 @@
 import CRIUImages
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,7 @@ public final class ServedImages: @unchecked Sendable {
         public var pageCount: Int
         public var descriptor: Int32
         public var offset: UInt64
-        public var end: UInt64 { address + UInt64(pageCount * criuPageSize) }
+        public var end: UInt64 { address + UInt64(pageCount * basePageSize) }
     }
 
     public let directory: String
@@ -40,12 +41,12 @@ public final class ServedImages: @unchecked Sendable {
                         fd = known
                     } else {
                         fd = open(path, O_RDONLY | O_CLOEXEC)
-                        guard fd >= 0 else { throw ImageError(file: path, problem: "cannot open: \(errnoText())") }
+                        guard fd >= 0 else { throw ImageError(file: path, problem: "cannot open: \(SystemCallError.reason())") }
                         files[path] = fd
                     }
                     var info = stat()
                     fstat(fd, &info)
-                    guard offset + UInt64(run.pageCount * criuPageSize) <= UInt64(info.st_size) else {
+                    guard offset + UInt64(run.pageCount * basePageSize) <= UInt64(info.st_size) else {
                         throw ImageError(file: path, problem: "page data at offset \(offset) runs past the end of the file (\(info.st_size) bytes)")
                     }
                     list.append(Run(address: run.address, pageCount: run.pageCount, descriptor: fd, offset: offset))
@@ -66,7 +67,7 @@ public final class ServedImages: @unchecked Sendable {
     /// Where the pages from `address` of `pid` are: the descriptor, the file offset and how many pages are stored
     /// contiguously from there (at most `maxPages`: clamped to the end of the stored run). Nil when unknown.
     public func locate(pid: Int32, address: UInt64, maxPages: UInt64) -> (descriptor: Int32, offset: UInt64, pageCount: UInt64)? {
-        guard let list = runs[pid], address % UInt64(criuPageSize) == 0 else { return nil }
+        guard let list = runs[pid], address % UInt64(basePageSize) == 0 else { return nil }
         var low = 0
         var high = list.count
         while low < high {
@@ -76,7 +77,7 @@ public final class ServedImages: @unchecked Sendable {
         guard low < list.count, list[low].address <= address else { return nil }
         let run = list[low]
         let skip = address - run.address
-        let available = (run.end - address) / UInt64(criuPageSize)
+        let available = (run.end - address) / UInt64(basePageSize)
         return (run.descriptor, run.offset + skip, min(maxPages, available))
     }
 

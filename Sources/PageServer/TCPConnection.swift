@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LinuxSupport
 #endif
 
 /// One connected TCP socket of the page-server protocol, plain or TLS: the one transport both the page server and
@@ -72,7 +73,7 @@ public final class TCPConnection {
             let n = recv(descriptor, &first, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
             if n < 0 && (errno == EAGAIN || errno == EINTR) { return .wantRead }
             if n == 0 { return .failed("the client closed the connection before the TLS handshake") }
-            if n < 0 { return .failed("receiving failed: \(errnoText())") }
+            if n < 0 { return .failed("receiving failed: \(SystemCallError.reason())") }
             guard first == 0x16 else {
                 return .failed("a plain-text peer: its first byte 0x\(String(first, radix: 16)) cannot start a TLS handshake (a client without --tls?)")
             }
@@ -115,7 +116,7 @@ public final class TCPConnection {
             var entry = pollfd(fd: descriptor, events: events, revents: 0)
             let ms = Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
             if poll(&entry, 1, ms) < 0 && errno != EINTR {
-                throw PageServerError(.connection, "TLS with \(peer): poll: \(errnoText())")
+                throw PageServerError(.connection, "TLS with \(peer): poll: \(SystemCallError.reason())")
             }
         }
     }
@@ -133,13 +134,11 @@ public final class TCPConnection {
     /// Sends up to `count` bytes (one TLS record with TLS). `more`: more follows at once (plain: `MSG_MORE`).
     public func send(_ bytes: UnsafeRawPointer, _ count: Int, more: Bool = false) -> IO {
         if let tls { return tls.send(bytes, count) }
-        while true {
-            let n = Glibc.send(descriptor, bytes, count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT) | (more ? Int32(MSG_MORE) : 0))
-            if n >= 0 { return .done(n) }
-            if errno == EINTR { continue }
-            if errno == EAGAIN { return .wouldBlock }
-            return .failed("sending failed: \(errnoText())")
-        }
+        let flags = Int32(MSG_NOSIGNAL | MSG_DONTWAIT) | (more ? Int32(MSG_MORE) : 0)
+        let n = retryingOnInterrupt { Glibc.send(descriptor, bytes, count, flags) }
+        if n >= 0 { return .done(n) }
+        if errno == EAGAIN { return .wouldBlock }
+        return .failed("sending failed: \(SystemCallError.reason())")
     }
 
     /// Bytes a TLS session holds that the socket has not taken yet (they must be flushed before the reply is done).
@@ -152,14 +151,11 @@ public final class TCPConnection {
     /// with TLS, one record read into `scratch` (at least 16 KiB).
     public func sendFile(_ file: Int32, offset: inout off_t, count: Int, scratch: UnsafeMutableRawPointer) -> IO {
         guard let tls else {
-            while true {
-                let n = sendfile(descriptor, file, &offset, count)
-                if n > 0 { return .done(n) }
-                if n == 0 { return .failed("the pages file ended early") }
-                if errno == EINTR { continue }
-                if errno == EAGAIN { return .wouldBlock }
-                return .failed("sending page data failed: \(errnoText())")
-            }
+            let n = retryingOnInterrupt { sendfile(descriptor, file, &offset, count) }
+            if n > 0 { return .done(n) }
+            if n == 0 { return .failed("the pages file ended early") }
+            if errno == EAGAIN { return .wouldBlock }
+            return .failed("sending page data failed: \(SystemCallError.reason())")
         }
         if tls.pendingFlush {
             switch tls.flush() {
@@ -170,9 +166,8 @@ public final class TCPConnection {
         let want = min(count, TLSSession.maxRecord)
         var have = 0
         while have < want {
-            let n = pread(file, scratch + have, want - have, offset + off_t(have))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return .failed("reading the pages file failed: \(n == 0 ? "it ended early" : errnoText())") }
+            let n = retryingOnInterrupt { pread(file, scratch + have, want - have, offset + off_t(have)) }
+            guard n > 0 else { return .failed("reading the pages file failed: \(n == 0 ? "it ended early" : SystemCallError.reason())") }
             have += n
         }
         let result = tls.send(scratch, have)
@@ -183,13 +178,10 @@ public final class TCPConnection {
     /// Receives up to `count` bytes.
     public func receive(_ buffer: UnsafeMutableRawPointer, _ count: Int) -> IO {
         if let tls { return tls.receive(buffer, count) }
-        while true {
-            let n = recv(descriptor, buffer, count, Int32(MSG_DONTWAIT))
-            if n > 0 { return .done(n) }
-            if n == 0 { return .closed }
-            if errno == EINTR { continue }
-            if errno == EAGAIN { return .wouldBlock }
-            return .failed("receiving failed: \(errnoText())")
-        }
+        let n = retryingOnInterrupt { recv(descriptor, buffer, count, Int32(MSG_DONTWAIT)) }
+        if n > 0 { return .done(n) }
+        if n == 0 { return .closed }
+        if errno == EAGAIN { return .wouldBlock }
+        return .failed("receiving failed: \(SystemCallError.reason())")
     }
 }

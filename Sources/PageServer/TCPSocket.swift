@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LinuxSupport
 #endif
 
 /// TCP plumbing shared by the page server and its client: address resolution, listen, connect, options.
@@ -33,14 +34,14 @@ public enum TCPSocket {
         var lastError = "no address"
         for (family, address) in try resolve(host: host, port: port, passive: true) {
             let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { lastError = "socket: \(errnoText())"; continue }
+            guard fd >= 0 else { lastError = "socket: \(SystemCallError.reason())"; continue }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             let bound = address.withUnsafeBytes {
                 bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
             }
             if bound != 0 || Glibc.listen(fd, backlog) != 0 {
-                lastError = "bind/listen: \(errnoText())"
+                lastError = "bind/listen: \(SystemCallError.reason())"
                 close(fd)
                 continue
             }
@@ -55,12 +56,12 @@ public enum TCPSocket {
         var lastError = "no address"
         for (family, address) in try resolve(host: host, port: port, passive: false) {
             let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            guard fd >= 0 else { lastError = "socket: \(errnoText())"; continue }
+            guard fd >= 0 else { lastError = "socket: \(SystemCallError.reason())"; continue }
             let rc = address.withUnsafeBytes {
                 Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
             }
             if rc != 0 && errno != EINPROGRESS {
-                lastError = errnoText()
+                lastError = SystemCallError.reason()
                 close(fd)
                 continue
             }
@@ -68,7 +69,7 @@ public enum TCPSocket {
                 var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 let ready = poll(&p, 1, Int32(max(1, timeoutSeconds * 1000)))
                 if ready <= 0 {
-                    lastError = ready == 0 ? "connect timed out after \(timeoutSeconds) s" : errnoText()
+                    lastError = ready == 0 ? "connect timed out after \(timeoutSeconds) s" : SystemCallError.reason()
                     close(fd)
                     continue
                 }
@@ -76,7 +77,7 @@ public enum TCPSocket {
                 var length = socklen_t(MemoryLayout<Int32>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length)
                 if soError != 0 {
-                    lastError = String(cString: strerror(soError))
+                    lastError = SystemCallError.reason(soError)
                     close(fd)
                     continue
                 }
@@ -126,4 +127,3 @@ public enum TCPSocket {
     }
 }
 
-func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }

@@ -1,4 +1,5 @@
 import CGnuTLS
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)
@@ -41,7 +42,7 @@ public final class TLSCredentials: @unchecked Sendable {
             let rc = gnutls_certificate_set_x509_crl_file(self.handle, crl, pem)
             guard rc >= 0 else { throw PageServerError(.configuration, "--tls-cacrl \(crl): \(Self.text(rc))") }
         } else if options.revocationList != nil {
-            throw PageServerError(.configuration, "--tls-cacrl \(crl): cannot read: \(errnoText())")
+            throw PageServerError(.configuration, "--tls-cacrl \(crl): cannot read: \(SystemCallError.reason())")
         }
 
         let certificate = options.certificate ?? TLSOptions.defaultCertificate
