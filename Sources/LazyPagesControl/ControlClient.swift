@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -19,7 +20,7 @@ public final class ControlClient {
     public init(socketPath: String = ControlProtocol.defaultSocketPath) throws(Failure) {
         self.socketPath = socketPath
         descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw Failure("socket(AF_UNIX): \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else { throw Failure("socket(AF_UNIX): \(SystemCallError.reason(errno))") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(socketPath.utf8)
@@ -34,7 +35,7 @@ public final class ControlClient {
             }
         }
         guard connected == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError.reason(errno)
             Glibc.close(descriptor)
             throw Failure("cannot connect to the control socket \(socketPath): \(reason) (is `lazy-pagesd serve` running?)")
         }
@@ -53,12 +54,13 @@ public final class ControlClient {
     public func sendLine(_ bytes: [UInt8]) throws(Failure) -> ControlReply {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = bytes[offset...].withUnsafeBytes { raw in
+                retryingOnInterrupt { Glibc.send(descriptor, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL)) }
+            }
             if n < 0 {
-                if errno == EINTR { continue }
                 // The daemon may refuse (and hang up on) an oversized line before reading all of it.
                 if errno == EPIPE || errno == ECONNRESET { break }
-                throw Failure("writing to \(socketPath): \(String(cString: strerror(errno)))")
+                throw Failure("writing to \(socketPath): \(SystemCallError.reason(errno))")
             }
             offset += n
         }
@@ -78,11 +80,10 @@ public final class ControlClient {
                 buffered.removeSubrange(...newline)
                 return line
             }
-            let n = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
+            let n = chunk.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(descriptor, raw.baseAddress, raw.count) } }
             guard n > 0 else {
                 throw Failure(n == 0 ? "the daemon closed the connection without replying"
-                    : "reading from \(socketPath): \(String(cString: strerror(errno)))")
+                    : "reading from \(socketPath): \(SystemCallError.reason(errno))")
             }
             buffered += chunk[..<n]
         }

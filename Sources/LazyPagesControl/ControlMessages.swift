@@ -228,11 +228,15 @@ public struct JobInfo: Codable, Sendable, Equatable {
     public var elapsedSeconds: Double
     /// Every engine counter by name.
     public var counters: [String: Int]
+    /// How many times a restarted daemon re-adopted this job (systemd's descriptor store kept it across a crash or
+    /// SIGKILL of the daemon), and when it last did (Unix time, seconds). Absent when it never was.
+    public var restarts: Int?
+    public var lastAdoptedAt: Double?
 
     public init(
         id: String, owner: UInt32, spec: JobSpec, state: JobState, reason: String?, socket: String, pagesHome: Int,
         pagesExpected: Int, faults: Int, eagainRetries: Int, tasks: Int, elapsedSeconds: Double,
-        counters: [String: Int]
+        counters: [String: Int], restarts: Int? = nil, lastAdoptedAt: Double? = nil
     ) {
         self.id = id
         self.owner = owner
@@ -247,6 +251,8 @@ public struct JobInfo: Codable, Sendable, Equatable {
         self.tasks = tasks
         self.elapsedSeconds = elapsedSeconds
         self.counters = counters
+        self.restarts = restarts
+        self.lastAdoptedAt = lastAdoptedAt
     }
 }
 

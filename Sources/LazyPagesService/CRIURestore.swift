@@ -37,8 +37,27 @@ public final class CRIURestore: @unchecked Sendable {
         /// Start a guardian (see `GuardianLink`). Without one, a daemon that dies mid-restore leaves its processes
         /// on zero pages.
         public var guardian = true
+        /// Record the restore in a journal holding these bytes (the front end's description of how to serve it
+        /// again: `lazy-pagesd` stores its own command line), so that a successor daemon can continue it
+        /// (`RestoreJournal`). nil: no journal.
+        public var journalDescription: [UInt8]?
+        /// With a journal and a guardian: on the daemon's death the guardian starts a successor daemon that
+        /// continues the restore (`lazy-pagesd adopt`), instead of ending its processes. Off (`--no-handover`):
+        /// the processes are ended as without a journal.
+        public var handover = true
 
         public init(imagesDirectory: String) { self.imagesDirectory = imagesDirectory }
+
+        /// A dying daemon's restore is handed over only with a guardian to start the successor.
+        var handsOver: Bool { handover && guardian }
+
+        /// The page-server client of `pages` (nil for local pages), not connected yet.
+        func pageServerClient(logger: Logger) -> PageServerClient? {
+            switch pages {
+            case .local: nil
+            case .pageServer(let server): PageServerClient(options: server, logger: logger)
+            }
+        }
     }
 
     public let options: Options
@@ -46,6 +65,12 @@ public final class CRIURestore: @unchecked Sendable {
     public var guardian: GuardianLink? { session.guardian }
     private let client: PageServerClient?
     private let logger: Logger
+    /// The restore's journal, if it keeps one.
+    public let journal: RestoreJournal?
+    /// For a successor: what `RestoreEngine.adopt` rebuilt (resumed in `run()`), and the predecessor guardian's
+    /// ready pipe (told once this daemon's guardian answers for the restore).
+    private var adoption: Adoption?
+    private var readyPipe: Int32?
 
     /// Validates the engine configuration, listens, reads the images and connects to the page server. The guardian
     /// starts with `startGuardian()` (or at the latest in `run()`), so that a daemon that detaches first can start
@@ -54,10 +79,7 @@ public final class CRIURestore: @unchecked Sendable {
         try options.engine.validate()
         self.options = options
         self.logger = logger
-        switch options.pages {
-        case .local: client = nil
-        case .pageServer(let server): client = PageServerClient(options: server, logger: logger)
-        }
+        client = options.pageServerClient(logger: logger)
         do {
             session = try LazyPagesSession(
                 imagesDirectory: options.imagesDirectory, workDirectory: options.workDirectory,
@@ -69,6 +91,53 @@ public final class CRIURestore: @unchecked Sendable {
         }
         if let profile = options.prefetchProfile { session.engine.prefetch(profile) }
         if options.recordProfile { session.engine.startRecordingProfile() }
+        journal = try RestoreJournal.forNewRestore(options.journalDescription, handsOver: options.handsOver)
+        if let journal {
+            session.attach(journal: journal)
+            session.handover = options.handsOver
+        }
+    }
+
+    /// A successor daemon's restore: rebuilds the restore `journal` records (inherited with the uffds, the
+    /// listener and the restorer connection from the guardian of the daemon that died) over the same images and
+    /// page source (`options`, as the predecessor had them). Throws `RestoreJournal.AdoptionRefusal` (or the page
+    /// source's error) when it cannot vouch for the restore: the caller must then exit with
+    /// `GuardianLink.successorRefusedExitStatus`, and the waiting guardian ends the processes. `readyPipe`: told (through this
+    /// daemon's guardian) once `run()` answers for the restore (-1: nobody waits, as for a `lazy-pagesd serve` job
+    /// taken back from systemd's descriptor store). `verifyDescriptorTable`: see `RestoreEngine.adopt` (off in a
+    /// service, whose table holds many restores' uffds).
+    public init(adopting journal: RestoreJournal, options: Options, readyPipe: Int32, verifyDescriptorTable: Bool = true,
+                logger: Logger) throws
+    {
+        try options.engine.validate()
+        self.options = options
+        self.logger = logger
+        self.journal = journal
+        self.readyPipe = readyPipe
+        client = options.pageServerClient(logger: logger)
+        do {
+            let source = try CRIUImageSource(directory: options.imagesDirectory,
+                                             lazyPages: client != nil ? .pageServer : .images)
+            if let word = try journal.completeInterruptedWordRead() {
+                logger.notice("the predecessor died holding a word of the restorer's: recorded it", metadata: [
+                    "word": "\(word)",
+                ])
+            }
+            let adoption = try RestoreEngine.adopt(
+                journal: journal, configuration: options.engine, logger: logger, remotePages: client,
+                verifyDescriptorTable: verifyDescriptorTable, allowUnknownUffds: 1
+            ) { pid in try source.addressSpace(forTask: pid) }
+            let directory = options.workDirectory ?? options.imagesDirectory
+            session = try LazyPagesSession(
+                adopting: adoption, source: source,
+                socketPath: (directory.hasSuffix("/") ? directory : directory + "/") + LazyPagesSession.socketName,
+                socketAccess: options.socketAccess, logger: logger)
+            session.handover = options.handsOver
+            self.adoption = adoption
+        } catch {
+            _ = client?.close()
+            throw error
+        }
     }
 
     public var socketPath: String { session.listener.path }
@@ -90,6 +159,14 @@ public final class CRIURestore: @unchecked Sendable {
             session.listener.close()
             _ = client?.close()
             return .guardianDidNotStart(error, statistics: statistics)
+        }
+        if let adoption {
+            // This daemon answers for the restore from here on: the predecessor's guardian may let go.
+            if let readyPipe {
+                if let guardian { guardian.adopted(readyPipe: readyPipe) } else { GuardianLink.tellReady(readyPipe) }
+                self.readyPipe = nil
+            }
+            session.engine.resume(after: adoption)
         }
         let outcome = session.run()
         _ = client?.close()

@@ -30,7 +30,7 @@ final class ControlServer: @unchecked Sendable {
         self.limits = limits
         self.logger = logger
         slots = ConnectionSlots(limits: limits)
-        guard pipe(&stopPipe) == 0 else { throw ServiceError("pipe: \(String(cString: strerror(errno)))") }
+        guard pipe(&stopPipe) == 0 else { throw ServiceError("pipe: \(SystemCallError.reason(errno))") }
         for fd in stopPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
     }
 
@@ -63,9 +63,8 @@ final class ControlServer: @unchecked Sendable {
         while true {
             var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stopPipe[0], events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&fds, 2, -1)
+            let ready = retryingOnInterrupt { poll(&fds, 2, -1) }
             if ready < 0 {
-                if errno == EINTR { continue }
                 logger.critical("poll on the control socket failed", metadata: ["errno": "\(errno)"])
                 return
             }
@@ -149,8 +148,7 @@ final class ControlServer: @unchecked Sendable {
                 refuseTooLarge(fd, peer: peer)
                 return
             }
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
+            let n = chunk.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(fd, raw.baseAddress, raw.count) } }
             if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 logger.warning("control connection idle; closing it", metadata: [
                     "peer.pid": "\(peer.pid)", "peer.uid": "\(peer.uid)", "idle-timeout": "\(limits.idleTimeoutSeconds) s",
@@ -178,9 +176,10 @@ final class ControlServer: @unchecked Sendable {
         let bytes = Array(data) + [UInt8(ascii: "\n")]
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = bytes[offset...].withUnsafeBytes { raw in
+                retryingOnInterrupt { send(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL)) }
+            }
             if n < 0 {
-                if errno == EINTR { continue }
                 if errno == EAGAIN || errno == EWOULDBLOCK {
                     logger.warning("control client not reading its replies; disconnecting it", metadata: [
                         "timeout": "\(limits.replyTimeoutSeconds) s",

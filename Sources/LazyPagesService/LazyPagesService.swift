@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesControl
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)
@@ -27,6 +28,14 @@ public final class LazyPagesService: @unchecked Sendable {
         public var policy = JobPolicy()
         /// Called with `statusLine` whenever a job was added or ended (for systemd's STATUS=).
         public var statusChanged: (@Sendable (String) -> Void)?
+        /// Where every job's descriptors, journal and record are kept so that a restarted daemon re-adopts the
+        /// job (systemd's descriptor store); nil: nowhere (a daemon that dies has its jobs' processes ended).
+        public var descriptorStore: (any DescriptorStore)?
+        /// Descriptors that came back from the store at start-up (`LISTEN_FDS` beyond the control socket), by name,
+        /// already put back at their numbers (`placeStoredDescriptors`).
+        public var storedDescriptors: [(name: String, descriptor: Int32)] = []
+        /// Jobs of `storedDescriptors` that could not all be put back at their numbers.
+        public var unplacedJobs: Set<String> = []
         public init() {}
     }
 
@@ -49,7 +58,7 @@ public final class LazyPagesService: @unchecked Sendable {
     public init(options: Options, logger: Logger) throws {
         self.options = options
         self.logger = logger
-        let registry = JobRegistry(limits: options.limits, logger: logger)
+        let registry = JobRegistry(limits: options.limits, store: options.descriptorStore, logger: logger)
         self.registry = registry
         if let statusChanged = options.statusChanged {
             registry.onChange = { statusChanged(Self.statusLine(of: registry)) }
@@ -86,7 +95,7 @@ public final class LazyPagesService: @unchecked Sendable {
     /// reachable by others, not even for a moment; a stale socket file is replaced.
     static func bindControlSocket(_ path: String, group: gid_t?) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ServiceError("socket(AF_UNIX): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ServiceError("socket(AF_UNIX): \(SystemCallError.reason(errno))") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -111,18 +120,18 @@ public final class LazyPagesService: @unchecked Sendable {
         }
         umask(previous)
         guard bound == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError.reason(errno)
             close(fd)
             throw ServiceError("cannot bind the control socket \(path): \(reason)")
         }
         guard chmod(path, 0o660) == 0, group.map({ chown(path, uid_t.max, $0) == 0 }) ?? true else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError.reason(errno)
             close(fd)
             unlink(path)
             throw ServiceError("cannot set the mode or group of \(path): \(reason)")
         }
         guard listen(fd, 64) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError.reason(errno)
             close(fd)
             unlink(path)
             throw ServiceError("cannot listen on \(path): \(reason)")
@@ -130,7 +139,27 @@ public final class LazyPagesService: @unchecked Sendable {
         return fd
     }
 
+    /// Puts descriptors that came back from the store at their old numbers (see `StoredJobs`); call before
+    /// anything else opens a descriptor.
+    public static func placeStoredDescriptors(_ passed: [(name: String, descriptor: Int32)])
+        -> (passed: [(name: String, descriptor: Int32)], unplacedJobs: Set<String>)
+    {
+        let (placed, unplaced) = StoredJobs.placeAtOriginalNumbers(passed)
+        return (placed, unplaced)
+    }
+
+    /// The number of jobs re-adopted from the store at start (continued or ended).
+    public private(set) var adoptedJobs = 0
+
     public func start() {
+        let idFile = options.storedDescriptors.first { $0.name == JobRegistry.nextIDName }?.descriptor
+        registry.keepIDs(inherited: idFile)
+        if !options.storedDescriptors.isEmpty {
+            var stored = StoredJobs(options.storedDescriptors)
+            stored.unplaced = options.unplacedJobs
+            adoptedJobs = stored.jobs.count
+            JobAdoption.adoptAll(stored, registry: registry, policy: options.policy, logger: logger)
+        }
         server.start()
         metrics?.start()
         logger.info("serving", metadata: [
@@ -182,5 +211,12 @@ public final class LazyPagesService: @unchecked Sendable {
         // Let waiting clients read their replies.
         server.closeConnections(waitingAtMost: 2)
         return left.map(\.id)
+    }
+}
+
+extension LazyPagesService {
+    /// Whether a name passed in `LISTEN_FDNAMES` is one of a stored job's (`lpj.ID.KIND`), not a socket's.
+    public static func isStoredJobName(_ name: String) -> Bool {
+        JobParking.parse(name) != nil || name == JobRegistry.nextIDName
     }
 }

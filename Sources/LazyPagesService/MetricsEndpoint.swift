@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 import Logging
 
 #if canImport(Glibc)
@@ -52,14 +53,14 @@ final class MetricsEndpoint: @unchecked Sendable {
             throw ServiceError("--metrics-address: \"\(host)\" is not an IPv4 address")
         }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw ServiceError("socket(AF_INET): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ServiceError("socket(AF_INET): \(SystemCallError.reason(errno))") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard bound == 0, listen(fd, 64) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError.reason(errno)
             close(fd)
             throw ServiceError("cannot listen for metrics on \(host):\(port): \(reason)")
         }
@@ -152,9 +153,10 @@ final class MetricsEndpoint: @unchecked Sendable {
         }
         guard let reply = client.reply else { return false }
         while client.sent < reply.count {
-            let n = reply[client.sent...].withUnsafeBytes { send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let n = reply[client.sent...].withUnsafeBytes { raw in
+                retryingOnInterrupt { send(client.fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL)) }
+            }
             if n < 0 {
-                if errno == EINTR { continue }
                 return errno != EAGAIN && errno != EWOULDBLOCK
             }
             client.sent += n

@@ -90,8 +90,9 @@ struct RequestHandler: Sendable {
             try JobValidation.check(spec, policy: policy)
             let access = SocketAccess(groupAccess: spec.options.socketGroupAccess ?? false,
                                       allowRoot: policy.allowRootPeers)
-            let job = try registry.add(spec: spec, owner: peer) { id, logger in
-                try spec.makeSession(uffdLimit: registry.limits.uffdsPerJob, socketAccess: access, logger: logger)
+            let job = try registry.add(spec: spec, owner: peer) { id, journalDescription, logger in
+                try spec.makeSession(uffdLimit: registry.limits.uffdsPerJob, socketAccess: access,
+                                     journalDescription: journalDescription, logger: logger)
             }
             logger.info("job added", metadata: [
                 "job": "\(job.id)", "peer.uid": "\(peer.uid)", "peer.pid": "\(peer.pid)",
@@ -170,7 +171,8 @@ enum JobValidation {
         do {
             try spec.engineConfiguration(uffdLimit: 1).validate()
         } catch {
-            let field = error.setting == .faultAround ? "faultAround" : "fillChunk"
+            // Only these two are protocol fields; the others keep the engine's defaults, which are in range.
+            let field = error.setting == .faultAround ? "faultAround" : error.setting == .fillChunk ? "fillChunk" : error.setting.rawValue
             throw invalid(error.message(naming: "\"\(field)\""))
         }
         if let name = spec.name, name.utf8.count > 128 { throw invalid("\"name\" is longer than 128 bytes") }

@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import LazyPagesControl
 import LazyPagesEngine
+import LinuxSupport
 import Prometheus
 
 /// The service's Prometheus series, brought up to date from the jobs' engine counters at each scrape (the restore
