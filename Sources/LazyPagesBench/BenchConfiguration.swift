@@ -26,6 +26,9 @@ public struct BenchConfiguration: Sendable {
     /// Which workloads of the CRIU comparison run (`criuWorkloads`), and how many alternating rounds each.
     public var criuWorkloadNames: [String] = criuWorkloads
     public var criuRounds = 3
+    /// A second lazy-pagesd in the CRIU comparison, with these flags added (e.g. a lever turned off), interleaved with
+    /// the other two in every round: a lever's before and after from the same minutes, both against CRIU.
+    public var criuVariantArguments: [String]?
 
     public struct Binaries: Sendable {
         public var daemon: String

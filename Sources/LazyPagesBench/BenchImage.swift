@@ -1,4 +1,5 @@
 import CRIUImages
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,7 +11,7 @@ struct BenchImage {
     static let base: UInt64 = 0x1000_0000_0000
     let directory: String
     let bytes: Int
-    var pages: Int { bytes / criuPageSize }
+    var pages: Int { bytes / basePageSize }
     var pagesFile: String { directory + "/pages-1.img" }
 
     init(directory: String, bytes: Int, seed: UInt64, remote: Bool = false) throws {
@@ -22,7 +23,7 @@ struct BenchImage {
             vmas: [VMA(start: Self.base, end: end, prot: 3, flags: 0x22, status: 0x41)],
             runs: [
                 RunSpec(
-                    address: Self.base, pageCount: bytes / criuPageSize, flags: remote ? [.lazy] : [.lazy, .present],
+                    address: Self.base, pageCount: bytes / basePageSize, flags: remote ? [.lazy] : [.lazy, .present],
                     fill: PagePattern.filler(seed: seed, base: Self.base))
             ])
         try ImageWriter.write(directory: directory, processes: [process])

@@ -43,7 +43,7 @@ extension BenchReport {
             let gbps = remoteFill.gibPerSecond * Double(1 << 30) / 1e9
             checks.append(TargetCheck(name: "(e-b) remote fill", measured: fmt(gbps) + " GB/s", target: ">= 1.5 GB/s", met: gbps >= 1.5))
         }
-        let criuTargets: [String: Double] = ["idle": 1.5, "fork": 3, "random": 1.5, "remote": 4]
+        let criuTargets: [String: Double] = ["idle": 1.5, "fork": 3, "random": 1.5, "remote": 4, "remote-tls": 3]
         for row in criu {
             guard let target = criuTargets[row.workload] else { continue }
             checks.append(TargetCheck(
@@ -70,7 +70,7 @@ extension BenchReport {
         let gib = Double(imageBytes) / Double(1 << 30)
         out.append("lazy-pages bench: \(imageBytes >> 20) MiB image, \(machine.cpus) CPUs (\(machine.cpu)), kernel \(machine.kernel), \(machine.date)")
         out.append("load average: \(machine.loadAtStart) at start, \(machine.loadAtEnd) at end (\(machine.cpus) CPUs; other load skews every number)")
-        out.append("daemon tunables: fault-around \(tunables.faultAround.map(String.init) ?? "default"), fill-chunk \(tunables.fillChunk.map(String.init) ?? "default")")
+        out.append("daemon tunables: fault-around \(tunables.faultAround.map(String.init) ?? "default"), fill-chunk \(tunables.fillChunk.map(String.init) ?? "default"), fill-chunk-max \(tunables.fillChunkMax.map(String.init) ?? "default"), spin-after-fault \(tunables.spinAfterFault.map(String.init) ?? "default")")
         out.append("")
         out.append("baselines (C)")
         for c in ceiling {
@@ -135,12 +135,18 @@ extension BenchReport {
             out.append("CRIU 4.2 against lazy-pagesd: one real criu dump per workload, restored with criu restore --lazy-pages")
             out.append("(criu restore started -> the daemon exited with every page home), alternating, median of the rounds")
             for row in criu {
-                let what = row.workload == "remote" ? "idle, page server on 127.0.0.1" : row.workload
-                out.append("  \(pad("\(what) \(row.bytes >> 20) MiB", 38)) CRIU \(fmt(row.criuMedian)) s  ours \(fmt(row.oursMedian)) s  CRIU/ours \(fmt(row.speedup))x  (load \(row.loadAtStart) -> \(row.loadAtEnd))")
+                let what = ["remote": "idle, page server on 127.0.0.1", "remote-tls": "idle, TLS page server on 127.0.0.1"][
+                    row.workload] ?? row.workload
+                out.append("  \(pad("\(what) \(row.bytes >> 20) MiB", 42)) CRIU \(fmt(row.criuMedian)) s  ours \(fmt(row.oursMedian)) s  CRIU/ours \(fmt(row.speedup))x  (load \(row.loadAtStart) -> \(row.loadAtEnd))")
                 out.append("       CRIU: \(row.criu.map { fmt($0.seconds) }.joined(separator: " ")) s, daemon CPU \(fmt(median(row.criu.map(\.daemonCPUSeconds)))) s, peak anon \(row.criu.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.criu))")
                 let fills = row.ours.compactMap(\.fillSeconds)
                 let fill = fills.isEmpty ? "" : " (fill alone \(fills.map(fmt).joined(separator: " ")) s)"
                 out.append("       ours: \(row.ours.map { fmt($0.seconds) }.joined(separator: " ")) s\(fill), daemon CPU \(fmt(median(row.ours.map(\.daemonCPUSeconds)))) s, peak anon \(row.ours.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.ours))")
+                if let arguments = row.variantArguments {
+                    let fills = row.variant.compactMap(\.fillSeconds)
+                    let fill = fills.isEmpty ? "" : " (fill alone \(fills.map(fmt).joined(separator: " ")) s)"
+                    out.append("       ours \(arguments.joined(separator: " ")): \(row.variant.map { fmt($0.seconds) }.joined(separator: " ")) s\(fill), median \(fmt(row.variantMedian)) s, CRIU/variant \(fmt(row.variantSpeedup))x, daemon CPU \(fmt(median(row.variant.map(\.daemonCPUSeconds)))) s, peak anon \(row.variant.map(\.daemonPeakAnonKiB).max() ?? 0) KiB\(serverCPU(row.variant))")
+                }
             }
         }
         out.append("")

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,10 +31,10 @@ struct CRIUDump {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         for fifo in [readyFifo, resultFifo] {
             unlink(fifo)
-            guard mkfifo(fifo, 0o600) == 0 else { throw BenchError("mkfifo \(fifo): \(String(cString: strerror(errno)))") }
+            guard mkfifo(fifo, 0o600) == 0 else { throw BenchError("mkfifo \(fifo): \(SystemCallError.reason(errno))") }
         }
         let ready = open(readyFifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard ready >= 0 else { throw BenchError("open \(readyFifo): \(String(cString: strerror(errno)))") }
+        guard ready >= 0 else { throw BenchError("open \(readyFifo): \(SystemCallError.reason(errno))") }
         defer { close(ready) }
         let child = try spawnDetached(
             path: workload,
@@ -105,7 +106,7 @@ func spawnDetached(path: String, arguments: [String], output: String) throws -> 
     let rc = (argv + [nil]).withUnsafeBufferPointer {
         posix_spawn(&child, path, &actions, &attributes, $0.baseAddress!, environ)
     }
-    guard rc == 0 else { throw BenchError("cannot start \(path): \(String(cString: strerror(rc)))") }
+    guard rc == 0 else { throw BenchError("cannot start \(path): \(SystemCallError.reason(rc))") }
     return child
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,13 +36,15 @@ struct CRIURestorer {
     let timeout: Double
 
     /// Restores `dump` lazily served by `monitor`: starts the daemon (with `remoteView`, it fetches from a fresh page
-    /// server of the same kind serving the dump), runs `criu restore --lazy-pages -d`, and wakes the restored
+    /// server of the same kind serving the dump; with `certificates`, both over TLS), runs `criu restore --lazy-pages -d`, and wakes the restored
     /// process group with SIGUSR1 — at once when `wakeAtOnce` (it works while the fill runs: reads, forks), else once
     /// the daemon has exited — and requires its `OK` on the result fifo. Timed: `criu restore` started → the daemon
     /// exited. The bench is the subreaper of what `criu restore -d` leaves, so the restored process is reaped (its
     /// pid free for the next restore) before this returns.
-    func restore(_ dump: CRIUDump, monitor: LazyMonitor, work: String, remoteView: String? = nil, wakeAtOnce: Bool)
-        throws
+    func restore(
+        _ dump: CRIUDump, monitor: LazyMonitor, work: String, remoteView: String? = nil,
+        certificates: BenchCertificates? = nil, wakeAtOnce: Bool, extraDaemonArguments: [String] = []
+    ) throws
         -> CRIURestoreResult
     {
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -49,15 +52,20 @@ struct CRIURestorer {
         var server: RemoteServer?
         defer { server?.stop() }
         if remoteView != nil {
-            server = try RemoteServer(monitor: monitor, dump: dump.directory, work: work, criu: criu, ours: pageServer)
+            server = try RemoteServer(
+                monitor: monitor, dump: dump.directory, work: work, criu: criu, ours: pageServer,
+                tlsArguments: certificates?.serverArguments ?? [])
         }
-        let remoteArguments = server.map { ["--page-server", "--address", PageServerRun.address, "--port", String($0.port)] } ?? []
+        let remoteArguments = server.map {
+            ["--page-server", "--address", PageServerRun.address, "--port", String($0.port)]
+                + (certificates?.clientArguments ?? [])
+        } ?? []
         let daemon: MonitorProcess
         switch monitor {
         case .ours:
             daemon = .ours(try DaemonRun(
                 binary: self.daemon, imagesDirectory: images, workDirectory: work, tunables: tunables,
-                extraArguments: remoteArguments))
+                extraArguments: remoteArguments + extraDaemonArguments))
         case .criu:
             daemon = .criu(try CRIUDaemon(
                 criu: criu, arguments: ["lazy-pages", "-D", images, "-W", work] + remoteArguments, work: work))
@@ -74,13 +82,13 @@ struct CRIURestorer {
             throw BenchError("criu restore (\(monitor.rawValue)) exited \(restoreStatus): \(CRIUDump.tail(work + "/restore.log"))")
         }
         let result = open(dump.resultFifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard result >= 0 else { throw BenchError("open \(dump.resultFifo): \(String(cString: strerror(errno)))") }
+        guard result >= 0 else { throw BenchError("open \(dump.resultFifo): \(SystemCallError.reason(errno))") }
         var reaped = false
         defer {
             close(result)
             if !reaped {  // the restored tree, when it did not end by itself (nothing else: it is not reaped yet)
                 kill(-dump.pid, SIGKILL)
-                while waitpid(dump.pid, nil, 0) < 0 && errno == EINTR {}
+                _ = WaitStatus.wait(for: dump.pid)
             }
         }
         if wakeAtOnce { kill(-dump.pid, SIGUSR1) }
@@ -96,7 +104,7 @@ struct CRIURestorer {
         if !wakeAtOnce { kill(-dump.pid, SIGUSR1) }
         let verdict = readLine(result, timeout: timeout)
         if !verdict.isEmpty {
-            while waitpid(dump.pid, nil, 0) < 0 && errno == EINTR {}
+            _ = WaitStatus.wait(for: dump.pid)
             reaped = true
         }
         let finished = try daemon.finish()
@@ -194,10 +202,13 @@ final class RemoteServer {
     private var criu: ChildProcess?
     let port: UInt16
 
-    init(monitor: LazyMonitor, dump: String, work: String, criu criuPath: String, ours oursPath: String) throws {
+    /// `tlsArguments`: the server's `--tls*` options (empty: plain TCP).
+    init(monitor: LazyMonitor, dump: String, work: String, criu criuPath: String, ours oursPath: String,
+         tlsArguments: [String] = []) throws {
         switch monitor {
         case .ours:
-            let run = try PageServerRun(binary: oursPath, imagesDirectory: dump, scratch: work)
+            let run = try PageServerRun(
+                binary: oursPath, imagesDirectory: dump, scratch: work, extraArguments: tlsArguments)
             ours = run
             port = run.port
         case .criu:
@@ -210,7 +221,7 @@ final class RemoteServer {
             let process = try startWithStatus(
                 criuPath,
                 ["page-server", "--lazy-pages", "-D", dump, "-W", serverWork, "--address", PageServerRun.address,
-                 "--port", String(chosen), "--status-fd", "3", "-o", "page-server.log", "-v3"],
+                 "--port", String(chosen), "--status-fd", "3", "-o", "page-server.log", "-v3"] + tlsArguments,
                 stdout: serverWork + "/stdout", stderr: serverWork + "/stderr", what: "criu page-server") {
                 CRIUDump.tail(log)
             }
@@ -257,7 +268,7 @@ private func startWithStatus(
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read, closed).
 private func freeLoopbackPort() throws -> UInt16 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw BenchError("socket: \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else { throw BenchError("socket: \(SystemCallError.reason(errno))") }
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -268,6 +279,6 @@ private func freeLoopbackPort() throws -> UInt16 {
             bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
         }
     }
-    guard bound else { throw BenchError("bind 127.0.0.1:0: \(String(cString: strerror(errno)))") }
+    guard bound else { throw BenchError("bind 127.0.0.1:0: \(SystemCallError.reason(errno))") }
     return UInt16(bigEndian: address.sin_port)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -62,7 +63,7 @@ final class ChildProcess {
         }
         guard rc == 0 else {
             close(exitEnds.read)
-            throw BenchError("cannot start \(path): \(String(cString: strerror(rc)))")
+            throw BenchError("cannot start \(path): \(SystemCallError.reason(rc))")
         }
         pid = child
         exitPipe = exitEnds.read
@@ -88,12 +89,9 @@ final class ChildProcess {
         if let usage { return usage }
         var raw: Int32 = 0
         var ru = rusage()
-        while wait4(pid, &raw, 0, &ru) < 0 {
-            if errno != EINTR { throw BenchError("wait4 \(pid): \(String(cString: strerror(errno)))") }
-        }
-        let signal = raw & 0x7F
+        do { _ = try systemCall("wait4 \(pid)") { wait4(pid, &raw, 0, &ru) } } catch { throw BenchError("\(error)") }
         let result = ChildUsage(
-            status: signal == 0 ? (raw >> 8) & 0xFF : -signal,
+            status: WaitStatus(raw).code,
             userSeconds: Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6,
             systemSeconds: Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6,
             maxRSSKiB: ru.ru_maxrss)
@@ -108,7 +106,7 @@ final class ChildProcess {
 /// A pipe, both ends close-on-exec.
 func makePipe() throws -> (read: Int32, write: Int32) {
     var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { throw BenchError("pipe: \(String(cString: strerror(errno)))") }
+    guard pipe(&fds) == 0 else { throw BenchError("pipe: \(SystemCallError.reason(errno))") }
     for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
     return (fds[0], fds[1])
 }
@@ -121,8 +119,7 @@ func readText(_ path: String) -> String {
     var bytes: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
-        let n = read(fd, &buffer, buffer.count)
-        if n < 0 && errno == EINTR { continue }
+        let n = retryingOnInterrupt { read(fd, &buffer, buffer.count) }
         if n <= 0 { break }
         bytes += buffer[0..<n]
     }
@@ -191,7 +188,7 @@ final class ScratchDirectory {
     let path: String
     init(prefix: String) throws {
         var template = Array("/tmp/\(prefix).XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw BenchError("mkdtemp: \(String(cString: strerror(errno)))") }
+        guard let made = mkdtemp(&template) else { throw BenchError("mkdtemp: \(SystemCallError.reason(errno))") }
         path = String(cString: made)
     }
 

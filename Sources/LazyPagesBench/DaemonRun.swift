@@ -7,6 +7,8 @@ import Glibc
 public struct DaemonTunables: Sendable, Codable, Equatable {
     public var faultAround: Int?
     public var fillChunk: Int?
+    public var fillChunkMax: Int?
+    public var spinAfterFault: Int?
     public var background = true
 
     public init(faultAround: Int? = nil, fillChunk: Int? = nil, background: Bool = true) {
@@ -19,6 +21,8 @@ public struct DaemonTunables: Sendable, Codable, Equatable {
         var args: [String] = []
         if let faultAround { args += ["--fault-around", String(faultAround)] }
         if let fillChunk { args += ["--fill-chunk", String(fillChunk)] }
+        if let fillChunkMax { args += ["--fill-chunk-max", String(fillChunkMax)] }
+        if let spinAfterFault { args += ["--spin-after-fault", String(spinAfterFault)] }
         if !background { args.append("--no-background") }
         return args
     }

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,13 +12,14 @@ final class PageServerRun {
     let process: ChildProcess
     let port: UInt16
 
-    init(binary: String, imagesDirectory: String, scratch: String) throws {
+    /// `extraArguments` go after the usual ones (e.g. `--tls*`).
+    init(binary: String, imagesDirectory: String, scratch: String, extraArguments: [String] = []) throws {
         let ends = try makePipe()
         let readEnd = ends.read
         defer { close(readEnd) }
         // Profiling hook, as for the daemon: $LP_BENCH_SERVER_PREFIX (e.g. "/usr/bin/strace -f -c -o /tmp/s").
         var path = binary
-        var arguments = ["page-server", "-D", imagesDirectory, "--address", Self.address, "--port", "0"]
+        var arguments = ["page-server", "-D", imagesDirectory, "--address", Self.address, "--port", "0"] + extraArguments
         if let prefix = ProcessInfo.processInfo.environment["LP_BENCH_SERVER_PREFIX"], !prefix.isEmpty {
             let words = prefix.split(separator: " ").map(String.init)
             path = words[0]
@@ -37,8 +39,7 @@ final class PageServerRun {
         var byte: UInt8 = 0
         while line.last != UInt8(ascii: "\n") {
             var entry = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
-            let ready = Glibc.poll(&entry, 1, 30_000)
-            if ready < 0 && errno == EINTR { continue }
+            let ready = retryingOnInterrupt { Glibc.poll(&entry, 1, 30_000) }
             guard ready > 0, read(readEnd, &byte, 1) == 1 else { break }
             line.append(byte)
         }

@@ -12,7 +12,7 @@ struct Bench: ParsableCommand {
             workload, (e) remote pages over loopback from `lazy-pages page-server` (demand faults, fill), \
             (f) concurrent restores, each through the real lazy-pages.socket protocol with lazy-pagesd, \
             lp-bench-workload and lp-workload found next to this executable; then (criu) real `criu dump`s of \
-            lp-criu-workload (idle, fork, random, and idle over a loopback page server) restored by \
+            lp-criu-workload (idle, fork, random, and idle over a loopback page server, plain and TLS) restored by \
             `criu restore --lazy-pages` with `criu lazy-pages` and with lazy-pagesd, alternating (--criu); prints a \
             table (or --json) with ratios against the baselines and CRIU, and removes the scratch files. Use a release build for real numbers \
             (Scripts/bench does).
@@ -51,6 +51,12 @@ struct Bench: ParsableCommand {
     @Option(help: "Passed to every lazy-pagesd (default: the daemon's).")
     var fillChunk: Int?
 
+    @Option(help: "Passed to every lazy-pagesd (default: the daemon's).")
+    var fillChunkMax: Int?
+
+    @Option(help: "Passed to every lazy-pagesd (default: the daemon's).")
+    var spinAfterFault: Int?
+
     @Option(help: "Seed of the page pattern and of the random touches.")
     var seed: UInt64 = 1
 
@@ -63,11 +69,16 @@ struct Bench: ParsableCommand {
     @Option(help: "The reference CRIU for the `criu` step.")
     var criu = "/var/tmp/lazy-pages-criu-4.2/criu-4.2/criu/criu"
 
-    @Option(help: "Workloads of the `criu` step, comma-separated: idle, fork, random, remote (default: all).")
+    @Option(help: "Workloads of the `criu` step, comma-separated: idle, fork, random, remote, remote-tls (default: all).")
     var criuWorkloads: String?
 
     @Option(help: "Alternating rounds per daemon in the `criu` step (default 3; --quick 1).")
     var criuRounds: Int?
+
+    @Option(help: ArgumentHelp(
+        "A second lazy-pagesd in the `criu` step with these flags added, space-separated, interleaved with the others.",
+        valueName: "flags"))
+    var criuVariant: String?
 
     var criuWorkloadList: [String] { criuWorkloads.map { $0.split(separator: ",").map(String.init) } ?? LazyPagesBench.criuWorkloads }
 
@@ -103,7 +114,12 @@ struct Bench: ParsableCommand {
             bytes: size, touches: min(touches ?? (quick ? 2000 : 20000), pages),
             ceilingRepeats: repeats ?? (quick ? 1 : 3), concurrentRestores: concurrent,
             concurrentBytes: concurrentSize ?? (quick ? 1 << 20 : 64 << 20),
-            tunables: DaemonTunables(faultAround: faultAround, fillChunk: fillChunk),
+            tunables: {
+                var tunables = DaemonTunables(faultAround: faultAround, fillChunk: fillChunk)
+                tunables.fillChunkMax = fillChunkMax
+                tunables.spinAfterFault = spinAfterFault
+                return tunables
+            }(),
             seed: seed, latencyDirectory: latencyDir, timeout: Double(timeout),
             binaries: .init(directory: ProcessInfo.processInfo.environment["LP_BENCH_BIN_DIR"] ?? directory))
         configuration.latencyRounds = rounds ?? (quick ? 1 : 3)
@@ -111,6 +127,7 @@ struct Bench: ParsableCommand {
         configuration.criu = criu
         configuration.criuWorkloadNames = criuWorkloadList
         configuration.criuRounds = criuRounds ?? (quick ? 1 : 3)
+        configuration.criuVariantArguments = criuVariant.map { $0.split(separator: " ").map(String.init) }
         let suite = BenchSuite(configuration: configuration) { step in
             FileHandle.standardError.write(Data("bench: \(step)\n".utf8))
         }

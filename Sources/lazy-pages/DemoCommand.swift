@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 import RestoreSimulator
 
@@ -36,7 +37,7 @@ struct Demo: ParsableCommand {
 
     /// What the image set really holds: whole pages, an equal share per task.
     var imageBytes: UInt64 {
-        UInt64(SyntheticImages.mixedPagesPerTask(tasks: tasks, totalBytes: size.bytes) * tasks * criuPageSize)
+        UInt64(SyntheticImages.mixedPagesPerTask(tasks: tasks, totalBytes: size.bytes) * tasks * basePageSize)
     }
 
     func validate() throws {
@@ -44,7 +45,7 @@ struct Demo: ParsableCommand {
         guard SimulationOptions.scenarios.contains(scenario) else {
             throw ValidationError("unknown scenario '\(scenario)'; known: \(SimulationOptions.scenarios.joined(separator: ", "))")
         }
-        let minimum = UInt64(SyntheticImages.minimumPagesPerTask * criuPageSize * tasks)
+        let minimum = UInt64(SyntheticImages.minimumPagesPerTask * basePageSize * tasks)
         guard size.bytes >= minimum else {
             throw ValidationError("--size \(size) is too small: each task gets at least "
                 + "\(SyntheticImages.minimumPagesPerTask) pages (\(ByteCount(bytes: minimum / UInt64(tasks)))), "
@@ -64,7 +65,7 @@ struct Demo: ParsableCommand {
         print("lazy-pages demo: writing a \(ByteCount(bytes: bytes)) image set of \(tasks) tasks to \(directory)")
         // Through the directory's descriptor (see DemoCleanup): a signal meanwhile need not wait for the writing.
         let handle = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard handle >= 0 else { throw ValidationError("cannot open \(directory): \(String(cString: strerror(errno)))") }
+        guard handle >= 0 else { throw ValidationError("cannot open \(directory): \(SystemCallError.reason(errno))") }
         defer { close(handle) }
         try SyntheticImages.writeMixed(directory: "/proc/self/fd/\(handle)", tasks: tasks, totalBytes: size.bytes)
 

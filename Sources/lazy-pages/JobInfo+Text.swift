@@ -13,8 +13,19 @@ extension JobInfo {
             + "\(pagesHome)/\(pagesExpected) pages  \(faults) faults  "
             + String(format: "%.1f MiB/s", rate) + "  uid \(owner)  \(socket)"
         if let name = spec.name { text += "  (\(name))" }
+        if let restarts, restarts > 0 {
+            let when = lastAdoptedAt.map { " (last adopted \(Self.timestamp($0)))" } ?? ""
+            text += "\n     re-adopted after \(restarts) daemon restart\(restarts == 1 ? "" : "s")\(when)"
+        }
         if let reason { text += "\n     \(state == .failed ? "failed" : "cancelled"): \(reason)" }
         return text
+    }
+
+    /// `2026-12-02T01:23:45Z` for a Unix time.
+    static func timestamp(_ seconds: Double) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: Date(timeIntervalSince1970: seconds))
     }
 
     static func bar(_ fraction: Double, width: Int = 20) -> String {

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LinuxSupport
 
 /// A one-line live progress bar on stderr: how far the restore has come, faults served, and the background fill's
 /// rate over the last tick; the final line gives the whole restore's average copy rate (the summary's figure).

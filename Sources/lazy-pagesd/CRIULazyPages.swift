@@ -4,6 +4,7 @@ import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
 import LazyPagesService
+import LinuxSupport
 import Logging
 import PageServer
 import PageServerCommandLine
@@ -26,11 +27,31 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("fault-around"), help: "Pages delivered per fault, the faulting one first.")
     var faultAround = 1
 
-    @Option(name: .customLong("fill-chunk"), help: "Pages per background copy.")
+    @Option(name: .customLong("fill-chunk"), help: "Pages per background copy after a fault.")
     var fillChunk = 64
+
+    @Option(name: .customLong("fill-chunk-max"),
+            help: "Pages a background copy grows to while no fault comes (doubling per copy; reset by a fault).")
+    var fillChunkMax = EngineConfiguration().fillChunkMaxPages
+
+    @Option(name: .customLong("spin-after-fault"),
+            help: "Microseconds the loop polls instead of sleeping after serving a fault (0: always sleep).")
+    var spinAfterFault = EngineConfiguration().spinAfterFaultMicroseconds
+
+    @Option(name: .customLong("remote-requests-per-step"),
+            help: "With --page-server: background requests one fill step sends together at most (1: one per step).")
+    var remoteRequestsPerStep = EngineConfiguration().remoteRequestsPerStep
 
     @Flag(name: .customLong("no-background"), help: "Serve faults only; never copy pages in the background.")
     var noBackground = false
+
+    @Flag(name: .customLong("early-fill"), inversion: .prefixedNo, exclusivity: .chooseLast,
+          help: "Start the background fill of each task as soon as its uffd arrives, before the restore has finished (local pages; --no-early-fill waits for the restore to finish, as criu lazy-pages does).")
+    var earlyFill = EngineConfiguration().fillBeforeAllTasksAnnounced
+
+    @Flag(name: .customLong("populate-source"), inversion: .prefixedNo, exclusivity: .chooseLast,
+          help: "Map the pages files into the daemon's page tables on a second thread as soon as they are opened (MADV_POPULATE_READ; reads ahead what is not cached).")
+    var populateSource = EngineConfiguration().populateSource
 
     @Option(name: .customLong("record-profile"),
             help: "When the restore completes, write the order in which it faulted pages to this file (a working-set profile for --prefetch-profile).")
@@ -50,6 +71,12 @@ struct CRIULazyPages: ParsableCommand {
     @Option(name: .customLong("port"), help: "The page server's TCP port (with --page-server).")
     var port: UInt16?
 
+    @Option(name: .customLong("ps-socket"),
+            help: ArgumentHelp(
+                "With --page-server: talk to the page server over this inherited, connected socket instead of connecting to --address and --port (as criu lazy-pages --ps-socket).",
+                discussion: "It cannot be opened again: a connection that fails ends the restore (every page still missing poisoned), and a daemon that dies mid-restore is not continued by a successor."))
+    var psSocket: Int32?
+
     @Option(name: .customLong("retries"), help: "Reconnect attempts after the page-server connection fails, before the restore fails.")
     var retries = 5
 
@@ -62,15 +89,27 @@ struct CRIULazyPages: ParsableCommand {
     @OptionGroup(title: "TLS (with --page-server)")
     var tls: TLSOptionGroup
 
+    @Flag(name: .customLong("no-handover"),
+          help: "If this daemon dies mid-restore, let the guardian end the restore's processes (as before hand-over existed) instead of starting a successor daemon that continues the restore.")
+    var noHandover = false
+
     @Flag(name: .customLong("no-guardian"),
           help: "Do not start lp-guardian (without it, if this daemon dies mid-restore, the restored processes read zero pages).")
     var noGuardian = false
 
+    /// Whether a successor may continue this restore: not with --no-handover, nor over an inherited connection.
+    var handsOver: Bool { !noHandover && psSocket == nil }
+
     func validate() throws {
         do { try engineConfiguration.validate() } catch { throw ValidationError(error.message(naming: "--\(error.setting.rawValue)")) }
-        if pageServer {
-            guard address != nil else { throw ValidationError("--page-server needs --address") }
-            guard port != nil else { throw ValidationError("--page-server needs --port") }
+        if pageServer && psSocket == nil {
+            guard address != nil else { throw ValidationError("--page-server needs --address (or --ps-socket)") }
+            guard port != nil else { throw ValidationError("--page-server needs --port (or --ps-socket)") }
+        }
+        if let psSocket {
+            if let problem = DescriptorCheck.inheritedStreamSocketProblem(psSocket) {
+                throw ValidationError("--ps-socket \(psSocket): \(problem)")
+            }
         }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
         guard retryDelay >= 0 else { throw ValidationError("--retry-delay must be 0 or more") }
@@ -80,37 +119,15 @@ struct CRIULazyPages: ParsableCommand {
     func run() throws {
         try criu.bootstrapLog(label: "lazy-pagesd")
         let logger = Logger(label: "lazy-pagesd")
-        if !pageServer && (address != nil || port != nil) {
-            // As in CRIU (a configuration file may set them for `criu dump --page-server`).
-            logger.warning("--address and --port are ignored without --page-server")
+        var options = try restoreOptions(logger: logger)
+        if psSocket != nil && !noHandover {
+            logger.notice("--ps-socket: the page-server connection is inherited and cannot be opened again; a daemon that dies mid-restore is not continued by a successor")
         }
-
-        var options = CRIURestore.Options(imagesDirectory: criu.imagesDirectory)
-        options.workDirectory = criu.resolvedWorkDirectory
-        options.engine = engineConfiguration
-        options.recordProfile = recordProfile != nil
-        options.guardian = !noGuardian
-        if let prefetchProfile {
-            do {
-                options.prefetchProfile = try loadProfile(prefetchProfile)
-            } catch {
-                reportFatal("cannot read the prefetch profile \(prefetchProfile): \(error)", logger: logger)
-                throw ExitCode.failure
-            }
-        }
-        if pageServer, let address, let port {
-            var server = PageServerClientOptions(host: address, port: port)
-            server.retries = retries
-            server.retryDelay = retryDelay
-            server.stallTimeout = stallTimeout
-            do {
-                server.tls = try tls.credentials(logger: logger)
-            } catch {
-                logger.critical("cannot start: \(error)")
-                printError("lazy-pagesd: \(error)")
-                throw ExitCode.failure
-            }
-            options.pages = .pageServer(server)
+        if handsOver && !noGuardian {
+            // How a successor serves this restore again: this command line, from this directory.
+            let description = HandoverDescription(
+                directory: FileManager.default.currentDirectoryPath, arguments: LazyPagesDaemon.parsedArguments)
+            options.journalDescription = try description.encoded()
         }
         let restore: CRIURestore
         do {
@@ -126,6 +143,29 @@ struct CRIULazyPages: ParsableCommand {
             reportFatal("\(error) (use --no-guardian to run without)", logger: logger)
             throw ExitCode.failure
         }
+        try writePidFile(logger: logger)
+        if let statusFD = criu.statusFD { signalReady(on: statusFD) }
+        detached?()
+        try finish(restore.run(), logger: logger)
+    }
+
+    /// A successor daemon (`lazy-pagesd adopt`, started by the guardian of a daemon that died): continues the
+    /// restore `journal` records, with this (the predecessor's) command line. Exits `LP_SUCCESSOR_EXIT_REFUSED`
+    /// when it cannot vouch for the restore (the waiting guardian then ends the processes).
+    func runAdopted(journal: RestoreJournal, readyPipe: Int32) throws {
+        try criu.bootstrapLog(label: "lazy-pagesd")
+        let logger = Logger(label: "lazy-pagesd")
+        let restore = try AdoptCommand.continueRestore(journal: journal, logger: logger) {
+            var options = try restoreOptions(logger: logger)
+            options.prefetchProfile = nil  // delivered or not, every pending page comes again anyway
+            options.recordProfile = false
+            return try CRIURestore(adopting: journal, options: options, readyPipe: readyPipe, logger: logger)
+        }
+        try writePidFile(logger: logger)
+        try finish(restore.run(), logger: logger)
+    }
+
+    private func writePidFile(logger: Logger) throws {
         if let pidFile = criu.pidPath {
             do {
                 try OutputFile.write("\(getpid())\n", to: pidFile)
@@ -134,9 +174,49 @@ struct CRIULazyPages: ParsableCommand {
                 throw ExitCode.failure
             }
         }
-        if let statusFD = criu.statusFD { signalReady(on: statusFD) }
-        detached?()
-        let report = restore.run()
+    }
+
+    /// The restore's options from the command line (the profile read, the page server's TLS credentials loaded).
+    func restoreOptions(logger: Logger) throws -> CRIURestore.Options {
+        if !pageServer && (address != nil || port != nil) {
+            // As in CRIU (a configuration file may set them for `criu dump --page-server`).
+            logger.warning("--address and --port are ignored without --page-server")
+        }
+
+        var options = CRIURestore.Options(imagesDirectory: criu.imagesDirectory)
+        options.workDirectory = criu.resolvedWorkDirectory
+        options.engine = engineConfiguration
+        options.recordProfile = recordProfile != nil
+        options.guardian = !noGuardian
+        options.handover = handsOver
+        if let prefetchProfile {
+            do {
+                options.prefetchProfile = try loadProfile(prefetchProfile)
+            } catch {
+                reportFatal("cannot read the prefetch profile \(prefetchProfile): \(error)", logger: logger)
+                throw ExitCode.failure
+            }
+        }
+        if pageServer, psSocket != nil || (address != nil && port != nil) {
+            var server = PageServerClientOptions(host: address ?? "", port: port ?? 0)
+            server.inheritedSocket = psSocket
+            server.retries = retries
+            server.retryDelay = retryDelay
+            server.stallTimeout = stallTimeout
+            do {
+                server.tls = try tls.credentials(logger: logger)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                printError("lazy-pagesd: \(error)")
+                throw ExitCode.failure
+            }
+            options.pages = .pageServer(server)
+        }
+        return options
+    }
+
+    /// Reports how the restore ended (summary, profile) and exits accordingly.
+    private func finish(_ report: RestoreReport, logger: Logger) throws {
         if let recordProfile, let recorded = report.profile {
             do {
                 try recorded.text.write(toFile: recordProfile, atomically: true, encoding: .utf8)
@@ -166,7 +246,12 @@ struct CRIULazyPages: ParsableCommand {
         var configuration = EngineConfiguration()
         configuration.faultAroundPages = faultAround
         configuration.fillChunkPages = fillChunk
+        configuration.fillChunkMaxPages = fillChunkMax
+        configuration.spinAfterFaultMicroseconds = spinAfterFault
+        configuration.remoteRequestsPerStep = remoteRequestsPerStep
         configuration.backgroundFill = !noBackground
+        configuration.fillBeforeAllTasksAnnounced = earlyFill
+        configuration.populateSource = populateSource
         return configuration
     }
 }

@@ -6,7 +6,7 @@ import LinuxSupport
 
 /// `lazy-pagesd`: the userfaultfd post-copy monitor.
 @main
-struct LazyPagesDaemon: ParsableCommand {
+struct LazyPagesDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lazy-pagesd",
         abstract: "A userfaultfd post-copy monitor: serves the memory of lazily restored processes.",
@@ -15,7 +15,7 @@ struct LazyPagesDaemon: ParsableCommand {
             directory, take the uffds of `criu restore --lazy-pages`, serve every page from the image directory, \
             exit 0 when every process has all its pages.
             """,
-        subcommands: [CRIULazyPages.self, FirecrackerCommand.self, ServeCommand.self],
+        subcommands: [CRIULazyPages.self, FirecrackerCommand.self, ServeCommand.self, AdoptCommand.self],
         defaultSubcommand: CRIULazyPages.self)
 
     /// The arguments for swift-argument-parser: `firecracker` and `serve` as given; everything else is a
@@ -24,7 +24,8 @@ struct LazyPagesDaemon: ParsableCommand {
     static func normalizedArguments(
         _ arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> [String] {
-        let own: [String?] = [FirecrackerCommand.configuration.commandName, ServeCommand.configuration.commandName]
+        let own: [String?] = [FirecrackerCommand.configuration.commandName, ServeCommand.configuration.commandName,
+                              AdoptCommand.configuration.commandName]
         // swift-argument-parser's own tool options (help, the man-page plugin's dump, completion scripts) describe
         // the whole command, not the default subcommand.
         let parserTools = ["help", "--help", "-h", "--experimental-dump-help"]
@@ -39,15 +40,28 @@ struct LazyPagesDaemon: ParsableCommand {
         }
     }
 
-    static func main() {
+    /// The arguments as parsed (after ``normalizedArguments``): a successor daemon parses the same ones again.
+    nonisolated(unsafe) static var parsedArguments: [String] = []
+
+    static func main() async {
         // A peer that hangs up must never kill the daemon; writes report EPIPE instead.
         signal(SIGPIPE, SIG_IGN)
         // A uffd per restored task and forked child: take every descriptor the hard limit allows.
         DescriptorLimit.raise()
         do {
             let arguments = try normalizedArguments(Array(CommandLine.arguments.dropFirst()))
+            parsedArguments = arguments
             var command = try parseAsRoot(arguments)
-            try command.run()
+            // `serve` runs a ServiceGroup (async); the other modes are synchronous and run on this thread as ever.
+            if var service = command as? AsyncParsableCommand {
+                if service is ServeCommand {
+                    ServeCommand.blockShutdownSignals()
+                    ServeCommand.takePassedDescriptors()
+                }
+                try await service.run()
+            } else {
+                try command.run()
+            }
         } catch {
             exit(withError: error)
         }

@@ -4,17 +4,22 @@ import Foundation
 import LazyPagesControl
 import LazyPagesService
 import Logging
+import ServiceLifecycle
 import SystemdSupport
 
 /// `lazy-pagesd serve`: the long-running service for every restore on the host, driven over its control socket.
-struct ServeCommand: ParsableCommand {
+struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Serve many restores (CRIU and Firecracker jobs) added through a control socket (`lazy-pages add`).",
         discussion: """
             The control socket comes from systemd (socket activation, LISTEN_FDS) when there is one, else it is \
             bound at --control-socket with mode 0660. SIGTERM or SIGINT shuts down gracefully: no new jobs, \
-            running restores get --shutdown-timeout seconds to finish, the rest are cancelled. The protocol is in \
+            running restores get --shutdown-timeout seconds to finish, the rest are cancelled. Under systemd with \
+            --fd-store-max N (and FileDescriptorStoreMax=N in the unit), every job's (CRIU or Firecracker) uffds, sockets, journal \
+            and record are kept in the service's file-descriptor store: a daemon that crashes or is killed is \
+            restarted by systemd (Restart=on-failure) and continues its jobs under the same ids; without it, a \
+            daemon that dies has its jobs' processes ended by their guardians. The protocol is in \
             docs/control-protocol.md; who may connect where, and what to configure, in docs/security.md.
             """)
 
@@ -67,6 +72,10 @@ struct ServeCommand: ParsableCommand {
             help: "Seconds a reply may wait for its client to read it before the client is disconnected.")
     var replyTimeout = 10
 
+    @Option(name: .customLong("fd-store-max"),
+            help: "Keep every job's descriptors in systemd's file-descriptor store, at most this many (the unit's FileDescriptorStoreMax=), so that a restarted daemon continues the jobs; 0 (the default) turns it off.")
+    var fdStoreMax = 0
+
     @Option(name: [.customShort("o"), .customLong("log-file")], help: "Write the log to this file instead of stderr.")
     var logFile: String?
 
@@ -74,6 +83,7 @@ struct ServeCommand: ParsableCommand {
     var verbose: Int
 
     func validate() throws {
+        guard fdStoreMax >= 0 else { throw ValidationError("--fd-store-max must be 0 or more") }
         guard shutdownTimeout >= 0 else { throw ValidationError("--shutdown-timeout must be 0 or more") }
         guard maxJobsPerUID >= 1 else { throw ValidationError("--max-jobs-per-uid must be at least 1") }
         guard maxUffdsPerJob >= 1 else { throw ValidationError("--max-uffds-per-job must be at least 1") }
@@ -114,16 +124,46 @@ struct ServeCommand: ParsableCommand {
         return entry.pointee.gr_gid
     }
 
-    func run() throws {
-        try bootstrapLogging(level: criuLogLevel(3 + verbose), file: logFile)
-        let logger = Logger(label: "lazy-pagesd")
-        // The signals that shut down are taken by sigwait on this thread: block them before any thread starts.
+    /// ServiceGroup takes SIGTERM and SIGINT through a signalfd (libdispatch's signal source on Linux), which sees a
+    /// signal only if no thread takes it first: `main` blocks both on the main thread before any other thread starts
+    /// (`run` itself already runs on Swift's thread pool), so that every thread inherits the mask.
+    static func blockShutdownSignals() {
         var shutdownSignals = sigset_t()
         sigemptyset(&shutdownSignals)
         sigaddset(&shutdownSignals, SIGTERM)
         sigaddset(&shutdownSignals, SIGINT)
         pthread_sigmask(SIG_BLOCK, &shutdownSignals, nil)
+    }
 
+    /// What systemd passed, taken by `takePassedDescriptors` before any other thread ran.
+    struct Passed {
+        var sockets: [SocketActivation.Socket] = []
+        var placed: [(name: String, descriptor: Int32)] = []
+        var unplaced: Set<String> = []
+        var activationError: SocketActivation.Error?
+    }
+    nonisolated(unsafe) static var passed = Passed()
+
+    /// What systemd passed (the control socket, and what the descriptor store kept of a predecessor's jobs), the
+    /// jobs' descriptors put back at their old numbers. `main` calls it on the main thread before anything else
+    /// opens a descriptor: Swift's thread pool opens its own (an epoll, an eventfd, a timerfd) when its first thread
+    /// starts, at the lowest free numbers, which with more descriptors passed than the predecessor had are numbers
+    /// the predecessor's jobs used (such a job could not be continued).
+    static func takePassedDescriptors() {
+        var result = Passed()
+        var sockets: [SocketActivation.Socket] = []
+        do { sockets = try SocketActivation.sockets() } catch { result.activationError = error }
+        (result.placed, result.unplaced) = LazyPagesService.placeStoredDescriptors(
+            sockets.filter { LazyPagesService.isStoredJobName($0.name) }.map { (name: $0.name, descriptor: $0.descriptor) })
+        result.sockets = sockets.filter { !LazyPagesService.isStoredJobName($0.name) }
+        passed = result
+    }
+
+    func run() async throws {
+        let (sockets, placed, unplaced, activationError) = (
+            Self.passed.sockets, Self.passed.placed, Self.passed.unplaced, Self.passed.activationError)
+        try bootstrapLogging(level: criuLogLevel(3 + verbose), file: logFile)
+        let logger = Logger(label: "lazy-pagesd")
         var options = LazyPagesService.Options()
         options.controlSocketPath = controlSocket
         options.limits.activeJobsPerUID = maxJobsPerUID
@@ -144,10 +184,16 @@ struct ServeCommand: ParsableCommand {
         }
         let notifier = SystemdNotifier()
         options.statusChanged = { notifier.status($0) }
+        options.descriptorStore = FileDescriptorStore(capacity: fdStoreMax)
+        if fdStoreMax > 0, options.descriptorStore == nil {
+            logger.warning("--fd-store-max is set but NOTIFY_SOCKET is not (not started by systemd as Type=notify): jobs are not kept across a restart")
+        }
+        options.storedDescriptors = placed
+        options.unplacedJobs = unplaced
         let service: LazyPagesService
         do {
-            let activated = try SocketActivation.sockets()
-            if let socket = activated.first(where: { $0.name == "control" }) ?? activated.first {
+            if let activationError { throw activationError }
+            if let socket = sockets.first(where: { $0.name == "control" }) ?? sockets.first {
                 options.activatedSocket = socket.descriptor
             }
             service = try LazyPagesService(options: options, logger: logger)
@@ -155,16 +201,21 @@ struct ServeCommand: ParsableCommand {
             reportFatal("\(error)", logger: logger, command: "lazy-pagesd serve")
             throw ExitCode.failure
         }
-        service.start()
-        var status = "serving on \(service.controlSocketDescription)"
-        if let port = service.metricsPort { status += "; metrics on \(options.metricsHost!):\(port)" }
-        notifier.ready(status: status)
-
-        var received: Int32 = 0
-        while sigwait(&shutdownSignals, &received) != 0 {}
-        logger.notice("shutdown requested", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
-        notifier.stopping(status: "shutting down: \(service.statusLine)")
-        let cancelled = service.shutdown(timeout: shutdownTimeout)
-        logger.notice("stopped", metadata: ["cancelled-jobs": "\(cancelled.count)"])
+        let serve = ServeService(
+            service, shutdownTimeout: shutdownTimeout, logger: logger,
+            started: { service in
+                var status = "serving on \(service.controlSocketDescription)"
+                if service.adoptedJobs > 0 { status += "; \(service.adoptedJobs) jobs taken over after a restart" }
+                if let port = service.metricsPort, let host = service.options.metricsHost {
+                    status += "; metrics on \(host):\(port)"
+                }
+                notifier.ready(status: status)
+            },
+            stopping: { service in notifier.stopping(status: "shutting down: \(service.statusLine)") })
+        // No maximumGracefulShutdownDuration: the service bounds its own shutdown (--shutdown-timeout, then cancel).
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: serve, serviceName: "serve")], gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
     }
 }

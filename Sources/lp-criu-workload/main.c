@@ -74,7 +74,7 @@ static int report(const char *path, const char *line)
 
 static void usage(void)
 {
-	note("usage: lp-criu-workload --mode idle|random|fork|zombie|threads|tree --mib N --seed S --ready FIFO "
+	note("usage: lp-criu-workload --mode idle|random|fork|zombie|threads|tree|guard --mib N --seed S --ready FIFO "
 	     "--result FIFO [--children K] [--threads T]");
 	exit(2);
 }

@@ -7,6 +7,7 @@
 // Anything else — another error, an inconsistent result, a trap — is a finding (libFuzzer saves the input).
 import CRIUImages
 import Foundation
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -16,7 +17,7 @@ let directory: String = {
     var template = Array("/tmp/lp-image-fuzz-XXXXXX".utf8CString)
     guard let made = mkdtemp(&template) else { fatalError("mkdtemp: errno \(errno)") }
     let path = String(cString: made)
-    let page = UInt64(criuPageSize)
+    let page = UInt64(basePageSize)
     let base: UInt64 = 0x7f00_0000_0000
     let fill = PagePattern.filler(seed: 7, base: base)
     try! ImageWriter.write(directory: path, processes: [
@@ -40,7 +41,7 @@ let originals: [String: Data] = Dictionary(uniqueKeysWithValues: targets.map {
 func check(_ image: ProcessImage) -> String? {
     var previousEnd: UInt64 = 0
     for run in image.lazyRuns {
-        if run.address % UInt64(criuPageSize) != 0 { return "lazy run at \(run.address) unaligned" }
+        if run.address % UInt64(basePageSize) != 0 { return "lazy run at \(run.address) unaligned" }
         if run.pageCount <= 0 { return "lazy run with \(run.pageCount) pages" }
         if run.address < previousEnd { return "lazy runs overlap or are out of order" }
         previousEnd = run.end
@@ -50,7 +51,7 @@ func check(_ image: ProcessImage) -> String? {
         if case .file(let path, let offset) = run.data {
             var status = stat()
             guard stat(path, &status) == 0 else { return "pages file missing" }
-            if offset + UInt64(run.pageCount * criuPageSize) > UInt64(status.st_size) { return "run data past the end" }
+            if offset + UInt64(run.pageCount * basePageSize) > UInt64(status.st_size) { return "run data past the end" }
         }
     }
     return nil
