@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // The C layer: module map + one header of static inline shims and constants. No logic.
@@ -25,19 +26,23 @@ let package = Package(
         // What Swift cannot import from Linux (epoll/eventfd/timerfd, pidfd, setfsuid, the CMSG_* macros): one header
         // of prefixed one-line shims, for LinuxSupport only.
         .systemLibrary(name: "CLinuxSupport"),
-        // The platform layer beside the engine: listeners, descriptor passing, mapped files, descriptor limits, epoll
-        // and wake-up events, peer credentials, descriptor types, wait statuses, one SystemCallError.
+        // The platform layer under everything else: listeners, descriptor passing, mapped files, descriptor limits,
+        // epoll and wake-up events, peer credentials, descriptor types, wait statuses, one SystemCallError and the
+        // one EINTR loop.
         .target(
             name: "LinuxSupport",
-            dependencies: ["CLinuxSupport", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: [
+                "CLinuxSupport", .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // The typed Swift API over a uffd.
         .target(
             name: "Userfaultfd",
-            dependencies: ["CUserfaultfd", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["CUserfaultfd", "LinuxSupport", .product(name: "SystemPackage", package: "swift-system")]),
         // CRIU image files: reading (validated) and writing.
         .target(
             name: "CRIUImages",
-            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: ["LinuxSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Protos"]),
         // The engine: address-space tracking, page sources, the per-restore event loop, background fill.
         .target(
@@ -66,7 +71,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // systemd's protocols, service side: sd_notify over NOTIFY_SOCKET and socket activation (LISTEN_FDS).
-        .target(name: "SystemdSupport"),
+        .target(name: "SystemdSupport", dependencies: ["LinuxSupport"]),
         // A minimal socket-activated Type=notify service the SystemdSupport tests start the way systemd does.
         .executableTarget(name: "sd-activation-testee", dependencies: ["SystemdSupport"]),
         // CRIU's page-server protocol: wire format, the server (serves an image directory) and the client (a remote
@@ -87,8 +92,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // The control protocol of `lazy-pagesd serve` (versioned line-delimited JSON) and its client.
-        .target(name: "LazyPagesControl"),
-        // `lazy-pagesd serve`: jobs (one session and thread each), the control socket, graceful shutdown, metrics.
+        .target(name: "LazyPagesControl", dependencies: ["LinuxSupport"]),
+        // `lazy-pagesd serve`: jobs (one session and thread each), the control socket, graceful shutdown (a
+        // swift-service-lifecycle `Service`), metrics.
         .target(
             name: "LazyPagesService",
             dependencies: [
@@ -96,6 +102,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         // Plays `criu restore --lazy-pages`: workload processes that register their memory and hand over uffds.
         .target(
@@ -118,6 +125,16 @@ let package = Package(
         .executableTarget(
             name: "lp-criu-workload", path: "Sources/lp-criu-workload",
             linkerSettings: [.linkedLibrary("pthread")]),
+        // Interposes malloc & co. to count one thread's allocations (C), for lp-fault-allocations only: linked into
+        // any other executable it would count nothing but still replace that executable's allocator entry points.
+        .target(name: "CAllocationCounter"),
+        // Counts the allocations of the engine's thread serving faults in steady state (FaultAllocationTests).
+        .executableTarget(
+            name: "lp-fault-allocations",
+            dependencies: [
+                "CAllocationCounter", "LazyPagesEngine", "Userfaultfd", "LinuxSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Benchmark reference points (C): the UFFDIO_COPY fill ceiling and the minimal-handler fault floor.
         .executableTarget(
             name: "lp-bench-baseline", dependencies: ["CDescriptorPassing"], path: "Sources/lp-bench-baseline"),
@@ -133,6 +150,7 @@ let package = Package(
         .target(
             name: "CRIUCommandLine",
             dependencies: [
+                "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -143,6 +161,7 @@ let package = Package(
                 "LazyPagesService", "LazyPagesControl", "CRIUCommandLine", "PageServerCommandLine", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         // `lazy-pages` runs the C helper programs it finds beside itself (demo and restore-sim start lp-workload;
         // bench its baselines and workload): depending on them makes `swift run lazy-pages demo` build them too.
@@ -155,18 +174,25 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        // Helpers shared by the test targets: finding built executables, running them.
-        .target(name: "TestSupport", dependencies: ["LinuxSupport"], path: "Tests/TestSupport"),
-        .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "TestSupport"]),
-        .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "TestSupport"]),
+        // Helpers shared by the test targets: finding built executables, running them, child processes, loggers, the
+        // heavy-test gate.
+        .target(
+            name: "TestSupport",
+            dependencies: ["RestoreSimulator", "LinuxSupport", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport"),
+        .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "LinuxSupport", "TestSupport"]),
+        .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "CRIUCommandLineTests", dependencies: ["CRIUCommandLine", "TestSupport"]),
         .testTarget(
             name: "ServiceTests",
-            dependencies: ["LazyPagesControl", "CRIUImages", "RestoreSimulator", "TestSupport"]),
-        .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport", "TestSupport"]),
+            dependencies: [
+                "LazyPagesControl", "LazyPagesService", "LazyPagesEngine", "LazyPagesCRIU", "LazyPagesFirecracker",
+                "CRIUImages", "RestoreSimulator", "LinuxSupport", "TestSupport",
+            ]),
+        .testTarget(name: "SystemdTests", dependencies: ["SystemdSupport", "LinuxSupport", "TestSupport"]),
         // Real `criu dump` / `criu restore --lazy-pages` of lp-criu-workload against lazy-pagesd, CRIU's page server,
         // our page server and CRIU's own daemon.
-        .testTarget(name: "CRIUEndToEndTests", dependencies: ["CRIUImages", "TestSupport"]),
+        .testTarget(name: "CRIUEndToEndTests", dependencies: ["CRIUImages", "LinuxSupport", "TestSupport"]),
         .testTarget(
             name: "FirecrackerTests",
             dependencies: [
@@ -180,12 +206,26 @@ let package = Package(
                 "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Engine units (address spaces, the copy policy, models, the journal), the engine in process over real faults,
+        // the fault path's allocation count.
         .testTarget(
-            name: "LazyPagesTests",
+            name: "EngineTests",
             dependencies: [
-                "LazyPagesEngine", "LazyPagesCRIU", "LinuxSupport", "RestoreSimulator", "CRIUImages", "Userfaultfd",
+                "LazyPagesEngine", "Userfaultfd", "LinuxSupport", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // The CRIU front end: restores through CRIU's lazy-pages socket against the emulator, hand-over, the guardian,
+        // zombies, memory cgroups, many tasks, the image fuzzer.
+        .testTarget(
+            name: "CRIUFrontEndTests",
+            dependencies: [
+                "LazyPagesCRIU", "LazyPagesEngine", "RestoreSimulator", "CRIUImages", "Userfaultfd", "LinuxSupport",
                 "TestSupport",
             ]),
+        // The executables' command lines (lazy-pagesd, lazy-pages demo, the zdtm drop-in, bench) and the import graph.
+        .testTarget(name: "CLITests", dependencies: ["RestoreSimulator", "CRIUImages", "LinuxSupport", "TestSupport"]),
+        // The platform module: errno policy, mapped files.
+        .testTarget(name: "LinuxSupportTests", dependencies: ["LinuxSupport", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )
@@ -194,5 +234,5 @@ let package = Package(
 // `-sanitize=fuzzer` in its own build directory): the default build and `swift test` never see it.
 if ProcessInfo.processInfo.environment["LP_LIBFUZZER"] != nil {
     package.targets.append(.executableTarget(
-        name: "lp-image-fuzz", dependencies: ["CRIUImages"], swiftSettings: [.define("LP_LIBFUZZER")]))
+        name: "lp-image-fuzz", dependencies: ["CRIUImages", "LinuxSupport"], swiftSettings: [.define("LP_LIBFUZZER")]))
 }

@@ -99,8 +99,7 @@ import Testing
 
     /// What CRIU itself rejects, or what the daemon cannot honour, is an error naming the option.
     static let refused: [(words: [String], message: String)] = [
-        (["--ps-socket", "3"], "--ps-socket 3: a page-server connection passed as a descriptor is not supported"),
-        (["--stream"], "--stream: image streaming"),
+        (["--stream"], "--stream: --stream cannot be used with the lazy-pages command (nor with criu lazy-pages)"),
         (["--ms"], "--ms is deprecated"),
         (["--log", "x"], "option '--log' is ambiguous; possibilities: '--log-file' '--log-pid'"),
         (["--tcp-close=1"], "option '--tcp-close' doesn't allow an argument"),
@@ -128,8 +127,8 @@ import Testing
         let words = ["--no-default-config", "--log-file", "page-server.log", "--images-dir", "/d", "--verbosity=4",
                      "--pidfile", "ps.pid", "--port", "12345", "--lazy-pages", "--status-fd", "7"]
         #expect(try Self.rewrite(words, .pageServer) == [
-            "--verbosity=4", "--criu-ignored=--lazy-pages: no meaning for page-server, ignored",
-            "--log-file=page-server.log", "--images-dir=/d", "--pidfile=ps.pid", "--port=12345", "--status-fd=7",
+            "--verbosity=4", "--log-file=page-server.log", "--images-dir=/d", "--pidfile=ps.pid", "--port=12345",
+            "--lazy-pages", "--status-fd=7",
         ])
         #expect(try Self.rewrite(["page-server", "-d", "--address=0.0.0.0"], .pageServer) == ["--daemon", "--address=0.0.0.0"])
         // --page-server means nothing to a page server.

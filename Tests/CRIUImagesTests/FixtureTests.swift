@@ -1,3 +1,4 @@
+import LinuxSupport
 import Testing
 
 @testable import CRIUImages
@@ -81,7 +82,7 @@ import Testing
     @Test func pagePatternMatchesTheFixture() throws {
         let process = try ImageSet(directory: fixtureDirectory).process(pid: 13288)
         let page = try #require(try lazyPage(process, at: regionA + 5 * pageSize))
-        var generated = [UInt8](repeating: 0, count: criuPageSize)
+        var generated = [UInt8](repeating: 0, count: basePageSize)
         generated.withUnsafeMutableBytes { PagePattern.fill(seed: 42, pageIndex: 5, into: $0) }
         let same = page == generated
         #expect(same)

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 import TestSupport
 import Testing
 
@@ -60,7 +61,7 @@ import Testing
             let matches = pageMatches(page, seed: 6, p: k)
             #expect(matches, "page \(k)")
         }
-        let eager = try readBytes(path: pages, offset: pageSize, count: criuPageSize)
+        let eager = try readBytes(path: pages, offset: pageSize, count: basePageSize)
         let eagerMatches = pageMatches(eager, seed: 5, p: 1)
         #expect(eagerMatches)
 
@@ -190,7 +191,7 @@ import Testing
     }
 
     @Test func pagePatternFiller() {
-        var page = [UInt8](repeating: 0, count: criuPageSize)
+        var page = [UInt8](repeating: 0, count: basePageSize)
         page.withUnsafeMutableBytes { PagePattern.filler(seed: 9, base: 0x1000)(0x3000, $0) }
         #expect(pageMatches(page, seed: 9, p: 2))
         #expect(PagePattern.word(seed: 9, pageIndex: 2, word: 7) == pattern(9, 2, 7))

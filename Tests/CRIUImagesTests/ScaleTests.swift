@@ -53,7 +53,8 @@ import Testing
         #expect(process.entries.count == 25_000)
         #expect(process.lazyRuns.count == 50_000)
         #expect(process.lazyRuns.allSatisfy { $0.pageCount == 1 })
-        #expect(elapsed < .seconds(3), "took \(elapsed)")  // debug build; release is far faster
+        // A safety net against a quadratic walk (50 000² steps take minutes), not a speed goal: those live in the bench.
+        #expect(elapsed < .seconds(30), "took \(elapsed)")
 
         // Entry 100 is the second present one: its second page is the 4th page of the file.
         let run = try #require(process.lazyRun(containing: a + 100 * 8 * pageSize + 2 * pageSize))

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 import SwiftProtobuf
 import TestSupport
 import Testing
@@ -8,7 +9,7 @@ import Testing
 /// The real CRIU 4.2 dump, found relative to the package root (`../shared/fixtures/criu-treeproc`).
 let fixtureDirectory = SharedFixtures.criuTreeproc
 
-let pageSize = UInt64(criuPageSize)
+let pageSize = UInt64(basePageSize)
 
 /// The fixture's pattern (`PagePattern` under another name, spelled out independently for the tests).
 func pattern(_ seed: UInt64, _ p: UInt64, _ w: UInt64) -> UInt64 {
@@ -17,9 +18,9 @@ func pattern(_ seed: UInt64, _ p: UInt64, _ w: UInt64) -> UInt64 {
 
 /// Checks one page against `pattern(seed, p, ·)`.
 func pageMatches(_ page: [UInt8], seed: UInt64, p: UInt64) -> Bool {
-    guard page.count == criuPageSize else { return false }
+    guard page.count == basePageSize else { return false }
     return page.withUnsafeBytes { bytes in
-        (0 ..< UInt64(criuPageSize / 8)).allSatisfy { w in
+        (0 ..< UInt64(basePageSize / 8)).allSatisfy { w in
             UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: Int(w) * 8, as: UInt64.self))
                 == pattern(seed, p, w)
         }
@@ -32,7 +33,7 @@ func lazyPage(_ process: ProcessImage, at address: UInt64) throws -> [UInt8]? {
     guard let run = process.lazyRun(containing: address), case .file(let path, let offset) = run.data else {
         return nil
     }
-    return try readBytes(path: path, offset: offset + (address - run.address), count: criuPageSize)
+    return try readBytes(path: path, offset: offset + (address - run.address), count: basePageSize)
 }
 
 func readBytes(path: String, offset: UInt64, count: Int) throws -> [UInt8] {

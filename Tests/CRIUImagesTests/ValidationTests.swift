@@ -230,6 +230,25 @@ import Testing
         expectImageError(file: temp.sub("mm-100.img"), "overlapping VMAs: VMA 1") { try open(temp.path) }
     }
 
+    /// CRIU 4.2 appends `madvise(MADV_GUARD_INSTALL)` ranges after the real VMAs, out of order and inside them
+    /// (zdtm maps12): they are left out, the real VMAs and their pages served; without the guard bit the same
+    /// entry is still refused.
+    @Test func guardPageEntriesAfterTheRealVMAsAreLeftOut() throws {
+        let temp = try TemporaryDirectory()
+        var guardRange = vma(0x11000, pages: 1)
+        guardRange.status = VMA.guardStatus
+        try write(temp.path, vmas: [vma(0x10000, pages: 4), vma(0x20000, pages: 1), guardRange],
+                  runs: [run(0x10000, 4, lazyPresent)])
+        let process = try ImageSet(directory: temp.path).process(pid: pid)
+        #expect(process.vmas.map(\.start) == [0x10000, 0x20000])
+        #expect(process.lazyRuns.map(\.pageCount) == [4])
+
+        let unflagged = try TemporaryDirectory()
+        try write(unflagged.path, vmas: [vma(0x10000, pages: 4), vma(0x20000, pages: 1), vma(0x11000, pages: 1)],
+                  runs: [run(0x10000, 4, lazyPresent)])
+        expectImageError(file: unflagged.sub("mm-100.img"), "unsorted VMAs: VMA 2") { try open(unflagged.path) }
+    }
+
     @Test func unalignedVMA() throws {
         let temp = try TemporaryDirectory()
         var bad = vma(0x10000, pages: 4)

@@ -5,6 +5,10 @@ import Logging
 import TestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The socket path of a Firecracker restore is the caller's choice: found by the control-protocol fuzzer, a path
 /// naming an existing file must never replace it, and a long file name must be an error or work, never a crash.
 @Suite struct SocketPathTests {

@@ -1,5 +1,6 @@
 import CRIUImages
 import Foundation
+import LinuxSupport
 import PageServer
 import Testing
 
@@ -32,18 +33,18 @@ struct CRIUClientTests {
                     let reply = PageServerMessage(decoding: header)
                     #expect(reply.cmd == (PageServerFlags.present << 16 | PageServerCommand.addWithFlags))
                     let pages = try validateReply(reply, to: request)
-                    let data = Wire.receive(fd, pages * criuPageSize)
-                    try #require(data.count == pages * criuPageSize)
+                    let data = Wire.receive(fd, pages * basePageSize)
+                    try #require(data.count == pages * basePageSize)
                     for i in 0..<pages {
-                        let pageAddress = address + UInt64(i * criuPageSize)
-                        let index = (pageAddress - RemoteImages.base) / UInt64(criuPageSize)
-                        let ok = data[(i * criuPageSize)..<((i + 1) * criuPageSize)].withUnsafeBytes {
+                        let pageAddress = address + UInt64(i * basePageSize)
+                        let index = (pageAddress - RemoteImages.base) / UInt64(basePageSize)
+                        let ok = data[(i * basePageSize)..<((i + 1) * basePageSize)].withUnsafeBytes {
                             PagePattern.matches(seed: 0xabc + UInt64(pid), pageIndex: index, $0)
                         }
                         #expect(ok, "page \(String(pageAddress, radix: 16)) of pid \(pid)")
                     }
                     received += pages
-                    address += UInt64(pages * criuPageSize)
+                    address += UInt64(pages * basePageSize)
                     left -= pages
                 }
             }
@@ -57,7 +58,7 @@ struct CRIUClientTests {
     @Test("one CRIU-style client gets every lazy page, byte for byte, then a clean close")
     func oneClient() throws {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let pages = try Self.criuStyleSession(port: server.port, images: images)
@@ -68,7 +69,7 @@ struct CRIUClientTests {
     @Test("several CRIU-style clients at once, each served every page")
     func severalClients() throws {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let results = ResultList()
@@ -83,7 +84,7 @@ struct CRIUClientTests {
     @Test("a request past the end of a run is clamped; an unknown address or pid gets nr_pages 0, then that connection is closed")
     func clampAndUnknown() throws {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let fd = try Wire.connect(port: server.port)
@@ -115,7 +116,7 @@ struct CRIUClientTests {
     @Test("a garbage command closes that connection only; others keep being served")
     func garbageCommand() throws {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let good = try Wire.connect(port: server.port)

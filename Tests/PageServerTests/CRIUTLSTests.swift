@@ -1,5 +1,6 @@
 import CRIUImages
 import Foundation
+import LinuxSupport
 import PageServer
 import TestSupport
 import Testing
@@ -138,7 +139,7 @@ struct CRIUTLSTests {
 
     static func credentials(_ identity: TestCertificates.Identity, ca: String, verifyName: Bool = true) throws -> TLSCredentials {
         try TLSCredentials(TLSOptions(caCertificate: ca, certificate: identity.certificate, key: identity.key,
-                                      verifyName: verifyName), logger: testLogger)
+                                      verifyName: verifyName), logger: remoteLogger)
     }
 
     @Test("criu page-server --tls serves every lazy page of a real dump to our TLS client, byte for byte",
@@ -161,14 +162,14 @@ struct CRIUTLSTests {
                     let header = wire.receive(PageServerMessage.size)
                     try #require(header.end == nil, "pid \(pid) 0x\(String(address, radix: 16)): \(header.end!) \(server.log.suffix(1500))")
                     let count = try validateReply(PageServerMessage(decoding: header.bytes), to: request)
-                    let data = wire.receive(count * criuPageSize)
+                    let data = wire.receive(count * basePageSize)
                     try #require(data.end == nil, "\(data.end!)")
                     let stored = try #require(truth.locate(pid: pid, address: address, maxPages: UInt64(count)))
-                    var expected = [UInt8](repeating: 0, count: count * criuPageSize)
+                    var expected = [UInt8](repeating: 0, count: count * basePageSize)
                     _ = expected.withUnsafeMutableBytes { pread(stored.descriptor, $0.baseAddress, $0.count, off_t(stored.offset)) }
                     #expect(data.bytes == expected, "pid \(pid) 0x\(String(address, radix: 16)) x\(count)")
                     pages += count
-                    address += UInt64(count * criuPageSize)
+                    address += UInt64(count * basePageSize)
                     left -= UInt64(count)
                 }
             }
@@ -218,7 +219,7 @@ struct CRIUTLSTests {
         // The handshake may finish on our side (TLS 1.3 checks the client last); not one page may come.
         if let wire = try? BlockingWire(port: server.port, tls: tls) {
             try? wire.send(PageServerMessage.get(pid: 13288, address: 0x7f8b_b260_0000, pageCount: 1).bytes)
-            let reply = wire.receive(PageServerMessage.size + criuPageSize)
+            let reply = wire.receive(PageServerMessage.size + basePageSize)
             #expect(reply.end != nil && reply.bytes.count < PageServerMessage.size, "served: \(reply.bytes.count) bytes")
         }
         #expect(server.waitForExit())

@@ -15,7 +15,7 @@ struct NetworkFaultTests {
     @Test("server killed mid-transfer (reply cut inside page data), refused while down, back again: the client reconnects, re-sends and finishes every byte")
     func killedAndRestarted() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         // 40 KiB + 100 bytes: a few answers, then a cut in the middle of one.
@@ -78,7 +78,7 @@ struct NetworkFaultTests {
         var options = PageServerClientOptions(host: "127.0.0.1", port: port)
         options.retries = 1
         options.retryDelay = 0.01
-        let client = PageServerClient(options: options, logger: testLogger)
+        let client = PageServerClient(options: options, logger: remoteLogger)
         #expect {
             _ = try LazyPagesSessionFactory.make(images, client)
         } throws: { error in
@@ -93,6 +93,6 @@ enum LazyPagesSessionFactory {
     static func make(_ images: RemoteImages, _ client: PageServerClient) throws -> LazyPagesSession {
         try LazyPagesSession(
             imagesDirectory: images.clientDirectory, workDirectory: images.workDirectory, remotePages: client,
-            logger: testLogger)
+            logger: remoteLogger)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 import TestSupport
 import Testing
 
@@ -248,12 +249,10 @@ final class NamespacedChild {
     private static func readByte(_ fd: Int32, _ timeoutMilliseconds: Int32) throws -> UInt8? {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while true {
-            let ready = poll(&entry, 1, timeoutMilliseconds)
-            if ready < 0 && errno == EINTR { continue }
+            let ready = retryingOnInterrupt { poll(&entry, 1, timeoutMilliseconds) }
             guard ready > 0 else { throw NamespaceError(description: "no readiness within \(timeoutMilliseconds) ms") }
             var byte: UInt8 = 0
-            let n = read(fd, &byte, 1)
-            if n < 0 && errno == EINTR { continue }
+            let n = retryingOnInterrupt { read(fd, &byte, 1) }
             return n == 1 ? byte : nil
         }
     }
@@ -265,15 +264,15 @@ final class NamespacedChild {
         var buffer = [UInt8](repeating: 0, count: 65536)
         var entry = pollfd(fd: outputPipe, events: Int16(POLLIN), revents: 0)
         while outputPipe >= 0 {
-            let ready = poll(&entry, 1, timeoutSeconds * 1000)
-            if ready < 0 && errno == EINTR { continue }
+            let ready = retryingOnInterrupt { poll(&entry, 1, timeoutSeconds * 1000) }
             if ready == 0 {
                 kill(pid, SIGKILL)
                 text += Array("\n[killed after \(timeoutSeconds) s]".utf8)
                 break
             }
-            let n = buffer.withUnsafeMutableBytes { read(outputPipe, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
+            let n = buffer.withUnsafeMutableBytes { raw in
+                retryingOnInterrupt { read(outputPipe, raw.baseAddress, raw.count) }
+            }
             if n <= 0 { break }
             text += buffer[..<n]
         }
@@ -291,8 +290,7 @@ final class NamespacedChild {
 
     private func reap() -> Int32 {
         if let reaped { return reaped }
-        let raw = waitpidRetrying(pid) ?? -1
-        let code: Int32 = raw & 0x7f == 0 ? (raw >> 8) & 0xff : -(raw & 0x7f)
+        let code = WaitStatus(waitpidRetrying(pid) ?? -1).code
         reaped = code
         if outputPipe >= 0 {
             close(outputPipe)

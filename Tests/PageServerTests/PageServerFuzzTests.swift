@@ -1,5 +1,6 @@
 import CRIUImages
 import Foundation
+import LinuxSupport
 import PageServer
 import TestSupport
 import Testing
@@ -43,7 +44,7 @@ import Glibc
                 // An unknown address is answered, then the connection is closed (probing costs a connection).
                 guard count > 0 else { return out }
                 if let found {
-                    var data = [UInt8](repeating: 0, count: Int(count) * criuPageSize)
+                    var data = [UInt8](repeating: 0, count: Int(count) * basePageSize)
                     _ = data.withUnsafeMutableBytes { pread(found.descriptor, $0.baseAddress, $0.count, off_t(found.offset)) }
                     out += data
                 }
@@ -66,7 +67,7 @@ import Glibc
             let pid = rng.pick(pids)
             let run = rng.pick(truth.runs[pid]!)
             var message = PageServerMessage.get(
-                pid: pid, address: run.address + UInt64(rng.below(run.pageCount)) * UInt64(criuPageSize),
+                pid: pid, address: run.address + UInt64(rng.below(run.pageCount)) * UInt64(basePageSize),
                 pageCount: rng.pick([1, 1, 2, 7, 16]))
             switch rng.below(16) {
             case 0: message.address += UInt64(1 + rng.below(4095))
@@ -104,8 +105,9 @@ import Glibc
             let ready = poll(&entry, 1, Int32(max(1, seconds(left) * 1000)))
             if ready < 0 && errno == EINTR { continue }
             guard ready > 0 else { return nil }
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
+            let n = chunk.withUnsafeMutableBytes { raw in
+                retryingOnInterrupt { recv(fd, raw.baseAddress, raw.count, 0) }
+            }
             if n <= 0 { return out }
             out += chunk[..<n]
         }
@@ -134,7 +136,7 @@ import Glibc
                     let run = rng.pick(truth.runs[pid]!)
                     let first = rng.below(run.pageCount)
                     let count = 1 + rng.below(min(16, run.pageCount - first))
-                    let request = PageServerMessage.get(pid: pid, address: run.address + UInt64(first * criuPageSize), pageCount: count)
+                    let request = PageServerMessage.get(pid: pid, address: run.address + UInt64(first * basePageSize), pageCount: count)
                     let expected = PageServerFuzzTests.expectedReplies(request.bytes, truth)
                     guard Wire.send(fd, request.bytes) else {
                         lock.withLock { problems.append("send failed") }
@@ -330,12 +332,12 @@ import Glibc
                     if choice % 5 == 0 { header.cmd = PageServerCommand.add }
                     if choice % 7 == 0 && header.pageCount > 1 {
                         header.pageCount -= 1
-                        reply = rebuilt(header, Array(data.prefix(Int(header.pageCount) * criuPageSize)))
+                        reply = rebuilt(header, Array(data.prefix(Int(header.pageCount) * basePageSize)))
                     } else {
                         reply = rebuilt(header, data)
                     }
                 case .wrongAddress:
-                    header.address = choice % 2 == 0 ? header.address &+ UInt64(criuPageSize) : header.address ^ UInt64(choice << 12)
+                    header.address = choice % 2 == 0 ? header.address &+ UInt64(basePageSize) : header.address ^ UInt64(choice << 12)
                     reply = rebuilt(header, data)
                 case .wrongPid:
                     header.destination &+= UInt64(1 + choice % 3)
@@ -348,7 +350,7 @@ import Glibc
                     reply = rebuilt(header, data)
                 case .oversized:
                     header.pageCount += UInt64(1 + choice % 4)
-                    reply = rebuilt(header, data + [UInt8](repeating: 0, count: Int(header.pageCount) * criuPageSize - data.count))
+                    reply = rebuilt(header, data + [UInt8](repeating: 0, count: Int(header.pageCount) * basePageSize - data.count))
                 case .zeroPages:
                     header.pageCount = 0
                     reply = rebuilt(header, [])

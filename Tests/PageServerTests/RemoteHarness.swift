@@ -2,6 +2,7 @@ import CRIUImages
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 import PageServer
 import RestoreSimulator
@@ -18,7 +19,7 @@ import Glibc
 /// mremap-swap) and VMA D (8 eager pages).
 struct RemoteImages {
     static let base: UInt64 = 0x5b00_0000_0000
-    static let page = UInt64(criuPageSize)
+    static let page = UInt64(basePageSize)
 
     let serverDirectory: String
     let clientDirectory: String
@@ -60,11 +61,8 @@ struct RemoteImages {
     static let lazyPagesPerTask = 200 + 96 + 96
 }
 
-let testLogger: Logger = {
-    var logger = Logger(label: "remote-test")
-    logger.logLevel = ProcessInfo.processInfo.environment["LP_TEST_LOG"] != nil ? .debug : .critical
-    return logger
-}()
+/// The remote tests' logger: critical only (their peers fail on purpose), everything with `LP_TEST_LOG`.
+let remoteLogger = testLogger("remote-test", level: .critical)
 
 /// How one remote restore ended.
 struct RemoteRestoreResult {
@@ -78,16 +76,17 @@ struct RemoteRestoreResult {
 /// server images (its workloads check every byte against the full image).
 func remoteRestore(
     _ images: RemoteImages, port: UInt16, host: String = "127.0.0.1", scenario: String, seed: UInt64 = 5,
-    configure: (inout PageServerClientOptions) -> Void = { _ in }, timeout: Duration = .seconds(45)
+    configure: (inout PageServerClientOptions) -> Void = { _ in }, timeout: Duration = .seconds(45),
+    engine: EngineConfiguration = EngineConfiguration()
 ) throws -> RemoteRestoreResult {
     var options = PageServerClientOptions(host: host, port: port)
     options.retryDelay = 0.05
     options.stallTimeout = 5
     configure(&options)
-    let client = PageServerClient(options: options, logger: testLogger)
+    let client = PageServerClient(options: options, logger: remoteLogger)
     let session = try LazyPagesSession(
-        imagesDirectory: images.clientDirectory, workDirectory: images.workDirectory, remotePages: client,
-        logger: testLogger)
+        imagesDirectory: images.clientDirectory, workDirectory: images.workDirectory, configuration: engine,
+        remotePages: client, logger: remoteLogger)
     let statistics = session.statistics
     let finished = DispatchSemaphore(value: 0)
     let box = ResultBox()
@@ -117,11 +116,6 @@ final class ResultBox: @unchecked Sendable {
     private var status: Int32?
     func set(_ o: RestoreOutcome, _ s: Int32?) { lock.withLock { outcome = o; status = s } }
     func get() -> (RestoreOutcome?, Int32?) { lock.withLock { (outcome, status) } }
-}
-
-func describe(_ report: SimulationReport) -> String {
-    report.tasks.map { "task \($0.virtualPid) status \($0.exitStatus):\n  " + $0.output.joined(separator: "\n  ") }
-        .joined(separator: "\n")
 }
 
 /// A restore from a page source that never completes an answer within `stallTimeout`: the client must give up after

@@ -13,7 +13,7 @@ struct RemoteRestoreTests {
           arguments: ["verify", "fork-storm", "mremap-swap", "madvise", "threads"])
     func scenario(_ scenario: String) async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let result = try remoteRestore(images, port: server.port, scenario: scenario)
@@ -28,10 +28,27 @@ struct RemoteRestoreTests {
         #expect(server.counters.connections == 1)
     }}
 
+    /// Without a background fill only the liveness probe learns that a process exited with pages pending. The
+    /// page-server client's timer (every 250 ms) keeps the loop's wait from ever timing out, so a probe that ran
+    /// only on a timed-out wait never ran: the restore never ended (`lazy-pages bench`'s remote demand step hung).
+    @Test("a process that exits with pages pending ends a remote restore without a background fill")
+    func exitWithPagesPendingWithoutFill() async throws { try await oneHeavyTestAtATime {
+        let images = try RemoteImages()
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
+        server.start()
+        defer { server.stop() }
+        var engine = EngineConfiguration()
+        engine.backgroundFill = false
+        let result = try remoteRestore(images, port: server.port, scenario: "exit-mid", engine: engine)
+        #expect(result.report.allPassed, "\(describe(result.report))")
+        #expect(result.outcome == .completed)
+        #expect(result.statistics[.processesExited] >= 1, "the exit was never noticed")
+    }}
+
     @Test("one server, many restores from one dump: one after the other, then three at once")
     func manyRestoresFromOneDump() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let first = try remoteRestore(images, port: server.port, scenario: "verify")

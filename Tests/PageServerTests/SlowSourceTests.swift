@@ -17,7 +17,7 @@ struct SlowSourceTests {
     @Test("a throttled source (1 MiB/s, 2 ms per answer): every byte right, in-flight pages bounded, faults served during the fill")
     func throttled() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let proxy = try ThrottlingProxy(target: server.port, bytesPerSecond: 1 << 20, replyDelay: 0.002)
@@ -49,7 +49,7 @@ struct SlowSourceTests {
     @Test("a source that trickles (2 KiB/s, below what the stall timeout allows): the client gives up, pages are poisoned, no zero page")
     func trickling() async throws { try await oneHeavyTestAtATime {
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let proxy = try ThrottlingProxy(target: server.port, bytesPerSecond: 2048)

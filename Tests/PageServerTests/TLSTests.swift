@@ -17,7 +17,7 @@ import Glibc
 struct TLSTests {
     static func credentials(_ identity: TestCertificates.Identity, ca: String, verifyName: Bool = true) throws -> TLSCredentials {
         try TLSCredentials(TLSOptions(caCertificate: ca, certificate: identity.certificate, key: identity.key,
-                                      verifyName: verifyName), logger: testLogger)
+                                      verifyName: verifyName), logger: remoteLogger)
     }
 
     /// Our page server over `images` with `identity` (default: the test CA's server certificate), started (stop it).
@@ -25,7 +25,7 @@ struct TLSTests {
                             as identity: TestCertificates.Identity? = nil) throws -> PageServer {
         let server = try PageServer(
             directory: images.serverDirectory, host: "127.0.0.1", port: 0,
-            tls: credentials(identity ?? certificates.server, ca: certificates.caCertificate), logger: testLogger)
+            tls: credentials(identity ?? certificates.server, ca: certificates.caCertificate), logger: remoteLogger)
         server.start()
         return server
     }
@@ -53,9 +53,9 @@ struct TLSTests {
         options.retries = 1
         options.retryDelay = 0.05
         options.stallTimeout = 5
-        let client = PageServerClient(options: options, logger: testLogger)
+        let client = PageServerClient(options: options, logger: remoteLogger)
         do {
-            let engine = try RestoreEngine(logger: testLogger)
+            let engine = try RestoreEngine(logger: remoteLogger)
             try client.start(engine: engine)
             client.close()
             return nil
@@ -104,7 +104,7 @@ struct TLSTests {
         let certificates = try TestCertificates()
         defer { certificates.remove() }
         let images = try RemoteImages()
-        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: testLogger)
+        let server = try PageServer(directory: images.serverDirectory, host: "127.0.0.1", port: 0, logger: remoteLogger)
         server.start()
         defer { server.stop() }
         let reason = try #require(Self.clientFailure(
@@ -167,7 +167,7 @@ struct TLSTests {
         ]
         for (options, named) in cases {
             #expect {
-                _ = try TLSCredentials(options, logger: testLogger)
+                _ = try TLSCredentials(options, logger: remoteLogger)
             } throws: { error in
                 "\(error)".contains(named)
             }

@@ -1,5 +1,7 @@
 import Foundation
+import LinuxSupport
 import PageServer
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -20,8 +22,9 @@ enum Wire {
     static func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, $0.count - done, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
+            let n = bytes.withUnsafeBytes { raw in
+                retryingOnInterrupt { Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL)) }
+            }
             if n <= 0 { return false }
             done += n
         }
@@ -29,17 +32,7 @@ enum Wire {
     }
 
     /// Reads exactly `count` bytes; fewer at end of file or error.
-    static func receive(_ fd: Int32, _ count: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var have = 0
-        while have < count {
-            let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + have, count - have, 0) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            have += n
-        }
-        return Array(out[0..<have])
-    }
+    static func receive(_ fd: Int32, _ count: Int) -> [UInt8] { readExactly(fd, count) }
 }
 
 /// A scripted page server for fault injection: accepts connections on a thread, reads request headers, and lets

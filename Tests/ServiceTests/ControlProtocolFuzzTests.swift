@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesControl
+import LinuxSupport
 import TestSupport
 import Testing
 
@@ -216,10 +217,9 @@ import Glibc
                     } catch { return false }
                     offset += n
                 } else {
-                    let sent = bytes[offset..<offset + n].withUnsafeBytes {
-                        send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    let sent = bytes[offset..<offset + n].withUnsafeBytes { raw in
+                        retryingOnInterrupt { send(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
                     }
-                    if sent < 0 && errno == EINTR { continue }
                     if sent < 0 && errno == EAGAIN {
                         // Many short lines: the daemon's replies fill our receive buffer while we still write, and it
                         // stops reading until we read them. Take the replies in while waiting for room.
@@ -250,29 +250,7 @@ import Glibc
         }
 
         private func sendWithDescriptor(_ bytes: [UInt8], _ extra: Int32) throws {
-            var data = bytes
-            let space = 24  // CMSG_SPACE(sizeof(int)) on 64-bit Linux
-            var control = [UInt8](repeating: 0, count: space)
-            control.withUnsafeMutableBytes { buffer in
-                buffer.storeBytes(of: 20, toByteOffset: 0, as: Int.self)  // CMSG_LEN(sizeof(int))
-                buffer.storeBytes(of: SOL_SOCKET, toByteOffset: 8, as: Int32.self)
-                buffer.storeBytes(of: Int32(SCM_RIGHTS), toByteOffset: 12, as: Int32.self)
-                buffer.storeBytes(of: extra, toByteOffset: 16, as: Int32.self)
-            }
-            let sent = data.withUnsafeMutableBytes { dataBuffer in
-                control.withUnsafeMutableBytes { controlBuffer in
-                    var iov = iovec(iov_base: dataBuffer.baseAddress, iov_len: dataBuffer.count)
-                    return withUnsafeMutablePointer(to: &iov) { iovPointer in
-                        var message = msghdr()
-                        message.msg_iov = iovPointer
-                        message.msg_iovlen = 1
-                        message.msg_control = controlBuffer.baseAddress
-                        message.msg_controllen = space
-                        return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
-                    }
-                }
-            }
-            if sent != bytes.count { throw Emulator.Failure(description: "sendmsg: errno \(errno)") }
+            try DescriptorPassing.send(socket: fd, bytes: bytes, descriptors: [extra])
         }
 
         /// The next reply line, or nil at end of file or after `timeout` seconds.
@@ -291,8 +269,9 @@ import Glibc
                 if ready < 0 && errno == EINTR { continue }
                 guard ready > 0 else { return nil }
                 var chunk = [UInt8](repeating: 0, count: 65536)
-                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n < 0 && errno == EINTR { continue }
+                let n = chunk.withUnsafeMutableBytes { raw in
+                    retryingOnInterrupt { recv(fd, raw.baseAddress, raw.count, 0) }
+                }
                 guard n > 0 else { return nil }
                 buffered += chunk[..<n]
             }

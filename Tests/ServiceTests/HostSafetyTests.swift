@@ -331,17 +331,10 @@ final class TCPTestListener {
     init() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         self.fd = fd
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &length) == 0
-            }
+        guard let port = bindLoopback(fd, listenBacklog: 16) else {
+            throw Emulator.Failure(description: "cannot listen: errno \(errno)")
         }
-        guard ok else { throw Emulator.Failure(description: "cannot listen: errno \(errno)") }
-        port = UInt16(bigEndian: address.sin_port)
+        self.port = port
     }
 
     deinit { close(fd) }

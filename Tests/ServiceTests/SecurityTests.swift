@@ -1,5 +1,6 @@
 import Foundation
 import LazyPagesControl
+import LinuxSupport
 import TestSupport
 import Testing
 
@@ -94,8 +95,9 @@ import Testing
         var sentLines = 0
         var outcome: Int32 = 0
         while outcome == 0 && sentLines < 1_000_000 {
-            let n = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
+            let n = line.withUnsafeBytes { raw in
+                retryingOnInterrupt { send(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL)) }
+            }
             if n < 0 { outcome = errno } else { sentLines += 1 }
         }
         withExtendedLifetime(connection) {}

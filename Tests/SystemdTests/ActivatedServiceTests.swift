@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 import TestSupport
 import Testing
 
@@ -82,14 +83,13 @@ final class Service {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1024)
         while true {
-            let n = chunk.withUnsafeMutableBytes { read(stdoutRead, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
+            let n = chunk.withUnsafeMutableBytes { raw in
+                retryingOnInterrupt { read(stdoutRead, raw.baseAddress, raw.count) }
+            }
             if n <= 0 { break }
             bytes += chunk[..<n]
         }
         output = String(decoding: bytes, as: UTF8.self)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return status & 0x7F == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+        return WaitStatus(waitpidRetrying(pid) ?? 0).code
     }
 }

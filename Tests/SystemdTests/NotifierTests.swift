@@ -68,3 +68,65 @@ import Testing
         }
     }
 }
+
+/// The descriptor store's messages (`FDSTORE=1`, `FDNAME=`, `FDPOLL=0`, `FDSTOREREMOVE=1`), received as systemd
+/// receives them: one datagram with the descriptors attached (`SCM_RIGHTS`).
+@Suite struct FileDescriptorStoreTests {
+    @Test func withoutNotifySocketOrCapacityThereIsNoStore() {
+        #expect(FileDescriptorStore(capacity: 8, environment: [:]) == nil)
+        #expect(FileDescriptorStore(capacity: 0, environment: ["NOTIFY_SOCKET": "/run/x"]) == nil)
+    }
+
+    @Test func storedDescriptorsArriveWithTheirNameAndPollSetting() throws {
+        let directory = try TemporaryDirectory()
+        let receiver = try NotifySocket(path: directory.path + "/notify")
+        let store = try #require(FileDescriptorStore(capacity: 3, environment: ["NOTIFY_SOCKET": receiver.address]))
+        var pipeEnds: [Int32] = [0, 0]
+        #expect(pipe(&pipeEnds) == 0)
+        defer { close(pipeEnds[0]); close(pipeEnds[1]) }
+        try store.store([pipeEnds[0]], name: "lpj.7.uffd.1", poll: false)
+        let (text, descriptors) = try receiver.receiveWithDescriptors()
+        #expect(text == "FDSTORE=1\nFDNAME=lpj.7.uffd.1\nFDPOLL=0\n")
+        #expect(descriptors.count == 1)
+        // The very same open file: what is written into the pipe is read through the received descriptor.
+        #expect(write(pipeEnds[1], "x", 1) == 1)
+        var byte: UInt8 = 0
+        #expect(read(descriptors[0], &byte, 1) == 1 && byte == UInt8(ascii: "x"))
+        descriptors.forEach { close($0) }
+
+        try store.store([pipeEnds[1]], name: "lpj.7.record")
+        let second = try receiver.receiveWithDescriptors()
+        #expect(second.text == "FDSTORE=1\nFDNAME=lpj.7.record\n")
+        second.descriptors.forEach { close($0) }
+        #expect(store.count == 2)
+
+        try store.remove(name: "lpj.7.uffd.1")
+        let removal = try receiver.receiveWithDescriptors()
+        #expect(removal.text == "FDSTOREREMOVE=1\nFDNAME=lpj.7.uffd.1\n")
+        #expect(removal.descriptors.isEmpty)
+        #expect(store.count == 1)
+    }
+
+    @Test func theStoreRefusesBeyondItsCapacityAndBadNames() throws {
+        let directory = try TemporaryDirectory()
+        let receiver = try NotifySocket(path: directory.path + "/notify")
+        let store = try #require(FileDescriptorStore(capacity: 1, environment: ["NOTIFY_SOCKET": receiver.address]))
+        try store.store([0], name: "one")
+        try receiver.receiveWithDescriptors().descriptors.forEach { close($0) }
+        #expect(throws: FileDescriptorStore.Error.self) { try store.store([0], name: "two") }
+        #expect(store.count == 1)
+        #expect(throws: FileDescriptorStore.Error.self) { try store.store([0], name: "a:b") }
+        #expect(!FileDescriptorStore.isValidName(""))
+        #expect(!FileDescriptorStore.isValidName(String(repeating: "x", count: 256)))
+        #expect(!FileDescriptorStore.isValidName("with space"))
+        #expect(FileDescriptorStore.isValidName("lpj.12.uffd.3"))
+        store.adopt(name: "came-back", count: 0)
+        #expect(throws: FileDescriptorStore.Error.self) { try store.store([0], name: "three") }
+    }
+
+    @Test func nobodyListeningIsAnErrorNotASilentDrop() throws {
+        let store = try #require(FileDescriptorStore(capacity: 4, environment: ["NOTIFY_SOCKET": "/nonexistent/notify"]))
+        #expect(throws: FileDescriptorStore.Error.self) { try store.store([0], name: "x") }
+        #expect(store.count == 0)
+    }
+}

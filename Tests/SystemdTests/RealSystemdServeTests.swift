@@ -33,3 +33,31 @@ import TestSupport
         #expect(!output.stdout.split(separator: "\n").contains { $0.hasPrefix("FAILED: ") }, "\(output.stdout)")
     }}
 }
+
+/// The restart the restored processes never notice, under the real systemd with the project's units and the
+/// descriptor store on, through `Scripts/systemd-serve-restart`: `kill -9` of the service mid-restore with a CRIU
+/// and a Firecracker job (the CRIU job re-adopted under its id and owner and completed with every byte right,
+/// `status` showing the restart; the Firecracker job re-adopted too, its VM reading every byte right after the
+/// restart), and a corrupt record (that job's tasks
+/// killed with the reason, the other job completed). `LP_RESTART_ROUNDS` adds random kills (0 wrong pages required).
+@Suite(.serialized) struct RealSystemdRestartTests {
+    static let script: String? = {
+        let here = URL(fileURLWithPath: #filePath)
+        let path = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Scripts/systemd-serve-restart").path
+        return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+    }()
+
+    static var runnable: Bool { RealSystemdServeTests.runnable && script != nil }
+
+    @Test(.enabled(if: runnable, "needs root, /usr/lib/systemd/systemd and unshare(1)"), .timeLimit(.minutes(20)))
+    func aKilledServiceIsRestartedAndContinuesItsJobs() async throws { try await oneHeavyTestAtATime {
+        let bin = URL(fileURLWithPath: try BuiltProducts.path(of: "lazy-pagesd")).deletingLastPathComponent().path
+        let rounds = ProcessInfo.processInfo.environment["LP_RESTART_ROUNDS"] ?? "0"
+        let output = try Spawn.run(["/usr/bin/env", "LP_BUILD_DIR=\(bin)", try #require(Self.script), rounds],
+                                   timeoutMilliseconds: 600_000)
+        #expect(output.exitCode == 0, "\(output.stdout)\n\(output.stderr)")
+        #expect(output.stdout.contains(", 0 failed"), "\(output.stdout)")
+        #expect(!output.stdout.split(separator: "\n").contains { $0.hasPrefix("FAILED: ") }, "\(output.stdout)")
+    }}
+}

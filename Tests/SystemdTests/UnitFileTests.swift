@@ -31,7 +31,13 @@ import Testing
     @Test func theServiceIsNotifyAndHardenedAndTheSocketIsNotWorldWritable() throws {
         let service = try settings(of: "lazy-pagesd.service")
         #expect(service["Type"] == ["notify"])
-        #expect(service["ExecStart"] == ["/usr/local/bin/lazy-pagesd serve"])
+        #expect(service["ExecStart"] == ["/usr/local/bin/lazy-pagesd serve --fd-store-max 16384"])
+        // The daemon counts what it stores against --fd-store-max: it must not exceed what systemd keeps (the
+        // excess would be dropped silently, and the job then not continued).
+        #expect(service["FileDescriptorStoreMax"] == ["16384"])
+        #expect(service["Restart"] == ["on-failure"])
+        // Guardians must outlive the main process long enough to do their work (RELIABILITY.md).
+        #expect(service["KillMode"] == ["control-group"])
         // Our own man page first (Scripts/install-systemd installs it; Scripts/first-contact checks it is made).
         #expect(service["Documentation"]?.first?.split(separator: " ").first == "man:lazy-pagesd(8)")
         #expect(service["NoNewPrivileges"] == ["yes"])
@@ -60,16 +66,5 @@ import Testing
     }
 
     /// Runs `argv` and returns its exit status and its stdout and stderr together.
-    func run(_ argv: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
+    func run(_ argv: [String]) throws -> (status: Int32, output: String) { try Spawn.runMerged(argv) }
 }

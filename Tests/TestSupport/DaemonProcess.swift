@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 /// `lazy-pagesd ARGS` started with extra environment variables, stdout and stderr going to files in `directory`.
 public final class DaemonProcess {
@@ -25,10 +26,9 @@ public final class DaemonProcess {
 
     /// Waits for the daemon to exit; its exit code, or minus the signal.
     public func wait() -> Int32 {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let raw = waitpidRetrying(pid) ?? 0
         reaped = true
-        return status & 0x7F == 0 ? (status >> 8) & 0xFF : -(status & 0x7F)
+        return WaitStatus(raw).code
     }
 
     public var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 /// One running `fc-emulator` (see `Sources/fc-emulator/main.c`): Firecracker's handshake, then a guest that checks
 /// every byte. stdin and stdout are socket pairs held by the test.
@@ -16,25 +17,18 @@ public final class Emulator {
     }
 
     /// How the emulator ended: its exit code, or the signal that killed it.
-    public enum Ending: Equatable, CustomStringConvertible {
-        case exited(Int32)
-        case signalled(Int32)
-        public var description: String {
-            switch self {
-            case .exited(let code): "exit \(code)"
-            case .signalled(let signal): "signal \(signal)"
-            }
-        }
-    }
+    public typealias Ending = WaitStatus
 
     public init(socket: String, memoryFile: String, regions: [String], handshake: String = "normal",
-         balloons: [String] = [], threads: Int = 1, wait: Bool = false, user: (uid: UInt32, gid: UInt32)? = nil) throws
+         balloons: [String] = [], threads: Int = 1, wait: Bool = false, progress: Int? = nil,
+         user: (uid: UInt32, gid: UInt32)? = nil) throws
     {
         var arguments = ["--socket", socket, "--mem-file", memoryFile, "--handshake", handshake,
                          "--threads", "\(threads)"]
         for region in regions { arguments += ["--region", region] }
         for balloon in balloons { arguments += ["--balloon", balloon] }
         if wait { arguments.append("--wait") }
+        if let progress { arguments += ["--progress", "\(progress)"] }
         var path = try BuiltProducts.path(of: "fc-emulator")
         if let user {
             // As another user (setpriv), e.g. a job's owner or an intruder.
@@ -100,8 +94,7 @@ public final class Emulator {
     private func readMore(timeout: Int32) -> Bool {
         guard output >= 0 else { return false }
         var entry = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&entry, 1, timeout * 1000)
-        if ready < 0 && errno == EINTR { return true }
+        let ready = retryingOnInterrupt { poll(&entry, 1, timeout * 1000) }
         guard ready > 0 else {
             kill(pid, SIGKILL)
             close(output)
@@ -109,8 +102,7 @@ public final class Emulator {
             return false
         }
         var chunk = [UInt8](repeating: 0, count: 4096)
-        let n = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { return true }
+        let n = chunk.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(output, raw.baseAddress, raw.count) } }
         guard n > 0 else {
             close(output)
             output = -1
@@ -126,10 +118,8 @@ public final class Emulator {
 
     @discardableResult
     public func reap() -> Ending {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = waitpidRetrying(pid) ?? 0
         reaped = true
-        let signal = status & 0x7F
-        return signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal)
+        return WaitStatus(status)
     }
 }

@@ -28,7 +28,7 @@ public final class PeerProcess {
     /// Starts `executable arguments` and returns once it is ready (at most `timeout` seconds, a safety net).
     public init(
         name: String, executable: String, arguments: [String], directory: String, readiness: Readiness,
-        timeout: Int32 = 60
+        timeout: Int32 = 60, extraDescriptors: [(Int32, ChildDescriptor)] = []
     ) throws {
         self.name = name
         stdoutPath = directory + "/\(name).out"
@@ -46,6 +46,7 @@ public final class PeerProcess {
         case .stdoutLine:
             descriptors.append((1, .duplicate(pair[1])))
         }
+        descriptors += extraDescriptors
         let spawned = Result { try spawnChild(executable, argv, descriptors: descriptors, removing: ["NOTIFY_SOCKET"]) }
         close(pair[1])
         guard case .success(let child) = spawned else {
@@ -90,11 +91,9 @@ public final class PeerProcess {
             guard left > .zero else { throw Failure(description: "\(name) was not ready within \(timeout) s") }
             var entry = pollfd(fd: signal, events: Int16(POLLIN), revents: 0)
             let ready = poll(&entry, 1, Int32(left.components.seconds * 1000) + 1)
-            if ready < 0 && errno == EINTR { continue }
             guard ready > 0 else { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
-            let n = chunk.withUnsafeMutableBytes { read(signal, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
+            let n = chunk.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(signal, raw.baseAddress, raw.count) } }
             guard n > 0 else { throw Failure(description: "\(name) exited or closed its readiness descriptor first") }
             bytes += chunk[..<n]
         }
@@ -110,8 +109,7 @@ public final class PeerProcess {
         if pidfd >= 0 {
             defer { close(pidfd) }
             var entry = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
-            var ready: Int32
-            repeat { ready = poll(&entry, 1, timeout * 1000) } while ready < 0 && errno == EINTR
+            let ready = retryingOnInterrupt { poll(&entry, 1, timeout * 1000) }
             if ready == 0 {
                 kill(pid, SIGKILL)
                 status = decode(waitpidRetrying(pid) ?? 0)
@@ -130,7 +128,7 @@ public final class PeerProcess {
         return try wait(timeout: timeout)
     }
 
-    private func decode(_ raw: Int32) -> Int32 { raw & 0x7F == 0 ? (raw >> 8) & 0xFF : -(raw & 0x7F) }
+    private func decode(_ raw: Int32) -> Int32 { WaitStatus(raw).code }
 
     public var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
     public var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }

@@ -160,7 +160,7 @@ public final class CRIURun {
     }
 
     /// Every process whose process group is `group` (from /proc/PID/stat), zombies included.
-    static func processGroup(_ group: pid_t) -> [pid_t] {
+    public static func processGroup(_ group: pid_t) -> [pid_t] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { entry -> pid_t? in
             guard let candidate = pid_t(entry),
@@ -206,17 +206,60 @@ public final class CRIURun {
     public func startCRIUPageServer() throws -> (PeerProcess, UInt16) {
         let port = try freeLoopbackPort()
         let server = try start(
-            name: "criu-page-server", executable: criu,
-            arguments: ["page-server", "--lazy-pages", "-D", images, "--address", "127.0.0.1", "--port", "\(port)",
-                        "-o", "page-server.log", "-v4"])
+            name: "criu-page-server", executable: criu, arguments: Self.pageServerArguments(images: images, port: port))
         return (server, port)
     }
 
-    /// Our `lazy-pages page-server` serving `images` on a port of its choosing; its port. It runs until stopped.
-    public func startOurPageServer() throws -> (PeerProcess, UInt16) {
+    /// A connected pair of sockets on which `page-server --lazy-pages --ps-socket 4` — CRIU's (`criu: true`) or
+    /// ours — serves `images` and a daemon talks to it with `--ps-socket 4` (`startDaemonOnSocket`), as CRIU's RPC
+    /// users hand them over: returns the page server and the daemon's end.
+    public func startPageServerOnSocketPair(criu ofCRIU: Bool) throws -> (server: PeerProcess, psSocketPeer: Int32) {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw Failure(description: "socketpair: errno \(errno)")
+        }
+        defer { close(pair[0]) }
+        let server = try start(
+            name: ofCRIU ? "criu-page-server" : "lazy-pages-page-server",
+            executable: ofCRIU ? criu : BuiltProducts.path(of: "lazy-pages"),
+            arguments: ["page-server", "--lazy-pages", "-D", images, "--ps-socket", "4", "-o", "page-server.log", "-v4"],
+            extraDescriptors: [(4, .duplicate(pair[0]))])
+        return (server, pair[1])
+    }
+
+    /// `lazy-pagesd` (or, `criu: true`, `criu lazy-pages`) `-D images -W work --page-server --ps-socket 4`, fd 4 a
+    /// duplicate of `socket` (closed here).
+    public func startDaemonOnSocket(_ socket: Int32, criu ofCRIU: Bool) throws -> PeerProcess {
+        defer { close(socket) }
+        return try start(
+            name: ofCRIU ? "criu-lazy-pages" : "lazy-pagesd",
+            executable: ofCRIU ? criu : BuiltProducts.path(of: "lazy-pagesd"),
+            arguments: (ofCRIU ? ["lazy-pages"] : [])
+                + ["-D", images, "-W", work, "-o", "lazy-pages.log", "-v4", "--page-server", "--ps-socket", "4"],
+            extraDescriptors: [(4, .duplicate(socket))])
+    }
+
+    /// Our `lazy-pages page-server` started with the command line of `criu page-server --lazy-pages` above (as zdtm
+    /// and CRIU's users start it): one session, so it too exits once its client is done.
+    public func startOurPageServerAsCRIU() throws -> (PeerProcess, UInt16) {
+        let port = try freeLoopbackPort()
+        let server = try start(
+            name: "lazy-pages-page-server", executable: BuiltProducts.path(of: "lazy-pages"),
+            arguments: Self.pageServerArguments(images: images, port: port))
+        return (server, port)
+    }
+
+    private static func pageServerArguments(images: String, port: UInt16) -> [String] {
+        ["page-server", "--lazy-pages", "-D", images, "--address", "127.0.0.1", "--port", "\(port)",
+         "-o", "page-server.log", "-v4"]
+    }
+
+    /// Our `lazy-pages page-server` serving `images` on a port of its choosing (`extra`: more options, e.g. TLS);
+    /// its port. It runs until stopped.
+    public func startOurPageServer(extra: [String] = []) throws -> (PeerProcess, UInt16) {
         let server = try PeerProcess(
             name: "lazy-pages-page-server", executable: BuiltProducts.path(of: "lazy-pages"),
-            arguments: ["page-server", "-D", images, "--address", "127.0.0.1", "--port", "0"],
+            arguments: ["page-server", "-D", images, "--address", "127.0.0.1", "--port", "0"] + extra,
             directory: directory, readiness: .stdoutLine("page-server: listening on port "))
         peers.append(server)
         guard let port = server.readyLine.split(separator: " ").last.flatMap({ UInt16($0) }) else {
@@ -232,10 +275,12 @@ public final class CRIURun {
         }
     }
 
-    private func start(name: String, executable: String, arguments: [String]) throws -> PeerProcess {
+    private func start(
+        name: String, executable: String, arguments: [String], extraDescriptors: [(Int32, ChildDescriptor)] = []
+    ) throws -> PeerProcess {
         let peer = try PeerProcess(
             name: name, executable: executable, arguments: arguments, directory: directory,
-            readiness: .statusDescriptor)
+            readiness: .statusDescriptor, extraDescriptors: extraDescriptors)
         peers.append(peer)
         return peer
     }
@@ -250,8 +295,18 @@ public final class CRIURun {
     /// `timeout` seconds (a safety net).
     public func result(timeout: Int32 = 120) throws -> String {
         let pidfd = ProcessDescriptor.open(pid)
+        let gone = pidfd < 0 && errno == ESRCH
         defer { if pidfd >= 0 { close(pidfd) } }
         do {
+            // Already reaped: whatever it wrote is in the fifo (a fifo without a writer would only time out).
+            if gone {
+                var chunk = [UInt8](repeating: 0, count: 1024)
+                let n = chunk.withUnsafeMutableBytes { read(resultFD, $0.baseAddress, $0.count) }
+                if n > 0, let newline = chunk[..<n].firstIndex(of: UInt8(ascii: "\n")) {
+                    return String(decoding: chunk[..<newline], as: UTF8.self)
+                }
+                throw Failure(description: "the workload exited without the workload's result")
+            }
             return try Self.readLine(resultFD, watching: pidfd >= 0 ? pidfd : nil, timeout: timeout, what: "the workload's result")
         } catch {
             throw Failure(description: "\(error)\n\(logs())")
@@ -273,13 +328,13 @@ public final class CRIURun {
             guard ready > 0 else { continue }
             if entries[0].revents != 0 {
                 var chunk = [UInt8](repeating: 0, count: 1024)
-                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                let n = chunk.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(fd, raw.baseAddress, raw.count) } }
                 if n > 0 {
                     bytes += chunk[..<n]
                     continue
                 }
                 if n == 0 { throw Failure(description: "\(what): the writer closed without a full line") }
-                if errno != EAGAIN && errno != EINTR { throw Failure(description: "\(what): read errno \(errno)") }
+                if errno != EAGAIN { throw Failure(description: "\(what): read errno \(errno)") }
             }
             if entries.count > 1 && entries[1].revents != 0 {
                 // The process is gone; whatever it wrote is already in the fifo.

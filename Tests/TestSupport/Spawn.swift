@@ -1,12 +1,15 @@
+import Foundation
 import Glibc
+import LinuxSupport
 
-/// Runs a program to completion with `posix_spawn` (the test process is never forked) and captures its output.
+/// Runs a program to completion with `posix_spawn` (the test process is never forked; an empty signal mask and
+/// default dispositions, `SpawnAttributes`) and captures its output.
 public enum Spawn {
     public struct Output {
         public var status: Int32
         public var stdout: String
         public var stderr: String
-        public var exitCode: Int32? { status & 0x7f == 0 ? (status >> 8) & 0xff : nil }
+        public var exitCode: Int32? { WaitStatus(status).exitCode }
     }
 
     public struct Failure: Error, CustomStringConvertible {
@@ -27,8 +30,10 @@ public enum Spawn {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, out[1], 1)
         posix_spawn_file_actions_adddup2(&actions, err[1], 2)
+        // An empty signal mask and default dispositions, as for every child of the tests (`SpawnAttributes`).
+        let attributes = SpawnAttributes()
         var pid: pid_t = 0
-        let rc = withCStrings(argv) { posix_spawnp(&pid, argv[0], &actions, nil, $0, environ) }
+        let rc = withCStrings(argv) { posix_spawnp(&pid, argv[0], &actions, &attributes.value, $0, environ) }
         close(out[1])
         close(err[1])
         defer {
@@ -42,18 +47,17 @@ public enum Spawn {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while !open.isEmpty {
             var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&fds, nfds_t(fds.count), timeoutMilliseconds)
-            if ready < 0 && errno == EINTR { continue }
+            let ready = retryingOnInterrupt { poll(&fds, nfds_t(fds.count), timeoutMilliseconds) }
             guard ready > 0 else {
                 kill(pid, SIGKILL)
                 _ = waitpidRetrying(pid)
                 throw Failure(description: "\(argv) produced no output within the timeout")
             }
             for entry in fds where entry.revents != 0 {
-                let n = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
+                let n = buffer.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(entry.fd, raw.baseAddress, raw.count) } }
                 if n > 0 {
                     captured[entry.fd]! += buffer[..<n]
-                } else if n == 0 || errno != EINTR {
+                } else {
                     open.removeAll { $0 == entry.fd }
                 }
             }
@@ -65,18 +69,29 @@ public enum Spawn {
     }
 
     /// The first of `candidates` that is an executable file.
+    /// Runs `argv` with stdout and stderr on one pipe (as `2>&1 | tee` does): its exit status and that output.
+    public static func runMerged(_ argv: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
     public static func tool(_ candidates: String...) -> String? {
         candidates.first { access($0, X_OK) == 0 }
     }
 }
 
-/// `waitpid` retried on `EINTR`; the raw status, or nil on failure.
+/// `waitpid` retried on `EINTR`; the raw status (`WaitStatus` decodes it), or nil on failure.
 public func waitpidRetrying(_ pid: pid_t) -> Int32? {
     var status: Int32 = 0
-    while true {
-        if waitpid(pid, &status, 0) == pid { return status }
-        if errno != EINTR { return nil }
-    }
+    return retryingOnInterrupt { waitpid(pid, &status, 0) } == pid ? status : nil
 }
 
 /// Calls `body` with a NULL-terminated C array of `strings`.

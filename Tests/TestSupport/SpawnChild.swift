@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 /// What one descriptor of a spawned child is.
 public enum ChildDescriptor {
@@ -28,18 +29,9 @@ public func spawnChild(
         case .duplicate(let fd): posix_spawn_file_actions_adddup2(&actions, fd, target)
         }
     }
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    var allSignals = sigset_t()
-    sigfillset(&allSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    posix_spawnattr_setsigdefault(&attributes, &allSignals)
     // POSIX_SPAWN_SETSID (glibc 2.26) is a GNU extension the Glibc module does not export.
-    let setSession: Int32 = newSession ? 0x80 : 0
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | setSession))
+    // An empty signal mask and default dispositions (the test runner's threads block SIGTERM, among others).
+    let attributes = SpawnAttributes(flags: newSession ? 0x80 : 0)
     let inherited = ProcessInfo.processInfo.environment.filter { !removing.contains($0.key) }
         .map { "\($0.key)=\($0.value)" }
     let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) }
@@ -51,10 +43,10 @@ public func spawnChild(
     var child: pid_t = 0
     let rc = (argv + [nil]).withUnsafeBufferPointer { a in
         (envp + [nil]).withUnsafeBufferPointer { e in
-            posix_spawn(&child, path, &actions, &attributes, a.baseAddress!, e.baseAddress!)
+            posix_spawn(&child, path, &actions, &attributes.value, a.baseAddress!, e.baseAddress!)
         }
     }
-    guard rc == 0 else { throw SpawnError(description: "posix_spawn \(path): \(String(cString: strerror(rc)))") }
+    guard rc == 0 else { throw SpawnError(description: "posix_spawn \(path): \(SystemCallError.reason(rc))") }
     return child
 }
 

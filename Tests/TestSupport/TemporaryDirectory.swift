@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -17,7 +18,7 @@ public enum TestScratch {
         let root = try Self.root.get()
         var template = Array("\(root)/\(prefix).XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else {
-            throw ScratchError(description: "mkdtemp \(root)/\(prefix).XXXXXX: \(String(cString: strerror(errno)))")
+            throw ScratchError(description: "mkdtemp \(root)/\(prefix).XXXXXX: \(SystemCallError.reason(errno))")
         }
         return String(cString: made)
     }
@@ -32,7 +33,7 @@ public enum TestScratch {
         removeOrphanedRoots()
         let path = rootPath
         guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
-            return .failure(ScratchError(description: "mkdir \(path): \(String(cString: strerror(errno)))"))
+            return .failure(ScratchError(description: "mkdir \(path): \(SystemCallError.reason(errno))"))
         }
         chmod(path, 0o755)  // whatever the umask
         atexit { TestScratch.removeRoot() }

@@ -1,4 +1,5 @@
 import Glibc
+import LinuxSupport
 import SystemPackage
 import Testing
 import Userfaultfd
@@ -80,7 +81,7 @@ struct FaultServingTests {
         let pattern = PagePattern(pages: 1, seed: 6)
         try testee.send("exit 7")
         let status = try testee.waitForExit()
-        #expect(status >> 8 == 7 && status & 0x7f == 0, "raw wait status \(status)")
+        #expect(WaitStatus(status) == .exited(7), "raw wait status \(status)")
         let outcome = testee.uffd.copy(to: testee.address(ofPage: 0), from: pattern.page(0), length: pattern.pageSize)
         #expect(outcome == .processGone(.noSuchProcess))
         #expect(testee.uffd.zeroPage(at: testee.address(ofPage: 1), length: pattern.pageSize)

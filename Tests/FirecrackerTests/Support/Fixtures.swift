@@ -40,19 +40,7 @@ final class SnapshotFixture {
 }
 
 /// Runs `session` on a dedicated thread; the returned closure waits for its outcome.
-func start(_ session: FirecrackerSession) -> () -> RestoreOutcome {
-    let done = DispatchSemaphore(value: 0)
-    nonisolated(unsafe) var outcome: RestoreOutcome = .failed(reason: "did not run")
-    let thread = Thread {
-        outcome = session.run()
-        done.signal()
-    }
-    thread.start()
-    return {
-        done.wait()
-        return outcome
-    }
-}
+func start(_ session: FirecrackerSession) -> () -> RestoreOutcome { onThread { session.run() } }
 
 /// Reserves 2 MiB huge pages for a test (`/proc/sys/vm/nr_hugepages`) and gives them back afterwards.
 final class HugePageReservation {

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
@@ -48,6 +49,14 @@ final class NotifySocket {
         guard n >= 0 else { throw TestFailure("recv: errno \(errno)") }
         return String(decoding: buffer[..<n], as: UTF8.self)
     }
+
+    /// The next datagram and the descriptors that came with it (`SCM_RIGHTS`, at most 8).
+    func receiveWithDescriptors() throws -> (text: String, descriptors: [Int32]) {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 30_000) == 1 else { throw TestFailure("no notification within 30 s") }
+        let received = try DescriptorPassing.receive(socket: descriptor, maxBytes: 4096, maxDescriptors: 8)
+        return (String(decoding: received.bytes, as: UTF8.self), received.descriptors)
+    }
 }
 
 /// A listening unix stream socket bound at `path`, as systemd opens a `ListenStream=` socket.
@@ -71,8 +80,7 @@ func connectAndRead(_ path: String) throws -> String {
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 1024)
     while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
+        let n = chunk.withUnsafeMutableBytes { raw in retryingOnInterrupt { read(fd, raw.baseAddress, raw.count) } }
         if n <= 0 { break }
         bytes += chunk[..<n]
     }

@@ -1,4 +1,5 @@
 import Glibc
+import LinuxSupport
 import Userfaultfd
 
 struct NoEvent: Error, CustomStringConvertible {
@@ -9,8 +10,7 @@ extension Userfaultfd {
     /// Waits (with `poll`, at most `Testee.timeoutMilliseconds`) until a message is queued, without reading it.
     func waitUntilReadable(timeoutMilliseconds: Int32 = Testee.timeoutMilliseconds) throws {
         var pfd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        var ready: Int32
-        repeat { ready = poll(&pfd, 1, timeoutMilliseconds) } while ready < 0 && errno == EINTR
+        let ready = retryingOnInterrupt { poll(&pfd, 1, timeoutMilliseconds) }
         guard ready > 0, pfd.revents & Int16(POLLIN) != 0 else {
             throw NoEvent(description: "no uffd message within \(timeoutMilliseconds) ms (revents \(pfd.revents))")
         }

@@ -1,3 +1,4 @@
+import LinuxSupport
 import TestSupport
 import Glibc
 import Userfaultfd
@@ -123,43 +124,22 @@ final class Testee {
     /// Receives one message (and a passed descriptor, if any), waiting at most `timeoutMilliseconds`.
     private static func receiveOne(_ socket: Int32) throws -> (Reply, Int32?) {
         var pfd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-        var ready: Int32
-        repeat { ready = poll(&pfd, 1, timeoutMilliseconds) } while ready < 0 && errno == EINTR
+        let ready = retryingOnInterrupt { poll(&pfd, 1, timeoutMilliseconds) }
         guard ready > 0 else { throw ProtocolError(description: "no reply from the testee within the timeout") }
 
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        let controlSize = 64
-        let control = UnsafeMutableRawPointer.allocate(byteCount: controlSize, alignment: 8)
-        defer { control.deallocate() }
-        let count: Int = buffer.withUnsafeMutableBytes { bytes in
-            var iov = iovec(iov_base: bytes.baseAddress, iov_len: bytes.count)
-            return withUnsafeMutablePointer(to: &iov) { iovPointer in
-                var header = msghdr()
-                header.msg_iov = iovPointer
-                header.msg_iovlen = 1
-                header.msg_control = control
-                header.msg_controllen = controlSize
-                var n: Int
-                repeat { n = recvmsg(socket, &header, Int32(MSG_CMSG_CLOEXEC)) } while n < 0 && errno == EINTR
-                return n
-            }
+        let received: DescriptorPassing.Received
+        do {
+            received = try DescriptorPassing.receive(socket: socket, maxBytes: 65536)
+        } catch {
+            throw ProtocolError(description: "the testee hung up (\(error))")
         }
-        guard count > 0 else { throw ProtocolError(description: "the testee hung up (recvmsg \(count), errno \(errno))") }
-        let descriptor = passedDescriptor(control, size: controlSize)
-        let bytes = Array(buffer[..<count])
+        guard !received.bytes.isEmpty else { throw ProtocolError(description: "the testee hung up (end of file)") }
+        let descriptor = received.descriptors.first
+        let bytes = received.bytes
         let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) ?? bytes.endIndex
         let text = String(decoding: bytes[..<newline], as: UTF8.self)
         let payload = newline < bytes.endIndex ? Array(bytes[(newline + 1)...]) : []
         return (Reply(words: text.split(separator: " ").map(String.init), payload: payload), descriptor)
-    }
-
-    /// The descriptor in an `SCM_RIGHTS` control message (the layout `CMSG_DATA` reads: after a 16-byte header).
-    private static func passedDescriptor(_ control: UnsafeMutableRawPointer, size: Int) -> Int32? {
-        let length = control.load(as: Int.self)  // cmsg_len
-        let level = control.load(fromByteOffset: 8, as: Int32.self)
-        let type = control.load(fromByteOffset: 12, as: Int32.self)
-        guard length >= 16 + 4, level == SOL_SOCKET, type == Int32(SCM_RIGHTS) else { return nil }
-        return control.load(fromByteOffset: 16, as: Int32.self)
     }
 }
 

@@ -81,15 +81,15 @@ struct MemoryCgroupTests {
             return ("/bin/sh", ["-c", "echo $$ > \(cgroup)/cgroup.procs && exec \(quoted)"])
         }
         let (daemonPath, daemonArguments) = enter(
-            [BuiltTools.path("lazy-pagesd"), "-D", images, "-W", work, "--status-fd", "3", "-v3"], inside: daemonInside)
+            [try BuiltProducts.path(of: "lazy-pagesd"), "-D", images, "-W", work, "--status-fd", "3", "-v3"], inside: daemonInside)
         let daemon = try ChildProcess(daemonPath, daemonArguments, directory: work, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "daemon did not start: \(daemon.stderrText)")
         // The workloads enter the cgroup themselves (LP_WORKLOAD_CGROUP): the simulator, which plays criu restore,
         // stays outside (the OOM killer would otherwise pick it as readily as a task).
         let simulator = try ChildProcess(
             "/usr/bin/env",
-            ["LP_WORKLOAD_CGROUP=\(cgroup ?? "")", BuiltTools.path("lazy-pages"), "restore-sim", "-D", images,
-             "-W", work, "--scenario", "verify", "--timeout", "60", "--workload", BuiltTools.path("lp-workload")],
+            ["LP_WORKLOAD_CGROUP=\(cgroup ?? "")", try BuiltProducts.path(of: "lazy-pages"), "restore-sim", "-D", images,
+             "-W", work, "--scenario", "verify", "--timeout", "60", "--workload", try BuiltProducts.path(of: "lp-workload")],
             directory: work, name: "sim")
         return (daemon, simulator)
     }

@@ -75,7 +75,7 @@ import Testing
         }
 
         let daemon = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"), ["-D", images, "--status-fd", "3", "-o", "daemon.log", "-v4"],
+            try BuiltProducts.path(of: "lazy-pagesd"), ["-D", images, "--status-fd", "3", "-o", "daemon.log", "-v4"],
             directory: images, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "no status byte: \(daemon.stderrText)")
         let simulation = try RestoreSimulation(options: SimulationOptions(

@@ -1,6 +1,7 @@
 import CRIUImages
 import Foundation
 import LazyPagesCRIU
+import LinuxSupport
 import RestoreSimulator
 import TestSupport
 import Testing
@@ -22,7 +23,7 @@ import Glibc
     }
 
     static func corpora() throws -> [Corpus] {
-        let fixture = Fixture.criuTreeproc
+        let fixture = SharedFixtures.criuTreeproc
         let mixed = try makeTemporaryDirectory()
         try ImageLayout.mixed.write(to: mixed, tasks: 2, bytesPerTask: 1 << 20)
         let many = try makeTemporaryDirectory()
@@ -137,7 +138,7 @@ import Glibc
         guard let space = try? source.addressSpace(forTask: pid) else { return "no address space for \(pid)" }
         var previousEnd: UInt64 = 0
         for run in image.lazyRuns {
-            if run.address % UInt64(criuPageSize) != 0 { return "lazy run at \(run.address) unaligned" }
+            if run.address % UInt64(basePageSize) != 0 { return "lazy run at \(run.address) unaligned" }
             if run.pageCount <= 0 { return "lazy run at \(run.address) with \(run.pageCount) pages" }
             if run.address < previousEnd { return "lazy runs overlap or are out of order at \(run.address)" }
             previousEnd = run.end
@@ -147,7 +148,7 @@ import Glibc
             if case .file(let path, let offset) = run.data {
                 var status = stat()
                 guard stat(path, &status) == 0 else { return "pages file \(path) missing" }
-                if offset + UInt64(run.pageCount * criuPageSize) > UInt64(status.st_size) {
+                if offset + UInt64(run.pageCount * basePageSize) > UInt64(status.st_size) {
                     return "lazy run data past the end of \(path)"
                 }
             }

@@ -1,5 +1,6 @@
 import CRIUImages
 import Foundation
+import LinuxSupport
 import RestoreSimulator
 import TestSupport
 import Testing
@@ -46,13 +47,13 @@ import Glibc
 
         // Without --no-default-config the default file is read (and its work directory refused).
         let reading = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"), Array(Self.zdtmArguments("lazy-pages", images: images).dropFirst(2)),
+            try BuiltProducts.path(of: "lazy-pagesd"), Array(Self.zdtmArguments("lazy-pages", images: images).dropFirst(2)),
             directory: root, name: "reading", environment: [defaults])
         #expect(reading.wait() == 1)
         #expect(reading.stderrText.contains("no-such-directory"), "\(reading.stderrText)")
 
         let daemon = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"), Self.zdtmArguments("lazy-pages", images: images) + ["--status-fd", "3"],
+            try BuiltProducts.path(of: "lazy-pagesd"), Self.zdtmArguments("lazy-pages", images: images) + ["--status-fd", "3"],
             directory: root, name: "daemon", statusFD: true, environment: [defaults])
         try #require(daemon.waitUntilReady(), "no status byte: \(daemon.stderrText)")
         let report = try Self.restore(images: images, work: images)
@@ -83,12 +84,12 @@ import Glibc
             .reduce(0) { $0 + (try set.process(pid: Int32($1)).lazyPageCount) }
 
         let server = try ChildProcess(
-            BuiltTools.path("lazy-pages"),
+            try BuiltProducts.path(of: "lazy-pages"),
             Self.zdtmArguments("page-server", images: original)
                 + ["--pidfile", "ps.pid", "--port", "0", "--lazy-pages", "--address", "127.0.0.1", "--status-fd", "3"],
             directory: root, name: "server", statusFD: true, environment: [defaults])
         defer {
-            kill(server.pid, SIGTERM)
+            if server.status == nil { kill(server.pid, SIGTERM) }
             server.wait()
         }
         try #require(server.waitUntilReady(), "no status byte: \(server.stderrText)")
@@ -98,7 +99,7 @@ import Glibc
         #expect(pid == "\(server.pid)\n", "the pidfile goes in the work directory (the images directory)")
 
         let daemon = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"),
+            try BuiltProducts.path(of: "lazy-pagesd"),
             Self.zdtmArguments("lazy-pages", images: copy)
                 + ["--status-fd", "3", "--page-server", "--port", "\(port)", "--address", "127.0.0.1"],
             directory: root, name: "daemon", statusFD: true, environment: [defaults])
@@ -107,6 +108,8 @@ import Glibc
         let report = try Self.restore(images: original, work: copy)
         #expect(report.allPassed, "\(describe(report))")
         #expect(daemon.wait() == 0, "\(daemon.stderrText)")
+        // zdtm waits for the page server to exit by itself, as CRIU's does once its one client is done.
+        #expect(server.wait() == 0, "\(server.stderrText)")
         let log = try String(contentsOfFile: copy + "/lazy-pages.log", encoding: .utf8)
         #expect(log.contains("\"remotePagesReceived\": \(lazyPages)"), "every lazy page from the server")
         #expect(log.contains("zombie announced pid=102"))
@@ -115,7 +118,7 @@ import Glibc
 
         // The control: served from the copy's own pages files, the same restore reads the wrong bytes.
         let local = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"), ["-D", copy, "-o", "local.log", "--status-fd", "3"],
+            try BuiltProducts.path(of: "lazy-pagesd"), ["-D", copy, "-o", "local.log", "--status-fd", "3"],
             directory: root, name: "local", statusFD: true)
         try #require(local.waitUntilReady(), "no status byte: \(local.stderrText)")
         let wrong = try Self.restore(images: original, work: copy)
@@ -128,28 +131,43 @@ import Glibc
         defer { try? FileManager.default.removeItem(atPath: root) }
         let images = try Self.images(in: root)
         let launched = try Spawn.run([
-            BuiltTools.path("lazy-pages"), "page-server", "-dD", images, "--pidfile", root + "/ps.pid",
+            try BuiltProducts.path(of: "lazy-pages"), "page-server", "-dD", images, "--pidfile", root + "/ps.pid",
             "--port=0", "-o", "ps.log", "-v4",
         ])
         #expect(launched.exitCode == 0, "\(launched.stderr)")
         let pid = try #require(Int32(try String(contentsOfFile: root + "/ps.pid", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)))
-        defer { kill(pid, SIGTERM) }
-        #expect(kill(pid, 0) == 0, "the detached page server is not running")
+        // Not our child (it detached), so its end is watched through a pidfd; SIGKILL only if the test fails.
+        let pidfd = ProcessDescriptor.open(pid)
+        try #require(pidfd >= 0, "the detached page server is not running")
+        defer { _ = ProcessDescriptor.signal(pidfd, SIGKILL); close(pidfd) }
         #expect(try String(contentsOfFile: images + "/ps.log", encoding: .utf8).contains("page server listening"))
+        // "Runs until killed": SIGTERM ends it even though this test process (its ancestor) blocks most signals.
+        #expect(ProcessDescriptor.signal(pidfd, SIGTERM) == 0)
+        var watched = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&watched, 1, 30_000)  // a safety net; it exits at once
+        #expect(ready == 1, "the detached page server did not exit on SIGTERM")
     }
 
     @Test func criuRefusalsAreUsageErrors() throws {
         // CRIU itself refuses `-v 4` ("excessive parameter"): so do we.
-        let spaced = try Spawn.run([BuiltTools.path("lazy-pagesd"), "-D", "/nonexistent", "-v", "4"])
+        let spaced = try Spawn.run([try BuiltProducts.path(of: "lazy-pagesd"), "-D", "/nonexistent", "-v", "4"])
         #expect(spaced.exitCode == 64, "\(spaced.stderr)")
-        let ambiguous = try Spawn.run([BuiltTools.path("lazy-pagesd"), "--log", "x"])
+        let ambiguous = try Spawn.run([try BuiltProducts.path(of: "lazy-pagesd"), "--log", "x"])
         #expect(ambiguous.exitCode == 64)
         #expect(ambiguous.stderr.contains("option '--log' is ambiguous"), "\(ambiguous.stderr)")
-        let socket = try Spawn.run([BuiltTools.path("lazy-pages"), "page-server", "--ps-socket", "3"])
-        #expect(socket.exitCode == 64)
-        #expect(socket.stderr.contains("--ps-socket 3: a page-server connection passed as a descriptor"), "\(socket.stderr)")
-        let version = try Spawn.run([BuiltTools.path("lazy-pagesd"), "-V"])
+        // --ps-socket takes a descriptor this process holds, and a stream socket.
+        for command in [["lazy-pages", "page-server", "-D", "/nonexistent"], ["lazy-pagesd", "-D", "/nonexistent", "--page-server"]] {
+            let socket = try Spawn.run([try BuiltProducts.path(of: command[0])] + command.dropFirst() + ["--ps-socket", "99"])
+            #expect(socket.exitCode == 64, "\(command): \(socket.stderr)")
+            #expect(socket.stderr.contains("--ps-socket 99: not an open descriptor of this process"), "\(socket.stderr)")
+        }
+        // CRIU 4.2 refuses --stream for page-server and lazy-pages itself; the message says so.
+        let stream = try Spawn.run([try BuiltProducts.path(of: "lazy-pages"), "page-server", "--stream"])
+        #expect(stream.exitCode == 64)
+        #expect(stream.stderr.contains("--stream cannot be used with the page-server command (nor with criu page-server)"),
+                "\(stream.stderr)")
+        let version = try Spawn.run([try BuiltProducts.path(of: "lazy-pagesd"), "-V"])
         #expect(version.exitCode == 0)
         #expect(version.stdout.contains("CRIU 4.2"), "\(version.stdout)")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 import TestSupport
 import Testing
 import Userfaultfd
@@ -71,8 +72,8 @@ import Userfaultfd
     @Test(.timeLimit(.minutes(1))) func prefetchBeforeRegistrationWaitsForRSTF() throws {
         let pages = 16
         let length = pages * basePageSize
-        let region = try #require(EngineInProcessTests.mmapAnonymous(length))
-        let source = try #require(EngineInProcessTests.mmapAnonymous(length))
+        let region = try #require(mmapAnonymous(length))
+        let source = try #require(mmapAnonymous(length))
         defer {
             munmap(region, length)
             munmap(source, length)

@@ -39,7 +39,7 @@ import Glibc
         let daemon = try ChildProcess(
             // Without the guardian: the "restorer" here is the test process itself, and a guarded daemon that fails
             // with a uffd adopted would kill the restorer's descendants — every other test's children.
-            BuiltTools.path("lazy-pagesd"), ["-D", images, "-W", work, "--status-fd", "3", "--no-guardian"],
+            try BuiltProducts.path(of: "lazy-pagesd"), ["-D", images, "-W", work, "--status-fd", "3", "--no-guardian"],
             directory: work, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "\(daemon.stderrText)")
         let socket = try connect(work + "/lazy-pages.socket")
@@ -107,7 +107,9 @@ import Glibc
              "is not a userfaultfd (anon_inode:[eventfd])"),
             ("a pid not in the images", [.word(4242), .descriptors(byte: [0], [c.descriptor])], 1,
              "pid 4242 is not a task of the images"),
-            ("pid 0", [.word(0)], 1, "sent pid 0"),
+            ("pid 0", [.word(0)], 1, "sent pid word 0, which names no task"),
+            // A negative word is a zombie's pid negated; this one has no positive counterpart (a crash, once).
+            ("the lowest pid word", [.word(Int32.min)], 1, "sent pid word -2147483648, which names no task"),
             ("a pid twice", [.word(100), .descriptors(byte: [0], [d.descriptor]), .word(100),
                              .descriptors(byte: [0], [d.descriptor])], 1, "pid 100 was announced twice"),
             // Two zombies, RSTF and garbage in one write (so the daemon reads the garbage before it is done).

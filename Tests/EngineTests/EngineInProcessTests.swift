@@ -1,5 +1,7 @@
 import Foundation
+import LinuxSupport
 import Logging
+import TestSupport
 import Testing
 import Userfaultfd
 @testable import LazyPagesEngine
@@ -15,7 +17,7 @@ import Userfaultfd
         let source: UnsafeMutableRawPointer
         let uffd: Userfaultfd
 
-        init(pages: Int) throws {
+        init(pages: Int, registered: Bool = true) throws {
             self.pages = pages
             let length = pages * basePageSize
             region = try #require(mmapAnonymous(length))
@@ -25,7 +27,13 @@ import Userfaultfd
                 for w in 0..<(basePageSize / 8) { words[w] = UInt64(p + 1) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(w) }
             }
             uffd = try Userfaultfd.open(required: Features.nonCooperativeEvents)
-            try uffd.register(AddressRange(start: address, length: UInt64(length)))
+            if registered { try register() }
+        }
+
+        /// Registers the region MISSING (done by `init` unless `registered: false`, as CRIU's restorer does after
+        /// it has sent the uffd).
+        func register() throws {
+            _ = try uffd.register(AddressRange(start: address, length: UInt64(pages * basePageSize)))
         }
 
         var address: UInt64 { UInt64(UInt(bitPattern: region)) }
@@ -52,30 +60,14 @@ import Userfaultfd
         }
     }
 
-    static func mmapAnonymous(_ length: Int) -> UnsafeMutableRawPointer? {
-        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        return p == MAP_FAILED ? nil : p
-    }
-
     /// Runs `engine` on a dedicated thread; the returned closure waits for its outcome.
-    static func start(_ engine: RestoreEngine) -> () -> RestoreOutcome {
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var outcome: RestoreOutcome = .failed(reason: "did not run")
-        let thread = Thread {
-            outcome = engine.run()
-            done.signal()
-        }
-        thread.start()
-        return {
-            done.wait()
-            return outcome
-        }
-    }
+    static func start(_ engine: RestoreEngine) -> () -> RestoreOutcome { onThread { engine.run() } }
 
     @Test(.timeLimit(.minutes(1))) func faultsThenBackgroundFillDeliverEveryByte() throws {
         let fixture = try Fixture(pages: 512)
         var configuration = EngineConfiguration()
         configuration.fillChunkPages = 16
+        configuration.fillBeforeAllTasksAnnounced = false  // --no-early-fill: faults only until RSTF
         let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
         try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space(skipping: 100..<110))
         let wait = Self.start(engine)
@@ -101,6 +93,98 @@ import Userfaultfd
         }
     }
 
+    @Test("an idle process is filled in copies that double up to fillChunkMaxPages", .timeLimit(.minutes(1)))
+    func idleFillGrowsItsCopies() throws {
+        let fixture = try Fixture(pages: 2048)
+        var configuration = EngineConfiguration()
+        configuration.fillChunkPages = 64
+        configuration.fillChunkMaxPages = 1024
+        let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
+        try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
+        let wait = Self.start(engine)
+        engine.execute { $0.allTasksAnnounced() }
+        #expect(wait() == .completed)
+        // 64 + 128 + 256 + 512 + 1024 + the last 64: six copies (fixed 64-page chunks would take 32).
+        #expect(engine.statistics[.copiesDone] == 6)
+        #expect(engine.statistics[.pagesCopiedInBackground] == 2048)
+        for p in 0..<2048 {
+            #expect(memcmp(fixture.region + p * basePageSize, fixture.source + p * basePageSize, basePageSize) == 0,
+                    "page \(p) differs")
+        }
+    }
+
+    @Test("the fill's copy size doubles while no fault is served and drops back on a fault")
+    func fillChunkResetsOnAFault() throws {
+        var configuration = EngineConfiguration()
+        configuration.fillChunkPages = 16
+        configuration.fillChunkMaxPages = 100
+        let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
+        // Not running: called on this thread, as the loop would.
+        #expect((0..<5).map { _ in engine.nextChunkPages() } == [16, 32, 64, 100, 100])
+        engine.faultClock &+= 1  // a fault was served
+        #expect((0..<3).map { _ in engine.nextChunkPages() } == [16, 32, 64])
+        configuration.fillChunkMaxPages = 16
+        let fixed = try RestoreEngine(configuration: configuration, logger: testLogger())
+        #expect((0..<3).map { _ in fixed.nextChunkPages() } == [16, 16, 16])
+    }
+
+    /// Reads `value` on the loop thread until `done` says yes, or 30 s (a safety net) have passed; returns the last.
+    static func waitOnLoop<T>(_ engine: RestoreEngine, until done: (T) -> Bool, _ value: @escaping @Sendable (RestoreEngine) -> T)
+        -> T
+    {
+        let deadline = Date().addingTimeInterval(30)
+        while true {
+            let read = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var seen: T?
+            engine.execute { engine in
+                seen = value(engine)
+                read.signal()
+            }
+            read.wait()
+            if done(seen!) || Date() > deadline { return seen! }
+        }
+    }
+
+    @Test("the fill starts before every task is announced (before RSTF) and delivers every byte", .timeLimit(.minutes(1)))
+    func fillStartsBeforeRSTF() throws {
+        let fixture = try Fixture(pages: 1024)
+        let engine = try RestoreEngine(configuration: EngineConfiguration(), logger: testLogger())
+        try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
+        let wait = Self.start(engine)
+        let filled = Self.waitOnLoop(engine, until: { $0 == 1024 }) { $0.statistics[.pagesCopiedInBackground] }
+        #expect(filled == 1024)
+        for p in 0..<1024 {
+            #expect(memcmp(fixture.region + p * basePageSize, fixture.source + p * basePageSize, basePageSize) == 0,
+                    "page \(p) differs")
+        }
+        engine.execute { $0.allTasksAnnounced() }
+        #expect(wait() == .completed)
+        #expect(engine.statistics[.faults] == 0)
+    }
+
+    @Test("an early fill that meets a range not registered yet waits for RSTF and drops nothing",
+          .timeLimit(.minutes(1)))
+    func earlyFillWaitsForRegistration() throws {
+        let fixture = try Fixture(pages: 256, registered: false)
+        let engine = try RestoreEngine(configuration: EngineConfiguration(), logger: testLogger())
+        try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
+        let wait = Self.start(engine)
+        let held = Self.waitOnLoop(engine, until: { $0 }) { $0.processes.values.first?.fillHeld ?? false }
+        #expect(held)
+        let pending = Self.waitOnLoop(engine, until: { _ in true }) { $0.processes.values.first?.space.pendingPages ?? -1 }
+        #expect(pending == 256)
+        #expect(engine.statistics[.pagesDropped] == 0)
+        try fixture.register()  // as the restorer does before RSTF
+        engine.execute { $0.allTasksAnnounced() }
+        #expect(wait() == .completed)
+        #expect(engine.statistics[.pagesDropped] == 0)
+        #expect(engine.statistics[.pagesCopiedInBackground] == 256)
+        for p in 0..<256 {
+            #expect(memcmp(fixture.region + p * basePageSize, fixture.source + p * basePageSize, basePageSize) == 0,
+                    "page \(p) differs")
+        }
+    }
+
     /// The fill cursor (as a page index of the fixture) of the engine's only process, read on the loop thread.
     static func fillCursorPage(_ engine: RestoreEngine, _ fixture: Fixture) -> Int {
         let read = DispatchSemaphore(value: 0)
@@ -119,6 +203,7 @@ import Userfaultfd
         let fixture = try Fixture(pages: 512)
         var configuration = EngineConfiguration()
         configuration.fillChunkPages = 16
+        configuration.fillBeforeAllTasksAnnounced = false  // the cursor is read while only faults move it
         let engine = try RestoreEngine(configuration: configuration, logger: testLogger())
         try engine.addTask(imagePid: 1, uffd: fixture.uffd, space: fixture.space())
         let wait = Self.start(engine)

@@ -20,7 +20,7 @@ import Glibc
 /// 56..<64 never dumped), VMA B (16 lazy pages) and VMA C (8 eager pages, never registered).
 enum TestImages {
     static let base: UInt64 = 0x5a00_0000_0000
-    static let page = UInt64(criuPageSize)
+    static let page = UInt64(basePageSize)
     static let pagesPerTask = 64 + 16 + 8
 
     static func write(to directory: String, pids: [UInt32], allEager: Bool = false) throws {
@@ -57,8 +57,8 @@ enum TestImages {
             guard case .file(let path, let offset) = run.data else { continue }
             let data = try #require(FileManager.default.contents(atPath: path))
             for i in 0..<run.pageCount {
-                let at = Int(offset) + i * criuPageSize
-                pages[run.address + UInt64(i * criuPageSize)] = Array(data[at..<(at + criuPageSize)])
+                let at = Int(offset) + i * basePageSize
+                pages[run.address + UInt64(i * basePageSize)] = Array(data[at..<(at + basePageSize)])
             }
         }
         return pages
@@ -91,19 +91,6 @@ final class TestListener {
         _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
         return connection
     }
-}
-
-/// Reads up to `count` bytes (fewer only at end of file).
-func readExactly(_ fd: Int32, _ count: Int) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: count)
-    var have = 0
-    while have < count {
-        let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + have, count - have, 0) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        have += n
-    }
-    return Array(out[0..<have])
 }
 
 /// What the daemon side of the socket received.
@@ -155,8 +142,8 @@ final class FaultServer: @unchecked Sendable {
     func fillEverything() {
         for (uffd, pages) in served {
             for (address, data) in pages {
-                let outcome = data.withUnsafeBytes { uffd.copy(to: address, from: $0.baseAddress!, length: criuPageSize) }
-                #expect(outcome == .done(bytes: criuPageSize) || outcome == .alreadyPresent)
+                let outcome = data.withUnsafeBytes { uffd.copy(to: address, from: $0.baseAddress!, length: basePageSize) }
+                #expect(outcome == .done(bytes: basePageSize) || outcome == .alreadyPresent)
             }
         }
     }
@@ -180,28 +167,20 @@ final class FaultServer: @unchecked Sendable {
                 guard let count = try? batch.read(from: uffd) else { continue }
                 for k in 0..<count {
                     guard case .success(.pageFault(let address, _, _)) = batch[k] else { continue }
-                    let page = address & ~UInt64(criuPageSize - 1)
+                    let page = address & ~UInt64(basePageSize - 1)
                     let outcome: CopyOutcome
                     if let data = pages[page] {
-                        outcome = data.withUnsafeBytes { uffd.copy(to: page, from: $0.baseAddress!, length: criuPageSize) }
+                        outcome = data.withUnsafeBytes { uffd.copy(to: page, from: $0.baseAddress!, length: basePageSize) }
                     } else {
-                        outcome = uffd.zeroPage(at: page, length: criuPageSize)
+                        outcome = uffd.zeroPage(at: page, length: basePageSize)
                     }
                     if outcome == .alreadyPresent {
-                        try? uffd.wake(AddressRange(start: page, length: UInt64(criuPageSize)))
+                        try? uffd.wake(AddressRange(start: page, length: UInt64(basePageSize)))
                     }
                 }
             }
         }
     }
-}
-
-/// True when `fd` is a userfaultfd (its /proc link names the anon inode).
-func isUserfaultfd(_ fd: Int32) -> Bool {
-    var buffer = [CChar](repeating: 0, count: 256)
-    let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
-    guard n > 0 else { return false }
-    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == "anon_inode:[userfaultfd]"
 }
 
 /// The features the uffd was negotiated with, from `/proc/self/fdinfo` ("API:\t<api>:<features>:<ioctls>").
@@ -212,11 +191,6 @@ func negotiatedFeatures(_ fd: Int32) -> Features? {
         if fields.count == 3, let raw = UInt64(fields[1], radix: 16) { return Features(rawValue: raw) }
     }
     return nil
-}
-
-func describe(_ report: SimulationReport) -> String {
-    report.tasks.map { "task \($0.virtualPid) status \($0.exitStatus):\n  " + $0.output.joined(separator: "\n  ") }
-        .joined(separator: "\n")
 }
 
 @Suite("Restore simulator", .timeLimit(.minutes(1)))
@@ -237,7 +211,7 @@ struct SimulatorTests {
         #expect(handover.endOfFile)
         let wanted: Features = [.eventFork, .eventRemap, .eventRemove, .eventUnmap]
         for (_, fd) in handover.uffds {
-            #expect(isUserfaultfd(fd))
+            #expect(DescriptorCheck.isUserfaultfd(fd))
             #expect(fcntl(fd, F_GETFL) & O_NONBLOCK != 0)
             #expect(negotiatedFeatures(fd)?.isSuperset(of: wanted) == true)
         }
@@ -361,7 +335,7 @@ struct SimulatorTests {
         #expect(task.output.contains { $0.hasPrefix("simulator: timed out") })
     }
 
-    static let fixture = Fixture.criuTreeproc
+    static let fixture = SharedFixtures.criuTreeproc
 
     @Test("a real CRIU dump (criu-treeproc, two tasks) restores through the simulator, served by the test")
     func realDump() throws {

@@ -9,7 +9,7 @@ import Testing
     static func fixtureCopy() throws -> (images: String, work: String) {
         let root = try makeTemporaryDirectory()
         let images = root + "/images"
-        try FileManager.default.copyItem(atPath: Fixture.criuTreeproc, toPath: images)
+        try FileManager.default.copyItem(atPath: SharedFixtures.criuTreeproc, toPath: images)
         try FileManager.default.createDirectory(atPath: root + "/work", withIntermediateDirectories: true)
         return (images, root + "/work")
     }

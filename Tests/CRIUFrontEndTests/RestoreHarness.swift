@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import LazyPagesCRIU
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 import RestoreSimulator
 import TestSupport
@@ -93,7 +94,7 @@ struct RestoreRun {
 /// pages read zero), about 3.5 MiB each, every task with its own bytes.
 enum ScenarioImages {
     static let base: UInt64 = 0x5b00_0000_0000
-    static let page = UInt64(criuPageSize)
+    static let page = UInt64(basePageSize)
 
     static func write(to directory: String, pids: [UInt32] = [100, 101]) throws {
         let specs = pids.enumerated().map { index, pid in
@@ -116,19 +117,5 @@ enum ScenarioImages {
                 ])
         }
         try ImageWriter.write(directory: directory, processes: specs)
-    }
-}
-
-/// The fixture: a real CRIU 4.2 dump of a two-process tree (see its README), in `../shared` beside the clone.
-enum Fixture {
-    static var criuTreeproc: String { SharedFixtures.criuTreeproc }
-}
-
-/// Loggers for tests: warnings and errors only, on stderr.
-func testLogger(_ label: String = "test") -> Logger {
-    Logger(label: label) { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = .warning
-        return handler
     }
 }

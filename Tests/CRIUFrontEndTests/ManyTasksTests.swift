@@ -24,7 +24,7 @@ import Glibc
 
     static func startDaemon(work: String, _ arguments: [String] = []) throws -> ChildProcess {
         let daemon = try ChildProcess(
-            BuiltTools.path("lazy-pagesd"), ["-D", images, "-W", work, "--status-fd", "3", "-v3"] + arguments,
+            try BuiltProducts.path(of: "lazy-pagesd"), ["-D", images, "-W", work, "--status-fd", "3", "-v3"] + arguments,
             directory: work, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "daemon did not start: \(daemon.stderrText)")
         return daemon
@@ -32,8 +32,8 @@ import Glibc
 
     static func startSimulator(work: String, _ arguments: [String]) throws -> ChildProcess {
         try ChildProcess(
-            BuiltTools.path("lazy-pages"),
-            ["restore-sim", "-D", images, "-W", work, "--timeout", "600", "--workload", BuiltTools.path("lp-workload")]
+            try BuiltProducts.path(of: "lazy-pages"),
+            ["restore-sim", "-D", images, "-W", work, "--timeout", "600", "--workload", try BuiltProducts.path(of: "lp-workload")]
                 + arguments,
             directory: work, name: "sim")
     }
@@ -66,13 +66,13 @@ import Glibc
         defer { try? FileManager.default.removeItem(atPath: work) }
         let daemon = try ChildProcess(
             "/usr/bin/prlimit",
-            ["--nofile=48:48", BuiltTools.path("lazy-pagesd"), "-D", images, "-W", work, "--status-fd", "3"],
+            ["--nofile=48:48", try BuiltProducts.path(of: "lazy-pagesd"), "-D", images, "-W", work, "--status-fd", "3"],
             directory: work, name: "daemon", statusFD: true)
         try #require(daemon.waitUntilReady(), "\(daemon.stderrText)")
         let simulator = try ChildProcess(
-            BuiltTools.path("lazy-pages"),
+            try BuiltProducts.path(of: "lazy-pages"),
             ["restore-sim", "-D", images, "-W", work, "--scenario", "verify", "--timeout", "60", "--workload",
-             BuiltTools.path("lp-workload")],
+             try BuiltProducts.path(of: "lp-workload")],
             directory: work, name: "sim")
         let status = daemon.wait()
         simulator.wait()
@@ -92,7 +92,7 @@ import Glibc
     @Test(.timeLimit(.minutes(20))) func daemonKilledDuringAManyTaskRestoreLeavesNoTaskOnZeroPages() async throws { try await oneHeavyTestAtATime {
         let work = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: work) }
-        let daemon = try Self.startDaemon(work: work, ["--no-background"])
+        let daemon = try Self.startDaemon(work: work, ["--no-background", "--no-handover"])
         let simulator = try Self.startSimulator(work: work, ["--scenario", "idle", "--release-after", "3"])
         // Kill once every task is announced (polled in the daemon's log; bounded).
         var announced = false

@@ -7,17 +7,8 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(20))) struct DemoCommandTests {
     /// Runs the demo with stdout and stderr on one pipe (as `2>&1 | tee` does); its lines and exit status.
     static func runMerged(_ arguments: [String]) throws -> (status: Int32, lines: [String]) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try BuiltProducts.path(of: "lazy-pages"))
-        process.arguments = ["demo"] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
-        return (process.terminationStatus, lines)
+        let (status, output) = try Spawn.runMerged([try BuiltProducts.path(of: "lazy-pages"), "demo"] + arguments)
+        return (status, output.split(separator: "\n").map(String.init))
     }
 
     @Test func pipedOutputIsInOrderAndTheBarEndsWithTheTruth() async throws { try await oneHeavyTestAtATime {
