@@ -708,7 +708,16 @@ static int guardian_main(int pidfd, int messages) {
         for (int i = 0; i < g_nconnections && !pending; i++)
             pending = still_same(g_connections[i], g_connection_dev[i], g_connection_ino[i]);
         each_descriptor(shut_down_if_tcp_connection);
-        if (g_handover && pending && hand_over()) return 0;
+        if (g_handover && pending) {
+            if (hand_over()) return 0;
+            /* Ended, not continued: a service restarted with this journal in its store must show the job failed,
+             * not adopt it and call it completed once its processes are found dead. */
+            uint32_t flags = 0;
+            if (pread_all(g_journal, &flags, 4, LP_JOURNAL_FLAGS_OFFSET)) {
+                flags |= LP_JOURNAL_FLAG_FAILED;
+                pwrite_all(g_journal, &flags, 4, LP_JOURNAL_FLAGS_OFFSET);
+            }
+        }
     }
     /* No connection after this point: a shut-down listener refuses connect() (ECONNREFUSED), while the ones queued
      * can still be accepted. Without it, a peer could connect after the sweep into a listener kept open by another

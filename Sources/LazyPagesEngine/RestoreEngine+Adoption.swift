@@ -32,6 +32,20 @@ public struct Adoption {
     public var unknownUffds: [Int32] = []
 }
 
+/// A restore taken over from a journal that failed after `RestoreEngine.adopt` had taken its uffds: they were
+/// released, not closed (`RestoreEngine.relinquishUffds`), so that the caller can end the processes first and close
+/// them after (closing them first would hand every process zero pages).
+public struct AdoptionAbandoned: Error, CustomStringConvertible {
+    public let underlying: any Error
+    /// The uffds left open, for the caller to close once the processes are ended.
+    public let uffds: [Int32]
+    public init(_ underlying: any Error, uffds: [Int32]) {
+        self.underlying = underlying
+        self.uffds = uffds
+    }
+    public var description: String { "\(underlying)" }
+}
+
 extension RestoreEngine {
     /// Rebuilds the engine of a restore whose daemon died, from its journal and the uffds it left open (inherited by
     /// this process: standalone from the guardian, under systemd from the file-descriptor store).
@@ -50,7 +64,8 @@ extension RestoreEngine {
     ///   the same number; from a file-descriptor store: the caller's map); nil when it is not there.
     /// - `verifyDescriptorTable`: check that every uffd open in this process is one the journal accounts for (right
     ///   when this process holds one restore's descriptors and nothing else, i.e. standalone; off in a service that
-    ///   holds many restores' uffds in one table).
+    ///   holds many restores' uffds in one table), and close the uffds of processes retired but not closed yet (only
+    ///   then: in a shared table their numbers may be another restore's).
     /// - `allowUnknownUffds`: how many such unaccounted uffds to hand to the caller (`Adoption.unknownUffds`)
     ///   instead of refusing.
     /// - `remotePages`: the page source for pages without local data (started here, as `useRemotePages`; every page
@@ -165,10 +180,13 @@ extension RestoreEngine {
         guard Set(resolved.values).count == resolved.count else {
             throw .corrupt(index: entries.count, "two live processes share one uffd")
         }
-        // A retired process's uffd the daemon had not closed yet: close it now (unless its number was reused).
+        // A retired process's uffd the daemon had not closed yet: close it now (unless its number was reused). Only
+        // in the table this restore had to itself: in a service's table (`verifyDescriptorTable` off) the number
+        // may be another job's by now, and a retired uffd was dropped from the descriptor store before the daemon
+        // closed it, so it never comes back there (closing by number there took another job's uffd away).
         let liveDescriptors = Set(resolved.values)
         var closedRetired: [Int32] = []
-        for number in retiredDescriptors {
+        for number in retiredDescriptors where verifyDescriptorTable {
             guard let fd = descriptor(number), !liveDescriptors.contains(fd), !closedRetired.contains(fd),
                   DescriptorCheck.isUserfaultfd(fd) else { continue }
             close(fd)

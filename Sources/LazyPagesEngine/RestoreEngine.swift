@@ -183,9 +183,13 @@ public final class RestoreEngine: @unchecked Sendable {
     /// After `run()` returned, when nothing could end the processes still waiting (their guardian is gone): gives up
     /// every uffd still held without closing it. The descriptors stay open as long as this process lives, so those
     /// processes stay blocked on their faults rather than read zero pages.
-    public func leaveUffdsOpen() {
-        for process in processes.values { _ = process.uffd.release() }
-        for uffd in untracked { _ = uffd.release() }
+    public func leaveUffdsOpen() { _ = relinquishUffds() }
+
+    /// Gives up every uffd held without closing it and returns them (the caller now owns them): as
+    /// `leaveUffdsOpen`, and for a restore that fails while being taken over, before it ran (`AdoptionAbandoned`:
+    /// its processes are ended first, the uffds closed after).
+    public func relinquishUffds() -> [Int32] {
+        (processes.values.map { $0.uffd.release() } + untracked.map { $0.release() }).filter { $0 >= 0 }.sorted()
     }
 
     /// Processes tracked right now (announced tasks and forked children, minus the retired).

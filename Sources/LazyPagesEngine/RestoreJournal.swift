@@ -101,7 +101,7 @@ public final class RestoreJournal: @unchecked Sendable {
             switch self {
             case .notAJournal(let why): return "not a restore journal: \(why)"
             case .readingEvents: return "the daemon died between reading events and recording them"
-            case .failed: return "the restore had failed before the daemon died"
+            case .failed: return "the restore had failed, or its guardian had ended its processes, before the daemon died"
             case .overflowed: return "the journal overflowed"
             case .corrupt(let index, let why): return "journal entry \(index) is corrupt: \(why)"
             case .missingUffd(let process, let fd): return "the uffd of process \(process) (descriptor \(fd)) is not open"
@@ -245,9 +245,15 @@ public final class RestoreJournal: @unchecked Sendable {
 
     // MARK: Writing
 
+    /// Called after each entry is recorded, on the recording thread, before the recorder goes on (a service keeps
+    /// the descriptors the journal names in step with it: a descriptor is stored before anything else happens, and
+    /// dropped from the store before it is closed and its number reused). Set before the restore runs.
+    public var afterRecording: (() -> Void)?
+
     /// Appends `entry` (after its bytes are in the file, the count is published). A journal that is full is marked
     /// overflowed: it cannot vouch for the restore any more (a successor then refuses; the restore itself goes on).
     public func record(_ entry: Entry) {
+        defer { afterRecording?() }
         let n = count
         guard n < capacity else {
             setFlag(UInt32(LP_JOURNAL_FLAG_OVERFLOWED))

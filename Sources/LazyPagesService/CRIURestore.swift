@@ -115,6 +115,7 @@ public final class CRIURestore: @unchecked Sendable {
         self.journal = journal
         self.readyPipe = readyPipe
         client = options.pageServerClient(logger: logger)
+        var adopted: Adoption?
         do {
             let source = try CRIUImageSource(directory: options.imagesDirectory,
                                              lazyPages: client != nil ? .pageServer : .images)
@@ -127,6 +128,7 @@ public final class CRIURestore: @unchecked Sendable {
                 journal: journal, configuration: options.engine, logger: logger, remotePages: client,
                 verifyDescriptorTable: verifyDescriptorTable, allowUnknownUffds: 1
             ) { pid in try source.addressSpace(forTask: pid) }
+            adopted = adoption
             let directory = options.workDirectory ?? options.imagesDirectory
             session = try LazyPagesSession(
                 adopting: adoption, source: source,
@@ -136,6 +138,8 @@ public final class CRIURestore: @unchecked Sendable {
             self.adoption = adoption
         } catch {
             _ = client?.close()
+            // Taken uffds are left open for the caller to end the processes first (`AdoptionAbandoned`).
+            if let adopted { throw AdoptionAbandoned(error, uffds: adopted.engine.relinquishUffds()) }
             throw error
         }
     }

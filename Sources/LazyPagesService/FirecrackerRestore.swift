@@ -89,9 +89,14 @@ public final class FirecrackerRestore: @unchecked Sendable {
         ) { _, frontEnd in
             try FirecrackerSession.addressSpace(journaled: frontEnd, memory: memory)
         }
-        session = try FirecrackerSession(
-            adopting: adoption, memory: memory, socketPath: options.socketPath, socketAccess: options.socketAccess,
-            logger: logger)
+        do {
+            session = try FirecrackerSession(
+                adopting: adoption, memory: memory, socketPath: options.socketPath, socketAccess: options.socketAccess,
+                logger: logger)
+        } catch {
+            // Taken uffds are left open for the caller to end the VM first (`AdoptionAbandoned`).
+            throw AdoptionAbandoned(error, uffds: adoption.engine.relinquishUffds())
+        }
         session.killPeerOnFailure = options.killVMOnFailure
         session.handover = options.handsOver
         self.adoption = adoption

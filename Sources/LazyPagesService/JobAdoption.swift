@@ -101,22 +101,29 @@ enum JobAdoption {
         let owner = PeerCredentials(pid: record.owner.pid, uid: record.owner.uid, gid: record.owner.gid)
         let access = SocketAccess(groupAccess: record.spec.options.socketGroupAccess ?? false,
                                   allowRoot: policy.allowRootPeers)
-        let restore: any JobSession
+        var restore: (any JobSession)?
         do {
-            restore = try withFilesystemIdentity(of: owner) {
+            let session = try withFilesystemIdentity(of: owner) {
                 try record.spec.adoptedSession(journal: journal, uffdLimit: registry.limits.uffdsPerJob,
                                                socketAccess: access, logger: jobLogger)
             }
-            try restore.startGuardian()
+            restore = session
+            try session.startGuardian()
             let keeper = ParkingObserver(parking: parking, journal: journal, frontEnd: record.spec.frontEnd)
-            restore.engine.observer = FanOutObserver([restore.engine.observer, keeper].compactMap { $0 })
-            keeper.catchUp()
+            session.engine.observer = FanOutObserver([session.engine.observer, keeper].compactMap { $0 })
+            keeper.follow()
         } catch {
-            let word = (error as? RestoreJournal.AdoptionRefusal).map { " (\($0.reasonWord))" } ?? ""
+            // The uffds the failed restore took are still open (released, not closed): closed only once the
+            // fall-back's guardian has ended the processes.
+            let abandoned = error as? AdoptionAbandoned
+            let uffds = abandoned?.uffds ?? restore?.engine.relinquishUffds() ?? []
+            let cause = abandoned?.underlying ?? error
+            let word = (cause as? RestoreJournal.AdoptionRefusal).map { " (\($0.reasonWord))" } ?? ""
             return fallBack(id: id, descriptors: descriptors, record: record, journal: journal, parking: parking,
-                            reason: "the restore cannot be continued\(word): \(error)", registry: registry,
-                            logger: jobLogger, store: store, journalOwned: true)
+                            reason: "the restore cannot be continued\(word): \(cause)", registry: registry,
+                            logger: jobLogger, store: store, journalOwned: true, closeAfterwards: uffds)
         }
+        guard let restore else { return }
         jobLogger.notice("job re-adopted after a restart of the daemon", metadata: [
             "owner": "\(record.owner.uid)", "restarts": "\(record.restarts + 1)", "state": "\(record.state.rawValue)",
             "handovers": "\(journal.handovers)",
@@ -129,7 +136,7 @@ enum JobAdoption {
     private static func fallBack(
         id: String, descriptors: [StoredJobs.Descriptor], record: JobRecord?, journal: RestoreJournal?,
         parking: JobParking?, reason: String, registry: JobRegistry, logger: Logger,
-        store: (any DescriptorStore)? = nil, journalOwned: Bool = false
+        store: (any DescriptorStore)? = nil, journalOwned: Bool = false, closeAfterwards: [Int32] = []
     ) {
         var ended = "nothing known to end"
         if let journal {
@@ -144,6 +151,7 @@ enum JobAdoption {
                 ended = "its processes could not be ended (\(error))"
             }
         }
+        for uffd in closeAfterwards { close(uffd) }
         logger.error("cannot continue a job after the restart of the daemon: \(reason); \(ended)", metadata: [
             "owner": "\(record.map { "\($0.owner.uid)" } ?? "unknown")",
         ])

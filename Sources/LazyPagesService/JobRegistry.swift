@@ -149,7 +149,7 @@ final class JobRegistry: @unchecked Sendable {
                 try parking.park([journal.descriptor], kind: "journal")
                 let keeper = ParkingObserver(parking: parking, journal: journal, frontEnd: spec.frontEnd)
                 session.engine.observer = FanOutObserver([session.engine.observer, keeper].compactMap { $0 })
-                keeper.catchUp()
+                keeper.follow()
             }
         } catch {
             parking?.release()

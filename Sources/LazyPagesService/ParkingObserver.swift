@@ -1,3 +1,4 @@
+import Foundation
 import LazyPagesControl
 import LazyPagesCRIU
 import LazyPagesEngine
@@ -18,6 +19,8 @@ final class ParkingObserver: RestoreObserver, @unchecked Sendable {
     private var scanned = 0
     /// The stored uffd of each live engine process.
     private var uffdOfProcess: [Int: Int32] = [:]
+    /// `catchUp` runs on whichever thread records (the engine's loop, a front end, a cancel).
+    private let lock = NSLock()
 
     init(parking: JobParking, journal: RestoreJournal, frontEnd: JobSpec.FrontEnd) {
         self.parking = parking
@@ -53,12 +56,28 @@ final class ParkingObserver: RestoreObserver, @unchecked Sendable {
 
     static func kind(of descriptor: Int32) -> String { "fd.\(descriptor)" }
 
+    /// The uffds of the processes `entries` leave alive (tracked, by a task or fork entry, and not retired), by
+    /// number: what the store must hold for the journal to vouch, whatever else of the job it holds.
+    static func liveUffds(in entries: [RestoreJournal.Entry]) -> [Int32] {
+        var uffdOfProcess: [Int: Int32] = [:]
+        for entry in entries {
+            switch entry {
+            case .task(let process, _, let uffd), .fork(_, let process, let uffd): uffdOfProcess[process] = uffd
+            case .retired(let process): uffdOfProcess.removeValue(forKey: process)
+            default: break
+            }
+        }
+        return uffdOfProcess.values.sorted()
+    }
+
     /// Stores what the journal named since the last call and is still open at its end. Errors are logged by the
     /// caller's store; a descriptor not stored only means the restore cannot be adopted later (the journal then fails
     /// the check for its uffd). A descriptor opened and closed again within the entries read (an adopted job's whole
     /// history is read at once: the CRIU listener, closed long ago) is never stored: its number may be something
     /// else's by now.
     func catchUp() {
+        lock.lock()
+        defer { lock.unlock() }
         let entries: [RestoreJournal.Entry]
         do { entries = try journal.entries(from: scanned) } catch { return }
         guard !entries.isEmpty else { return }
@@ -79,7 +98,9 @@ final class ParkingObserver: RestoreObserver, @unchecked Sendable {
                 if let uffd = uffdOfProcess.removeValue(forKey: process) { closed(uffd) }
             case .frontEnd(let kind, let a, _):
                 switch Self.frontEndDescriptor(kind: kind, a: a, of: frontEnd) {
-                case .opened(let descriptor)?: wanted.append((descriptor, true))
+                // Never polled (FDPOLL=0): a restorer that sent its last uffds and closed its end leaves them queued
+                // in a connection that polls as hung up, which systemd would drop with them.
+                case .opened(let descriptor)?: wanted.append((descriptor, false))
                 case .closed(let descriptor)?: closed(descriptor)
                 case nil: break
                 }
@@ -95,6 +116,15 @@ final class ParkingObserver: RestoreObserver, @unchecked Sendable {
                 parking.logFailure(descriptor: descriptor, error)
             }
         }
+    }
+
+    /// Catches up after every entry the journal records from now on (`RestoreJournal.afterRecording`), and now: a
+    /// front end's connection closed is dropped from the store before its number can be reused (by another job's
+    /// descriptor, which would then come back under two names at one number), a uffd is stored as soon as its
+    /// process is recorded.
+    func follow() {
+        journal.afterRecording = { [weak self] in self?.catchUp() }
+        catchUp()
     }
 
     func taskAdded(id: Int, imagePid: Int32, uffd: Int32) { catchUp() }

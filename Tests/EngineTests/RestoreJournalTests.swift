@@ -1,6 +1,8 @@
 import LazyPagesEngine
+import LinuxSupport
 import Logging
 import Testing
+import TestSupport
 import Userfaultfd
 
 #if canImport(Glibc)
@@ -48,15 +50,6 @@ import Glibc
         #expect(journal.handoverDisabled)
     }
 
-    /// Writes a `uffd_msg` into slot `slot` of the journal's read area, as the kernel would (the layout of
-    /// `struct uffd_msg`: the event code in byte 0, the payload from byte 8).
-    static func message(_ journal: RestoreJournal, slot: Int, code: UInt8, _ words: [UInt64]) {
-        let at = journal.uffdMessages + slot * Event.messageSize
-        at.initializeMemory(as: UInt8.self, repeating: 0, count: Event.messageSize)
-        at.storeBytes(of: code, as: UInt8.self)
-        for (i, word) in words.enumerated() { at.storeBytes(of: word, toByteOffset: 8 + 8 * i, as: UInt64.self) }
-    }
-
     /// A daemon killed inside a read of events, after recording the first of its two events: the successor records
     /// the second (the fork, with the next engine id and the child uffd's number from the message) and only it; the
     /// fault among them needs no entry.
@@ -66,9 +59,9 @@ import Glibc
         journal.record(.task(process: 1, imagePid: 10, uffd: 5))
         journal.record(.task(process: 2, imagePid: 11, uffd: 6))
         journal.beginUffdRead(process: 2)
-        Self.message(journal, slot: 0, code: 0x15, [0x1000, 0x3000])        // remove [0x1000, 0x3000)
-        Self.message(journal, slot: 1, code: 0x12, [0, 0x7000])             // a fault at 0x7000
-        Self.message(journal, slot: 2, code: 0x13, [9])                     // fork, child uffd 9
+        journal.writeMessageAsTheKernelWould(slot: 0, code: 0x15, [0x1000, 0x3000])        // remove [0x1000, 0x3000)
+        journal.writeMessageAsTheKernelWould(slot: 1, code: 0x12, [0, 0x7000])             // a fault at 0x7000
+        journal.writeMessageAsTheKernelWould(slot: 2, code: 0x13, [9])                     // fork, child uffd 9
         journal.record(.remove(process: 2, start: 0x1000, end: 0x3000))     // recorded before the death
         let read = try journal.completeInterruptedRead()
         #expect(read?.messages == 3 && read?.recorded == 1)
@@ -82,7 +75,7 @@ import Glibc
         let journal = try RestoreJournal(description: [])
         journal.record(.task(process: 1, imagePid: 10, uffd: 5))
         journal.beginUffdRead(process: 1)
-        Self.message(journal, slot: 0, code: 0x14, [0x1000, 0x9000, 0x2000])  // remap 0x1000 -> 0x9000
+        journal.writeMessageAsTheKernelWould(slot: 0, code: 0x14, [0x1000, 0x9000, 0x2000])  // remap 0x1000 -> 0x9000
         journal.record(.remap(process: 1, from: 0x1000, to: 0x8000, length: 0x2000))  // not that remap
         #expect(throws: RestoreJournal.AdoptionRefusal.self) { try journal.completeInterruptedRead() }
         #expect(throws: RestoreJournal.AdoptionRefusal.self) {
@@ -92,7 +85,7 @@ import Glibc
         let unknown = try RestoreJournal(description: [])
         unknown.record(.task(process: 1, imagePid: 10, uffd: 5))
         unknown.beginUffdRead(process: 1)
-        Self.message(unknown, slot: 0, code: 0x7f, [1])
+        unknown.writeMessageAsTheKernelWould(slot: 0, code: 0x7f, [1])
         #expect(throws: RestoreJournal.AdoptionRefusal.self) { try unknown.completeInterruptedRead() }
 
         let stranger = try RestoreJournal(description: [])
@@ -128,6 +121,24 @@ import Glibc
         #expect(throws: RestoreJournal.AdoptionRefusal.corrupt(index: 0, "fork of unknown process 4")) {
             try RestoreEngine.adopt(journal: other, logger: Self.logger, verifyDescriptorTable: false) { _ in AddressSpace() }
         }
+    }
+
+    /// A restore that fails while being taken over (after `adopt` took its uffds) gives them up without closing
+    /// them (`relinquishUffds`): closing the last copy would hand the processes zero pages before anyone ended them.
+    @Test func aFailedAdoptionLeavesTheUffdsOpen() throws {
+        let journal = try RestoreJournal(description: [])
+        let fd = try Userfaultfd.create().release()
+        journal.record(.task(process: 1, imagePid: 100, uffd: fd))
+        var released: [Int32] = []
+        do {
+            let adoption = try RestoreEngine.adopt(journal: journal, logger: Self.logger, verifyDescriptorTable: false) {
+                _ in AddressSpace()
+            }
+            released = adoption.engine.relinquishUffds()
+        }
+        #expect(released == [fd])
+        #expect(DescriptorCheck.isUserfaultfd(fd))  // still open with the engine gone
+        close(fd)
     }
 
     @Test func aFileThatIsNotAJournalIsRefused() throws {
