@@ -178,7 +178,10 @@ let package = Package(
         // heavy-test gate.
         .target(
             name: "TestSupport",
-            dependencies: ["RestoreSimulator", "LinuxSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "RestoreSimulator", "LazyPagesEngine", "Userfaultfd", "LinuxSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/TestSupport"),
         .testTarget(name: "UserfaultfdTests", dependencies: ["Userfaultfd", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "CRIUImagesTests", dependencies: ["CRIUImages", "LinuxSupport", "TestSupport"]),

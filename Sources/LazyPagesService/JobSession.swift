@@ -42,6 +42,13 @@ public enum ServeJobDescription {
 
     /// Whether a journal's description is a serve job's.
     public static func isServeJob(_ description: [UInt8]) -> Bool { description.starts(with: prefix) }
+
+    /// The job id a serve job's description names, or nil for any other description.
+    public static func jobID(_ description: [UInt8]) -> String? {
+        guard isServeJob(description) else { return nil }
+        let id = String(decoding: description.dropFirst(prefix.count), as: UTF8.self)
+        return !id.isEmpty && id.allSatisfy(\.isNumber) ? id : nil
+    }
 }
 
 extension JobSpec {

@@ -80,6 +80,30 @@ public final class FileDescriptorStore: @unchecked Sendable {
         }
     }
 
+    /// `BARRIER=1` (`sd_notify_barrier(3)`): returns once systemd has handled every message sent before it, which
+    /// it shows by closing the pipe end sent along. A process about to exit calls it: systemd finds the unit of a
+    /// message by its sender, and a sender already gone may have its descriptors dropped.
+    public func barrier(timeout milliseconds: Int32 = 5_000) throws(Error) {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw Error(description: "pipe: \(SystemCallError.reason())") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        defer { close(ends[0]) }
+        do {
+            try send(["BARRIER=1"], descriptors: [ends[1]])
+        } catch {
+            close(ends[1])
+            throw error
+        }
+        close(ends[1])
+        var entry = pollfd(fd: ends[0], events: 0, revents: 0)
+        while true {
+            let ready = poll(&entry, 1, milliseconds)
+            if ready > 0 { return }
+            if ready == 0 { throw Error(description: "systemd did not answer BARRIER=1 within \(milliseconds) ms") }
+            guard errno == EINTR else { throw Error(description: "poll: \(SystemCallError.reason())") }
+        }
+    }
+
     /// Whether systemd takes `name` as an `FDNAME=`: 1–255 printable ASCII characters, no `:` (it separates
     /// `LISTEN_FDNAMES`).
     public static func isValidName(_ name: String) -> Bool {

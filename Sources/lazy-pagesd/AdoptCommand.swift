@@ -43,7 +43,7 @@ struct AdoptCommand: ParsableCommand {
             printError("lazy-pagesd adopt: refused the restore (\(word)): \(error)")
             throw ExitCode(GuardianLink.successorRefusedExitStatus)
         }
-        if serveJob { return try ServeJobHandover.leaveToTheServiceManager(readyPipe: ready) }
+        if serveJob { return try ServeJobHandover.leaveToTheServiceManager(journal: record, readyPipe: ready) }
         let parsed = FileManager.default.changeCurrentDirectoryPath(description.directory)
             ? try? LazyPagesDaemon.parseAsRoot(description.arguments) : nil
         if let command = parsed as? CRIULazyPages {

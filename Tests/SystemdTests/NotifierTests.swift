@@ -124,6 +124,24 @@ import Testing
         #expect(throws: FileDescriptorStore.Error.self) { try store.store([0], name: "three") }
     }
 
+    /// `BARRIER=1` comes with one descriptor, the write end of a pipe: the barrier returns once systemd (here, the
+    /// test) has closed its copy, and fails at its bound when nobody does.
+    @Test func theBarrierReturnsOnceTheReceiverClosesItsEnd() throws {
+        let directory = try TemporaryDirectory()
+        let receiver = try NotifySocket(path: directory.path + "/notify")
+        let store = try #require(FileDescriptorStore(capacity: 4, environment: ["NOTIFY_SOCKET": receiver.address]))
+        // Nobody reads: the descriptor stays queued in the socket, open.
+        #expect(throws: FileDescriptorStore.Error.self) { try store.barrier(timeout: 100) }
+        try receiver.receiveWithDescriptors().descriptors.forEach { close($0) }
+
+        let barrier = onThread { Result { try store.barrier(timeout: 30_000) } }
+        let (text, descriptors) = try receiver.receiveWithDescriptors()
+        #expect(text == "BARRIER=1\n")
+        #expect(descriptors.count == 1)
+        descriptors.forEach { close($0) }
+        #expect(throws: Never.self) { try barrier().get() }
+    }
+
     @Test func nobodyListeningIsAnErrorNotASilentDrop() throws {
         let store = try #require(FileDescriptorStore(capacity: 4, environment: ["NOTIFY_SOCKET": "/nonexistent/notify"]))
         #expect(throws: FileDescriptorStore.Error.self) { try store.store([0], name: "x") }
