@@ -53,13 +53,22 @@ import Testing
     @Test(.timeLimit(.minutes(2))) func aSlowClientDelaysNoScrape() throws {
         let daemon = try ServiceDaemon(["--metrics-address", "127.0.0.1:0"])
         let port = try Self.port(of: daemon)
-        let slow = try connect(port: port)
+        // Kept at a high number: a stray close of a low, recently freed number by another test of this process must
+        // not end the trickler's connection from our side (the daemon would see an end of file, not a deadline).
+        let connected = try connect(port: port)
+        let slow = fcntl(connected, F_DUPFD_CLOEXEC, 900)
+        close(connected)
+        #expect(slow >= 900)
         defer { close(slow) }
         let started = Date()
         let trickler = runInBackgroundThread {
             // One byte a second for up to 20 s, until the daemon hangs up.
             for byte in Array("GET /metrics HTTP/1.1\r\nHost: x\r\n".utf8) {
-                if send(slow, [byte], 1, Int32(MSG_NOSIGNAL)) != 1 { return Date().timeIntervalSince(started) }
+                if send(slow, [byte], 1, Int32(MSG_NOSIGNAL)) != 1 {
+                    let error = errno
+                    print("aSlowClientDelaysNoScrape: send failed after \(Date().timeIntervalSince(started)) s: errno \(error)")
+                    return Date().timeIntervalSince(started)
+                }
                 var entry = pollfd(fd: slow, events: Int16(POLLIN), revents: 0)
                 if poll(&entry, 1, 1000) > 0 { return Date().timeIntervalSince(started) }
             }

@@ -67,11 +67,7 @@ final class ServiceDaemon {
 
     /// Waits until the daemon's log holds `count` lines containing `text` (at most 60 s, a safety net).
     func waitForLog(_ text: String, count: Int = 1) -> Bool {
-        for _ in 0..<6000 {
-            if process.stderr.components(separatedBy: "\n").filter({ $0.contains(text) }).count >= count { return true }
-            usleep(10_000)
-        }
-        return false
+        TestSupport.waitUntil(seconds: 60) { process.stderr.components(separatedBy: "\n").filter({ $0.contains(text) }).count >= count }
     }
 
     /// Adds a job with `lazy-pages add ...`; its id.
@@ -88,9 +84,8 @@ final class ServiceDaemon {
 
     /// Polls `status` until the job is in `state` (a condition, not a delay: at most 30 s as a safety net).
     func waitUntil(_ id: String, is state: JobState) throws {
-        for _ in 0..<3000 {
-            if try request(ControlRequest(op: .status, id: id)).job?.state == state { return }
-            usleep(10_000)
+        if try TestSupport.waitUntil(seconds: 30, { try request(ControlRequest(op: .status, id: id)).job?.state == state }) {
+            return
         }
         throw Emulator.Failure(description: "job \(id) never became \(state)")
     }
