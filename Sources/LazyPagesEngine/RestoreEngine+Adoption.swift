@@ -46,6 +46,19 @@ public struct AdoptionAbandoned: Error, CustomStringConvertible {
     public var description: String { "\(underlying)" }
 }
 
+extension Adoption {
+    /// Runs the front end's part of a take-over (`body`, building its session on this adoption); if it throws, the
+    /// adopted uffds are given up without closing and the error comes back as `AdoptionAbandoned`. The one place
+    /// both front ends keep that rule.
+    public func completing<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            throw AdoptionAbandoned(error, uffds: engine.relinquishUffds())
+        }
+    }
+}
+
 extension RestoreEngine {
     /// Rebuilds the engine of a restore whose daemon died, from its journal and the uffds it left open (inherited by
     /// this process: standalone from the guardian, under systemd from the file-descriptor store).

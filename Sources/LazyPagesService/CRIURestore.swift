@@ -115,7 +115,6 @@ public final class CRIURestore: @unchecked Sendable {
         self.journal = journal
         self.readyPipe = readyPipe
         client = options.pageServerClient(logger: logger)
-        var adopted: Adoption?
         do {
             let source = try CRIUImageSource(directory: options.imagesDirectory,
                                              lazyPages: client != nil ? .pageServer : .images)
@@ -128,18 +127,17 @@ public final class CRIURestore: @unchecked Sendable {
                 journal: journal, configuration: options.engine, logger: logger, remotePages: client,
                 verifyDescriptorTable: verifyDescriptorTable, allowUnknownUffds: 1
             ) { pid in try source.addressSpace(forTask: pid) }
-            adopted = adoption
             let directory = options.workDirectory ?? options.imagesDirectory
-            session = try LazyPagesSession(
-                adopting: adoption, source: source,
-                socketPath: (directory.hasSuffix("/") ? directory : directory + "/") + LazyPagesSession.socketName,
-                socketAccess: options.socketAccess, logger: logger)
+            session = try adoption.completing {
+                try LazyPagesSession(
+                    adopting: adoption, source: source,
+                    socketPath: (directory.hasSuffix("/") ? directory : directory + "/") + LazyPagesSession.socketName,
+                    socketAccess: options.socketAccess, logger: logger)
+            }
             session.handover = options.handsOver
             self.adoption = adoption
         } catch {
             _ = client?.close()
-            // Taken uffds are left open for the caller to end the processes first (`AdoptionAbandoned`).
-            if let adopted { throw AdoptionAbandoned(error, uffds: adopted.engine.relinquishUffds()) }
             throw error
         }
     }

@@ -89,13 +89,10 @@ public final class FirecrackerRestore: @unchecked Sendable {
         ) { _, frontEnd in
             try FirecrackerSession.addressSpace(journaled: frontEnd, memory: memory)
         }
-        do {
-            session = try FirecrackerSession(
+        session = try adoption.completing {
+            try FirecrackerSession(
                 adopting: adoption, memory: memory, socketPath: options.socketPath, socketAccess: options.socketAccess,
                 logger: logger)
-        } catch {
-            // Taken uffds are left open for the caller to end the VM first (`AdoptionAbandoned`).
-            throw AdoptionAbandoned(error, uffds: adoption.engine.relinquishUffds())
         }
         session.killPeerOnFailure = options.killVMOnFailure
         session.handover = options.handsOver
